@@ -1,0 +1,88 @@
+"""Edge Workbench: optimize, deploy and watch ML models on a fleet of edge devices.
+
+Example:
+    >>> import workbench
+    >>> fleet = workbench.connect()          # doctest: +SKIP
+    >>> fleet.wait_for(3, timeout=30)        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from workbench.errors import (
+    AuthenticationError,
+    BrokerError,
+    BrokerUnreachableError,
+    CommandError,
+    CommandTimeoutError,
+    ConfigError,
+    DeviceError,
+    DeviceOfflineError,
+    DuplicateDeviceError,
+    FleetAlreadyRunningError,
+    FleetError,
+    FleetNotRunningError,
+    FleetTimeoutError,
+    OptimizeError,
+    PayloadError,
+    RemoteCommandError,
+    ResourceLimitError,
+    UnknownDeviceError,
+    UnknownProfileError,
+    WorkbenchError,
+)
+from workbench.profiles import HardwareProfile, get_profile, list_profiles, register_profile
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from workbench.fleet import Device, Fleet
+
+# The notebook-side API needs pandas; keep `import workbench` light for the agent.
+_LAZY = {
+    "connect": ("workbench.fleet", "connect"),
+    "Fleet": ("workbench.fleet", "Fleet"),
+    "Device": ("workbench.fleet", "Device"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
+
+__all__ = [
+    "AuthenticationError",
+    "BrokerError",
+    "BrokerUnreachableError",
+    "CommandError",
+    "CommandTimeoutError",
+    "ConfigError",
+    "Device",
+    "DeviceError",
+    "DeviceOfflineError",
+    "DuplicateDeviceError",
+    "Fleet",
+    "FleetAlreadyRunningError",
+    "FleetError",
+    "FleetNotRunningError",
+    "FleetTimeoutError",
+    "HardwareProfile",
+    "OptimizeError",
+    "PayloadError",
+    "RemoteCommandError",
+    "ResourceLimitError",
+    "UnknownDeviceError",
+    "UnknownProfileError",
+    "WorkbenchError",
+    "__version__",
+    "connect",
+    "get_profile",
+    "list_profiles",
+    "register_profile",
+]

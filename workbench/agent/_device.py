@@ -1,0 +1,336 @@
+"""One device's agent: its MQTT connection, identity, inventory and command loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from workbench.agent._commands import command_names, get_command
+from workbench.agent._limits import DeviceLimits
+from workbench.errors import DuplicateDeviceError, PayloadError, WorkbenchError
+from workbench.fleet import schema, topics
+from workbench.fleet._mqtt import BrokerAddress, is_auth_failure, make_client, new_client_id
+from workbench.profiles import HardwareProfile, detect_hardware, get_profile
+
+log = logging.getLogger("workbench.agent")
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+@dataclass
+class AgentConfig:
+    """How one device's agent runs.
+
+    Example:
+        >>> from workbench.fleet._mqtt import BrokerAddress
+        >>> AgentConfig("sim-01", BrokerAddress.parse("mqtt://localhost:1883"), Path("/tmp/sim-01")).keepalive
+        10
+    """
+
+    device_id: str
+    broker: BrokerAddress
+    data_dir: Path
+    profile: str | None = None
+    simulated: bool = False
+    keepalive: int = 10
+    # How long a starting agent listens for another instance holding its device id.
+    claim_timeout: float = 1.5
+
+    def __post_init__(self) -> None:
+        topics.check_device_id(self.device_id)
+        if self.keepalive < 1:
+            raise ValueError("keepalive must be at least 1 second")
+
+
+@lru_cache(maxsize=1)
+def _host_hardware() -> dict[str, Any]:
+    # Every simulated device in a process shares one host: detect it once.
+    return detect_hardware("/")
+
+
+@dataclass
+class _Claim:
+    event: threading.Event = field(default_factory=threading.Event)
+    holder: dict[str, Any] | None = None
+
+
+class DeviceAgent:
+    """The agent of one device: connects, announces itself, answers commands.
+
+    Example:
+        >>> agent = DeviceAgent(config, executor)   # doctest: +SKIP
+        >>> agent.start()                           # doctest: +SKIP
+    """
+
+    def __init__(self, config: AgentConfig, executor: Executor) -> None:
+        from workbench import __version__
+
+        self.config = config
+        self.device_id = config.device_id
+        self.instance = uuid.uuid4().hex[:12]
+        self.agent_version = __version__
+        self.profile: HardwareProfile | None = get_profile(config.profile) if config.profile else None
+        self.limits = (
+            DeviceLimits.for_profile(self.profile)
+            if self.profile and config.simulated
+            else DeviceLimits.for_host()
+        )
+        self.started_at = time.time()
+        self.counters: Counter[str] = Counter()
+        self.rejected = schema.PayloadCounters()
+        self._executor = executor
+        self._claim = _Claim()
+        self._holding = False  # True once this instance owns the device id
+        self._stopping = False
+        self._fatal: str | None = None
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._state_file = config.data_dir / "state.json"
+        self.state: dict[str, Any] = self._load_state()
+        self._client = make_client(config.broker, new_client_id(f"wb-dev-{self.device_id}"))
+        self._client.will_set(
+            topics.status_topic(self.device_id),
+            self._status_payload("offline", reason="connection lost"),
+            qos=1,
+            retain=True,
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect (retrying with backoff) and claim the device id.
+
+        Raises :class:`DuplicateDeviceError` if another agent holds the id.
+        """
+        address = self.config.broker
+        self._client.connect_async(address.host, address.port, keepalive=self.config.keepalive)
+        self._client.loop_start()
+
+    def wait_claimed(self, timeout: float | None = None) -> None:
+        """Block until this agent owns its id and is online, or raise why it cannot."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._holding:
+            if self._fatal:
+                raise DuplicateDeviceError(self._fatal) if "already online" in self._fatal else WorkbenchError(
+                    self._fatal
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.device_id}: not online after {timeout:g} s")
+            time.sleep(0.05)
+
+    def stop(self, reason: str = "shutdown") -> None:
+        """Announce a clean shutdown and disconnect (so the broker does not send the will)."""
+        self._stopping = True
+        if self._holding:
+            info = self._client.publish(
+                topics.status_topic(self.device_id), self._status_payload("offline", reason=reason), qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass  # not connected: the will says offline instead
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    @property
+    def fatal(self) -> str | None:
+        return self._fatal
+
+    # -- state ---------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._state_file.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def save_state(self) -> None:
+        """Persist the device's state atomically: a crash leaves the old or the new file, never half."""
+        tmp = self._state_file.with_suffix(".tmp")
+        with open(tmp, "w") as handle:
+            json.dump(self.state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self._state_file)
+
+    def inventory(self, *, refresh: bool = False) -> dict[str, Any]:
+        """What this device is and runs; published retained on every connect."""
+        hardware = dict(_host_hardware())
+        if refresh:
+            hardware["disk_free_mb"] = detect_hardware(self.config.data_dir)["disk_free_mb"]
+        return {
+            "device_id": self.device_id,
+            "instance": self.instance,
+            "agent_version": self.agent_version,
+            "simulated": self.config.simulated,
+            "profile": self.profile.name if self.profile else None,
+            "profile_spec": self.profile.to_dict() if self.profile else None,
+            "hardware": hardware,
+            "limits": self.limits.to_dict(),
+            "active_model": self.state.get("active_model"),
+            "commands": command_names(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "uptime_s": time.time() - self.started_at,
+            "counters": dict(self.counters),
+            "rejected_payloads": dict(self.rejected),
+        }
+
+    # -- MQTT callbacks (paho's network thread) -------------------------------------
+
+    def _status_payload(self, state: str, **extra: Any) -> bytes:
+        return schema.encode({"state": state, "instance": self.instance, "ts": time.time(), **extra})
+
+    def _publish_online(self) -> None:
+        self._client.publish(
+            topics.inventory_topic(self.device_id), schema.encode(self.inventory()), qos=1, retain=True
+        )
+        self._client.publish(topics.status_topic(self.device_id), self._status_payload("online"), qos=1, retain=True)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            url = self.config.broker.url
+            if is_auth_failure(reason_code):
+                self._fatal = f"{self.device_id}: the broker at {url} refused the credentials ({reason_code})"
+                log.error(self._fatal)
+            else:
+                log.warning("%s: broker at %s refused the connection: %s; retrying", self.device_id, url, reason_code)
+            return
+        self.counters["connects"] += 1
+        device = self.device_id
+        client.subscribe(
+            [
+                (topics.status_topic(device), 1),
+                (topics.claim_topic(device), 1),
+                (f"{topics.COMMAND_PREFIX}/{device}/+", 1),
+            ]
+        )
+        if self._holding:
+            log.info("%s: reconnected", device)
+            self._publish_online()
+        else:
+            threading.Thread(target=self._claim_id, name=f"claim-{device}", daemon=True).start()
+
+    def _claim_id(self) -> None:
+        # Ask whether another live instance holds this id; a killed one cannot answer.
+        self._client.publish(
+            topics.claim_topic(self.device_id),
+            schema.encode({"op": "claim", "instance": self.instance}),
+            qos=1,
+        )
+        if self._claim.event.wait(self.config.claim_timeout) and self._claim.holder is not None:
+            holder = self._claim.holder
+            self._fatal = (
+                f"device id {self.device_id!r} is already online: agent instance {holder.get('instance')} "
+                f"(host {holder.get('hostname')}, pid {holder.get('pid')}) holds it. "
+                "Stop that agent or start this one with another --device-id."
+            )
+            log.error(self._fatal)
+            self._client.disconnect()  # clean: the broker must not publish our will over the holder's status
+            return
+        self._holding = True
+        self._publish_online()
+        log.info("%s: online (instance %s)", self.device_id, self.instance)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        if not self._stopping and self._fatal is None:
+            self.counters["disconnects"] += 1
+            log.warning("%s: disconnected (%s); reconnecting with backoff", self.device_id, reason_code)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            body = schema.decode(bytes(message.payload))
+        except PayloadError as exc:
+            kind = self.rejected.reject(exc)
+            log.warning("%s: rejected %s payload on %s: %s", self.device_id, kind, message.topic, exc)
+            return
+        topic = message.topic
+        if topic == topics.claim_topic(self.device_id):
+            self._on_claim(body)
+        elif topic == topics.status_topic(self.device_id):
+            self._on_status(body)
+        elif topic.startswith(topics.COMMAND_PREFIX):
+            self.counters["commands_received"] += 1
+            self._executor.submit(self._run_command, topic, body)
+
+    def _on_claim(self, body: dict[str, Any]) -> None:
+        if body.get("instance") == self.instance:
+            return
+        op = body.get("op")
+        if op == "claim" and self._holding:
+            self._client.publish(
+                topics.claim_topic(self.device_id),
+                schema.encode(
+                    {"op": "held", "instance": self.instance, "to": body.get("instance"),
+                     "hostname": socket.gethostname(), "pid": os.getpid()}
+                ),
+                qos=1,
+            )
+        elif op == "held" and body.get("to") == self.instance and not self._holding:
+            self._claim.holder = body
+            self._claim.event.set()
+
+    def _on_status(self, body: dict[str, Any]) -> None:
+        # A late will of an earlier (killed) instance must not mark this live one offline.
+        if self._holding and not (body.get("instance") == self.instance and body.get("state") == "online"):
+            self._client.publish(
+                topics.status_topic(self.device_id), self._status_payload("online"), qos=1, retain=True
+            )
+
+    # -- commands (worker threads) -----------------------------------------------------
+
+    def _run_command(self, topic: str, body: dict[str, Any]) -> None:
+        _, name = topics.parse_command_topic(topic)
+        reply_to = body.get("reply_to")
+        if not isinstance(reply_to, str) or not _CLIENT_ID.match(reply_to):
+            self.rejected["malformed"] += 1
+            log.warning("%s: command %s without a valid reply_to; dropped", self.device_id, name)
+            return
+        response: dict[str, Any] = {"id": body.get("id"), "command": name}
+        handler = get_command(name)
+        args = body.get("args") or {}
+        if handler is None:
+            response |= {"ok": False, "error": {"code": "unknown_command",
+                                                 "message": f"unknown command {name!r}; this agent "
+                                                 f"({self.agent_version}) knows {', '.join(command_names())}"}}
+        elif not isinstance(args, dict):
+            response |= {"ok": False, "error": {"code": "bad_args", "message": "args must be a JSON object"}}
+        else:
+            try:
+                response |= {"ok": True, "result": handler(self, args)}
+                self.counters["commands_ok"] += 1
+            except WorkbenchError as exc:
+                response |= {"ok": False, "error": {"code": type(exc).__name__, "message": str(exc)}}
+            except Exception as exc:  # a handler bug must not kill the agent
+                log.exception("%s: command %s failed", self.device_id, name)
+                response |= {"ok": False, "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}}
+        if not response["ok"]:
+            self.counters["commands_failed"] += 1
+        try:
+            payload = schema.encode(response)
+        except (TypeError, ValueError) as exc:
+            payload = schema.encode({"id": body.get("id"), "command": name, "ok": False,
+                                     "error": {"code": "internal", "message": f"unencodable result: {exc}"}})
+        self._client.publish(topics.reply_topic(self.device_id, reply_to), payload, qos=1)

@@ -1,0 +1,5 @@
+"""The `workbench` command line (see `workbench --help`)."""
+
+from workbench.cli.main import build_parser, main
+
+__all__ = ["build_parser", "main"]

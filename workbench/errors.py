@@ -1,0 +1,120 @@
+"""The one exception hierarchy of the workbench.
+
+Every error the workbench raises on purpose derives from :class:`WorkbenchError`, so a
+notebook can catch them all in one ``except``. Each message says what went wrong and
+what to do next.
+
+    WorkbenchError
+    ├── ConfigError             bad argument, unknown profile, malformed file
+    │   └── UnknownProfileError
+    ├── BrokerError             the MQTT broker cannot be used
+    │   ├── BrokerUnreachableError
+    │   └── AuthenticationError
+    ├── FleetError              the local fleet's lifecycle
+    │   ├── FleetAlreadyRunningError
+    │   ├── FleetNotRunningError
+    │   └── FleetTimeoutError
+    ├── DeviceError             one device
+    │   ├── UnknownDeviceError
+    │   ├── DuplicateDeviceError
+    │   └── ResourceLimitError
+    ├── CommandError            a request/response command failed
+    │   ├── CommandTimeoutError
+    │   ├── DeviceOfflineError
+    │   └── RemoteCommandError  the device answered with an error
+    ├── PayloadError            a message that does not follow the topic schema
+    └── OptimizeError           model optimization and measurement
+"""
+
+from __future__ import annotations
+
+
+class WorkbenchError(Exception):
+    """Root of every error the workbench raises on purpose."""
+
+
+class ConfigError(WorkbenchError, ValueError):
+    """An argument, option or file is not valid."""
+
+
+class UnknownProfileError(ConfigError, KeyError):
+    """A hardware profile name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class BrokerError(WorkbenchError):
+    """The MQTT broker cannot be used."""
+
+
+class BrokerUnreachableError(BrokerError, ConnectionError):
+    """No MQTT broker answered at the given URL within the timeout."""
+
+
+class AuthenticationError(BrokerError, PermissionError):
+    """The broker refused the credentials or the client is not authorized."""
+
+
+class FleetError(WorkbenchError):
+    """Starting, finding or stopping a local fleet failed."""
+
+
+class FleetAlreadyRunningError(FleetError):
+    """``workbench up`` on a run directory whose fleet is already up."""
+
+
+class FleetNotRunningError(FleetError):
+    """No local fleet is running in the given run directory."""
+
+
+class FleetTimeoutError(FleetError, TimeoutError):
+    """Fewer devices came online (or a condition held) than waited for, within the timeout."""
+
+
+class DeviceError(WorkbenchError):
+    """Something about one device."""
+
+
+class UnknownDeviceError(DeviceError, KeyError):
+    """A device id the fleet has never seen."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateDeviceError(DeviceError):
+    """Another agent is already online with the same device id."""
+
+
+class ResourceLimitError(DeviceError):
+    """A request would exceed the device's (or its profile's) limits."""
+
+
+class CommandError(WorkbenchError):
+    """A command sent to a device did not succeed."""
+
+
+class CommandTimeoutError(CommandError, TimeoutError):
+    """No response arrived before the command's timeout."""
+
+
+class DeviceOfflineError(CommandError):
+    """The device is offline, so the command was not sent."""
+
+
+class RemoteCommandError(CommandError):
+    """The device ran the command and answered with an error."""
+
+    def __init__(self, message: str, *, device_id: str = "", code: str = "error") -> None:
+        super().__init__(message)
+        self.device_id = device_id
+        self.code = code
+
+
+class PayloadError(WorkbenchError, ValueError):
+    """A message that does not follow the topic schema (malformed, oversized, unknown version)."""
+
+
+class OptimizeError(WorkbenchError):
+    """Exporting, transforming or measuring a model failed."""

@@ -1,0 +1,66 @@
+"""`workbench.connect()`: a Fleet for a URL, or for the local fleet `workbench up` started."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import FleetNotRunningError
+from workbench.fleet._fleet import Fleet
+from workbench.fleet._mqtt import BrokerAddress
+
+
+def connect(
+    url: str | None = None,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: str | os.PathLike[str] | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    timeout: float = 10.0,
+    keepalive: int = 10,
+) -> Fleet:
+    """Connect to a fleet through its MQTT broker.
+
+    With no ``url``, connect to the local fleet that ``workbench up`` started in
+    ``run_dir`` (default ``$WORKBENCH_RUN_DIR`` or ``~/.workbench/fleet``), with its
+    credentials and CA when it runs with ``--secure``.
+
+    Raises :class:`~workbench.errors.BrokerUnreachableError` or
+    :class:`~workbench.errors.AuthenticationError` naming the URL within ``timeout``.
+
+    Example:
+        >>> fleet = workbench.connect()                                          # doctest: +SKIP
+        >>> fleet = workbench.connect("mqtt://gateway.local:1883", username="me", password="...")  # doctest: +SKIP
+    """
+    if url is None:
+        from workbench.sim._rundir import RunDir
+
+        rd = RunDir.resolve(run_dir)
+        record = rd.read()
+        if record is None:
+            raise FleetNotRunningError(
+                f"no local fleet is running in {rd.path}: start one with `workbench up`, "
+                "or pass the broker URL, e.g. workbench.connect('mqtt://host:1883')"
+            )
+        return connect_record(record, rd, timeout=timeout, keepalive=keepalive)
+    address = BrokerAddress.parse(url, username=username, password=password,
+                                  ca_file=str(ca_file) if ca_file is not None else None)
+    return Fleet(address, timeout=timeout, keepalive=keepalive)
+
+
+def connect_record(record: dict[str, Any], rd: Any, *, timeout: float = 10.0, keepalive: int = 10) -> Fleet:
+    """A Fleet for a local fleet's record (fleet.json), using its workbench credentials if secure."""
+    secure = record.get("secure") or {}
+    controller = secure.get("controller") or {}
+    password = None
+    if controller.get("password_file"):
+        password = Path(controller["password_file"]).read_text().strip()
+    address = BrokerAddress.parse(
+        record["broker"]["url"],
+        username=controller.get("username"),
+        password=password,
+        ca_file=secure.get("ca_file"),
+    )
+    return Fleet(address, timeout=timeout, keepalive=keepalive)

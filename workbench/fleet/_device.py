@@ -1,0 +1,101 @@
+"""A device as the workbench sees it: state from the broker, commands to it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workbench.fleet._fleet import Fleet
+
+
+@dataclass
+class Device:
+    """One device of the fleet, kept current from its retained status and inventory.
+
+    Example:
+        >>> device = fleet["sim-01"]       # doctest: +SKIP
+        >>> device.online, device.profile  # doctest: +SKIP
+        (True, 'raspberry-pi-5')
+    """
+
+    device_id: str
+    _fleet: Fleet = field(repr=False)
+    online: bool = False
+    instance: str | None = None
+    inventory_data: dict[str, Any] = field(default_factory=dict, repr=False)
+    last_seen: float | None = None
+    offline_reason: str | None = None
+
+    @property
+    def profile(self) -> str | None:
+        """The hardware profile the device declares (None for a real device without one)."""
+        return self.inventory_data.get("profile")
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.inventory_data.get("simulated"))
+
+    @property
+    def active_model(self) -> Any:
+        return self.inventory_data.get("active_model")
+
+    def call(self, command: str, args: dict[str, Any] | None = None, *, timeout: float = 10.0) -> dict[str, Any]:
+        """Send ``command`` and wait for the device's result.
+
+        Raises :class:`~workbench.errors.DeviceOfflineError`,
+        :class:`~workbench.errors.CommandTimeoutError` or
+        :class:`~workbench.errors.RemoteCommandError`.
+
+        Example:
+            >>> fleet["sim-01"].call("inventory")["profile"]   # doctest: +SKIP
+            'raspberry-pi-5'
+        """
+        return self._fleet.call(self.device_id, command, args, timeout=timeout)
+
+    def ping(self, *, timeout: float = 5.0) -> float:
+        """Round-trip time of a command through the broker, in milliseconds.
+
+        Example:
+            >>> fleet["sim-01"].ping()   # doctest: +SKIP
+            0.9
+        """
+        start = time.perf_counter()
+        self.call("ping", timeout=timeout)
+        return (time.perf_counter() - start) * 1000.0
+
+    def stats(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        """The agent's counters: commands, reconnects, rejected payloads by kind."""
+        return self.call("stats", timeout=timeout)
+
+    def row(self) -> dict[str, Any]:
+        """The device as one inventory row."""
+        inv = self.inventory_data
+        hw = inv.get("hardware") or {}
+        limits = inv.get("limits") or {}
+        return {
+            "device_id": self.device_id,
+            "online": self.online,
+            "profile": inv.get("profile"),
+            "simulated": inv.get("simulated"),
+            "active_model": _model_label(inv.get("active_model")),
+            "cpu_model": hw.get("cpu_model"),
+            "arch": hw.get("arch"),
+            "isa_features": ",".join(hw.get("isa_features") or []),
+            "host_cores": hw.get("cores"),
+            "threads_limit": limits.get("threads"),
+            "memory_limit_mb": limits.get("memory_mb"),
+            "disk_free_mb": hw.get("disk_free_mb"),
+            "os": hw.get("os"),
+            "onnxruntime": hw.get("onnxruntime"),
+            "execution_providers": ",".join(hw.get("execution_providers") or []),
+            "agent_version": inv.get("agent_version"),
+            "last_seen": self.last_seen,
+        }
+
+
+def _model_label(model: Any) -> str | None:
+    if isinstance(model, dict):
+        return str(model.get("name") or model.get("sha256", "")[:12] or "?")
+    return None if model is None else str(model)

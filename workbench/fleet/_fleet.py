@@ -1,0 +1,319 @@
+"""The workbench's view of a fleet: devices, their events, and commands to them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+
+from workbench.errors import (
+    CommandTimeoutError,
+    DeviceOfflineError,
+    FleetTimeoutError,
+    PayloadError,
+    RemoteCommandError,
+    UnknownDeviceError,
+)
+from workbench.fleet import schema, topics
+from workbench.fleet._device import Device
+from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger("workbench.fleet")
+
+Listener = Callable[[str, Device], None]
+EVENTS = ("online", "offline", "inventory", "change")
+
+
+@dataclass
+class _Pending:
+    done: threading.Event = field(default_factory=threading.Event)
+    response: dict[str, Any] | None = None
+
+
+class Fleet:
+    """A live connection to a fleet of devices through an MQTT broker.
+
+    Created by :func:`workbench.connect`. Device state arrives on paho's network thread;
+    listeners registered with :meth:`on` are called there, so UI code should hand the
+    event to its own loop.
+
+    Example:
+        >>> fleet = workbench.connect()          # doctest: +SKIP
+        >>> fleet.wait_for(3, timeout=30)        # doctest: +SKIP
+        >>> fleet.inventory()[["device_id", "online", "profile"]]   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        timeout: float = 10.0,
+        keepalive: int = 10,
+        client_prefix: str = "wb-ctl",
+    ) -> None:
+        self.address = address
+        self.client_id = new_client_id(client_prefix)
+        self.rejected = schema.PayloadCounters()
+        self._devices: dict[str, Device] = {}
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._pending: dict[str, _Pending] = {}
+        self._listeners: list[Listener] = []
+        self.revision = 0  # bumped on every change, so pollers can tell cheaply
+        self._client: mqtt.Client = make_client(address, self.client_id)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        connect_blocking(self._client, address, keepalive=keepalive, timeout=timeout)
+        self._closed = False
+
+    # -- container protocol ----------------------------------------------------------
+
+    def __getitem__(self, device_id: str) -> Device:
+        with self._lock:
+            try:
+                return self._devices[device_id]
+            except KeyError:
+                known = ", ".join(sorted(self._devices)[:10]) or "none yet"
+                raise UnknownDeviceError(
+                    f"no device {device_id!r} in the fleet at {self.address.url} (known: {known}); "
+                    "check the id, or wait for it with fleet.wait_for()"
+                ) from None
+
+    def __contains__(self, device_id: object) -> bool:
+        with self._lock:
+            return device_id in self._devices
+
+    def __iter__(self) -> Iterator[Device]:
+        return iter(self.devices)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._devices)
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Fleet {self.address.url}: {len(self.online())} of {len(self)} devices online>"
+
+    @property
+    def devices(self) -> list[Device]:
+        """Every device seen, online or not, sorted by id."""
+        with self._lock:
+            return [self._devices[key] for key in sorted(self._devices)]
+
+    def online(self) -> list[Device]:
+        """The devices online now."""
+        return [device for device in self.devices if device.online]
+
+    def where(self, *, profile: str | None = None, online: bool | None = True) -> list[Device]:
+        """Devices matching a profile and online state.
+
+        Example:
+            >>> [d.device_id for d in fleet.where(profile="raspberry-pi-5")]   # doctest: +SKIP
+            ['sim-02']
+        """
+        return [
+            device
+            for device in self.devices
+            if (profile is None or device.profile == profile) and (online is None or device.online == online)
+        ]
+
+    # -- waiting and events --------------------------------------------------------------
+
+    def wait_for(self, count: int, *, timeout: float = 30.0) -> list[Device]:
+        """Block until at least ``count`` devices are online; return them.
+
+        Raises :class:`FleetTimeoutError` naming how many came.
+
+        Example:
+            >>> len(fleet.wait_for(3, timeout=30))   # doctest: +SKIP
+            3
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                online = [d for d in self._devices.values() if d.online]
+                if len(online) >= count:
+                    return sorted(online, key=lambda d: d.device_id)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    names = ", ".join(sorted(d.device_id for d in online)[:10]) or "none"
+                    raise FleetTimeoutError(
+                        f"only {len(online)} of {count} devices online at {self.address.url} after {timeout:g} s "
+                        f"(online: {names}); start more with `workbench up --devices {count}` or wait longer"
+                    )
+                self._changed.wait(remaining)
+
+    def wait_until(self, predicate: Callable[[Fleet], bool], *, timeout: float = 30.0) -> None:
+        """Block until ``predicate(fleet)`` holds, re-checked on every change."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise FleetTimeoutError(f"condition not met within {timeout:g} s at {self.address.url}")
+                self._changed.wait(remaining)
+
+    def on(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event, device)`` on every event (online, offline, inventory, change).
+
+        Returns a function that removes the listener. Listeners run on the MQTT network
+        thread: keep them short, and hand UI updates to your own event loop.
+
+        Example:
+            >>> remove = fleet.on(lambda event, device: print(event, device.device_id))  # doctest: +SKIP
+        """
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    # -- inventory -------------------------------------------------------------------------
+
+    def inventory(self) -> pd.DataFrame:
+        """One row per device: online state, profile, hardware, software, active model.
+
+        Example:
+            >>> fleet.inventory().set_index("device_id").loc["sim-01", "profile"]   # doctest: +SKIP
+            'raspberry-pi-4'
+        """
+        import pandas as pd
+
+        rows = [device.row() for device in self.devices]
+        frame = pd.DataFrame(rows, columns=list(Device("", self).row()))
+        frame["last_seen"] = pd.to_datetime(frame["last_seen"], unit="s", utc=True)
+        return frame
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def call(
+        self, device_id: str, command: str, args: dict[str, Any] | None = None, *, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Send a command to one device and wait for its result (see :meth:`Device.call`)."""
+        device = self[device_id]
+        if not device.online:
+            raise DeviceOfflineError(
+                f"device {device_id!r} is offline ({device.offline_reason or 'no status yet'}); "
+                "start its agent or wait for it with fleet.wait_for()"
+            )
+        request_id = uuid.uuid4().hex
+        pending = _Pending()
+        with self._lock:
+            self._pending[request_id] = pending
+        try:
+            payload = schema.encode(
+                {"id": request_id, "reply_to": self.client_id, "args": args or {}, "sent": time.time(),
+                 "timeout": timeout}
+            )
+            self._client.publish(topics.command_topic(device_id, command), payload, qos=1)
+            if not pending.done.wait(timeout):
+                raise CommandTimeoutError(
+                    f"device {device_id!r} did not answer {command!r} within {timeout:g} s; "
+                    "it may be overloaded or its link down: retry with a longer timeout"
+                )
+        finally:
+            with self._lock:
+                self._pending.pop(request_id, None)
+        response = pending.response or {}
+        if not response.get("ok"):
+            error = response.get("error") or {}
+            raise RemoteCommandError(
+                f"device {device_id!r} failed {command!r}: {error.get('message', 'no reason given')}",
+                device_id=device_id,
+                code=str(error.get("code", "error")),
+            )
+        result = response.get("result")
+        return result if isinstance(result, dict) else {"result": result}
+
+    def close(self) -> None:
+        """Disconnect from the broker. The devices keep running."""
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    # -- MQTT callbacks (network thread) ------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            return
+        client.subscribe(
+            [
+                (topics.device_topic("+", "status"), 1),
+                (topics.device_topic("+", "inventory"), 1),
+                (topics.reply_topic("+", self.client_id), 1),
+            ]
+        )
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            device_id, kind, _ = topics.parse_device_topic(message.topic)
+            topics.check_device_id(device_id)
+            body = schema.decode(bytes(message.payload))
+        except (ValueError, PayloadError) as exc:
+            kind_name = self.rejected.reject(exc) if isinstance(exc, PayloadError) else "bad_topic"
+            if kind_name == "bad_topic":
+                self.rejected["bad_topic"] += 1
+            log.warning("rejected %s message on %s: %s", kind_name, message.topic, exc)
+            return
+        if kind == "reply":
+            with self._lock:
+                pending = self._pending.get(str(body.get("id")))
+            if pending is not None:
+                pending.response = body
+                pending.done.set()
+            return
+        events: list[str] = []
+        with self._changed:
+            device = self._devices.get(device_id)
+            if device is None:
+                device = self._devices[device_id] = Device(device_id, self)
+            device.last_seen = time.time()
+            if kind == "status":
+                events = self._apply_status(device, body)
+            elif kind == "inventory":
+                device.inventory_data = body
+                events = ["inventory"]
+            self.revision += 1
+            self._changed.notify_all()
+            listeners = list(self._listeners)
+        for event in (*events, "change"):
+            for listener in listeners:
+                try:
+                    listener(event, device)
+                except Exception:  # a UI bug must not stop the fleet's updates
+                    log.exception("fleet listener failed on %s", event)
+
+    @staticmethod
+    def _apply_status(device: Device, body: dict[str, Any]) -> list[str]:
+        state, instance = body.get("state"), body.get("instance")
+        if state == "online":
+            same = device.online and instance == device.instance
+            device.online, device.instance, device.offline_reason = True, instance, None
+            return [] if same else ["online"]
+        if state == "offline":
+            # The late will of a replaced instance says nothing about the live one.
+            if device.online and instance != device.instance:
+                return []
+            was_online = device.online
+            device.online, device.offline_reason = False, str(body.get("reason") or "offline")
+            return ["offline"] if was_online else []
+        return []

@@ -1,0 +1,99 @@
+"""The MQTT topic namespace, version 1.
+
+Everything lives under ``wb/v1/``. Devices publish only under their own prefix
+``wb/v1/dev/{device}/``; only the workbench publishes under ``wb/v1/cmd/{device}/``.
+That split is what the ``--secure`` ACLs enforce.
+
+=======================================  ========  ==========  ==================================
+topic                                    retained  publisher   payload
+=======================================  ========  ==========  ==================================
+``wb/v1/dev/{device}/status``            yes       device/LWT  ``{"v", "state", "instance", "ts"}``
+``wb/v1/dev/{device}/inventory``         yes       device      the device's inventory
+``wb/v1/dev/{device}/claim``             no        device      duplicate-id detection
+``wb/v1/dev/{device}/reply/{client}``    no        device      response to a command
+``wb/v1/cmd/{device}/{command}``         no        workbench   a command request
+=======================================  ========  ==========  ==================================
+
+Example:
+    >>> status_topic("sim-01")
+    'wb/v1/dev/sim-01/status'
+    >>> parse_device_topic("wb/v1/dev/sim-01/reply/ctl-1")
+    ('sim-01', 'reply', 'ctl-1')
+"""
+
+from __future__ import annotations
+
+import re
+
+from workbench.errors import ConfigError
+
+ROOT = "wb/v1"
+DEVICE_PREFIX = f"{ROOT}/dev"
+COMMAND_PREFIX = f"{ROOT}/cmd"
+
+# Device ids become topic levels, client ids, ACL entries and directory names.
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_device_id(device_id: str) -> str:
+    """Return ``device_id`` if it is valid, else raise :class:`ConfigError`.
+
+    Example:
+        >>> check_device_id("pi-kitchen-2")
+        'pi-kitchen-2'
+    """
+    if not isinstance(device_id, str) or not _DEVICE_ID.match(device_id):
+        raise ConfigError(
+            f"invalid device id {device_id!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return device_id
+
+
+def device_topic(device_id: str, *parts: str) -> str:
+    """A topic under the device's own prefix."""
+    return "/".join((DEVICE_PREFIX, device_id, *parts))
+
+
+def status_topic(device_id: str) -> str:
+    """Retained online/offline state, also the last will."""
+    return device_topic(device_id, "status")
+
+
+def inventory_topic(device_id: str) -> str:
+    """Retained inventory (hardware, software, active model)."""
+    return device_topic(device_id, "inventory")
+
+
+def claim_topic(device_id: str) -> str:
+    """Where two agents with one device id find each other."""
+    return device_topic(device_id, "claim")
+
+
+def reply_topic(device_id: str, client_id: str) -> str:
+    """Where the device answers the workbench client ``client_id``."""
+    return device_topic(device_id, "reply", client_id)
+
+
+def command_topic(device_id: str, command: str) -> str:
+    """Where the workbench sends ``command`` to the device."""
+    return f"{COMMAND_PREFIX}/{device_id}/{command}"
+
+
+def parse_device_topic(topic: str) -> tuple[str, str, str]:
+    """Split ``wb/v1/dev/{device}/{kind}[/{rest}]`` into ``(device, kind, rest)``.
+
+    Raises :class:`ValueError` for a topic outside the device namespace.
+    """
+    parts = topic.split("/", 5)
+    if len(parts) < 5 or "/".join(parts[:3]) != DEVICE_PREFIX:
+        raise ValueError(f"not a device topic: {topic!r}")
+    return parts[3], parts[4], parts[5] if len(parts) > 5 else ""
+
+
+def parse_command_topic(topic: str) -> tuple[str, str]:
+    """Split ``wb/v1/cmd/{device}/{command}`` into ``(device, command)``."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:3]) != COMMAND_PREFIX:
+        raise ValueError(f"not a command topic: {topic!r}")
+    return parts[3], parts[4]

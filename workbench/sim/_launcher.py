@@ -1,0 +1,234 @@
+"""`workbench up`, `status` and `down`: a local fleet of real agent processes and a broker."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import (
+    ConfigError,
+    FleetAlreadyRunningError,
+    FleetError,
+    FleetNotRunningError,
+    FleetTimeoutError,
+    WorkbenchError,
+)
+from workbench.fleet._mqtt import BrokerAddress
+from workbench.profiles import get_profile
+from workbench.sim import _brokers, _procs
+from workbench.sim._rundir import RunDir
+
+DEFAULT_PROFILES = ("raspberry-pi-4", "raspberry-pi-5", "intel-nuc", "jetson-orin-nano")
+# One agent process carries at most this many simulated devices (each its own MQTT connection).
+DEVICES_PER_PROCESS = 25
+
+
+def device_ids(count: int, prefix: str = "sim") -> list[str]:
+    """``sim-01`` ... ``sim-NN``, zero-padded to the fleet's size.
+
+    Example:
+        >>> device_ids(3)
+        ['sim-01', 'sim-02', 'sim-03']
+    """
+    width = max(2, len(str(count)))
+    return [f"{prefix}-{index:0{width}d}" for index in range(1, count + 1)]
+
+
+def _plan(count: int, profiles: list[str], per_process: int | None) -> list[list[tuple[str, str]]]:
+    if count < 1:
+        raise ConfigError(f"--devices must be at least 1, got {count}")
+    for name in profiles:
+        get_profile(name)  # raises UnknownProfileError naming the known ones
+    devices = list(zip(device_ids(count), itertools.cycle(profiles), strict=False))
+    if per_process is None:
+        # A small fleet gets a process per device (kill -9 hits one device); a large one shares.
+        per_process = 1 if count <= 8 else min(DEVICES_PER_PROCESS, math.ceil(count / 8))
+    return [devices[i : i + per_process] for i in range(0, count, per_process)]
+
+
+@contextmanager
+def _locked(run_dir: RunDir) -> Iterator[None]:
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _record_alive(record: dict[str, Any]) -> bool:
+    broker = record.get("broker") or {}
+    own_broker = broker.get("pid") is not None
+    return (own_broker and _procs.is_alive(broker)) or any(_procs.is_alive(a) for a in record.get("agents", []))
+
+
+def up(
+    *,
+    devices: int = 3,
+    profiles: list[str] | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    port: int = 0,
+    broker: str = _brokers.EMBEDDED,
+    keepalive: int = 10,
+    per_process: int | None = None,
+    secure: bool = False,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """Start a broker and ``devices`` simulated devices as real agent processes; wait until all are online.
+
+    Returns the fleet record (also written to ``RUN_DIR/fleet.json``). Raises
+    :class:`FleetAlreadyRunningError` if this run directory's fleet is up.
+
+    Example:
+        >>> record = up(devices=3, run_dir="/tmp/wb-fleet")   # doctest: +SKIP
+        >>> record["broker"]["url"]                           # doctest: +SKIP
+        'mqtt://127.0.0.1:40123'
+    """
+    rd = RunDir.resolve(run_dir)
+    plan = _plan(devices, list(profiles or DEFAULT_PROFILES), per_process)
+    with _locked(rd):
+        existing = rd.read()
+        if existing is not None:
+            if _record_alive(existing):
+                raise FleetAlreadyRunningError(
+                    f"a fleet is already up in {rd.path} (broker {existing['broker']['url']}, "
+                    f"{len(existing.get('devices', []))} devices); `workbench down --run-dir {rd.path}` stops it"
+                )
+            rd.clear()  # stale record of a fleet that died: start afresh
+        record: dict[str, Any] = {"created": time.time(), "run_dir": str(rd.path), "agents": [],
+                                  "devices": [], "keepalive": keepalive, "secure": None}
+        try:
+            _start(record, rd, plan, broker=broker, port=port, keepalive=keepalive, secure=secure)
+            rd.write(record)  # written before the wait, so `down` can clean up a fleet that never came up
+            _wait_online(record, rd, [d for group in plan for d, _ in group], timeout=timeout)
+        except BaseException:
+            _stop_record(record)
+            rd.clear()
+            raise
+        return record
+
+
+def _start(record: dict[str, Any], rd: RunDir, plan: list[list[tuple[str, str]]], *, broker: str, port: int,
+           keepalive: int, secure: bool) -> None:
+    if secure:
+        from workbench.sim._security import prepare_secure
+
+        material = prepare_secure(rd, broker, [d for group in plan for d, _ in group])
+        record["secure"] = material.record
+        broker_auth = material.broker_config
+    else:
+        material, broker_auth = None, None
+    if broker in (_brokers.EMBEDDED, _brokers.MOSQUITTO):
+        record["broker"] = _brokers.start_broker(broker, rd, port=port, auth=broker_auth)
+    else:
+        address = BrokerAddress.parse(broker)  # an external broker: the fleet only uses it
+        record["broker"] = {"kind": "external", "url": address.url, "host": address.host, "port": address.port}
+    url = record["broker"]["url"]
+    for index, group in enumerate(plan):
+        argv = [sys.executable, "-m", "workbench.cli", "agent", "--broker", url, "--simulated",
+                "--keepalive", str(keepalive), "--data-dir", str(rd.data), "--log-level", "INFO"]
+        for device_id, profile in group:
+            argv += ["--device-id", device_id, "--profile", profile]
+        if material is not None:
+            argv += material.agent_args(group[0][0]) if len(group) == 1 else material.agent_args_many()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = _procs.spawn(argv, rd.logs / f"agents-{index:03d}.log", env=env)
+        record["agents"].append({**proc, "devices": [d for d, _ in group]})
+        record["devices"] += [{"device_id": d, "profile": p} for d, p in group]
+
+
+def _wait_online(record: dict[str, Any], rd: RunDir, expected: list[str], *, timeout: float) -> None:
+    from workbench.fleet._connect import connect_record
+
+    deadline = time.monotonic() + timeout
+    with connect_record(record, rd, timeout=min(timeout, 20.0)) as fleet:
+        while True:
+            online = {d.device_id for d in fleet.online()}
+            missing = [d for d in expected if d not in online]
+            if not missing:
+                return
+            dead = [a for a in record["agents"] if not _procs.is_alive(a)]
+            if dead:
+                log_tail = Path(dead[0]["log"]).read_text(errors="replace")[-1500:]
+                raise FleetError(f"agent process for {', '.join(dead[0]['devices'])} exited while starting; "
+                                 f"its log ({dead[0]['log']}) ends with:\n{log_tail}")
+            if time.monotonic() > deadline:
+                raise FleetTimeoutError(f"{len(missing)} of {len(expected)} devices not online after {timeout:g} s "
+                                        f"({', '.join(missing[:5])}...); see the logs in {rd.logs}")
+            time.sleep(0.1)
+
+
+def _stop_record(record: dict[str, Any]) -> None:
+    # Agents first, so they announce a clean shutdown while the broker still runs.
+    _procs.stop(record.get("agents", []))
+    broker = record.get("broker") or {}
+    if broker.get("pid") is not None:
+        _procs.stop([broker])
+
+
+def down(run_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Stop every process the fleet in ``run_dir`` started, and nothing else.
+
+    Example:
+        >>> down("/tmp/wb-fleet")["stopped_devices"]   # doctest: +SKIP
+        3
+    """
+    rd = RunDir.resolve(run_dir)
+    with _locked(rd):
+        record = rd.read()
+        if record is None:
+            raise FleetNotRunningError(f"no fleet is running in {rd.path} (no fleet.json); nothing to stop")
+        _stop_record(record)
+        rd.clear()
+    return {"run_dir": str(rd.path), "stopped_devices": len(record.get("devices", [])),
+            "stopped_processes": len(record.get("agents", [])) + (1 if record["broker"].get("pid") else 0)}
+
+
+def status(run_dir: str | os.PathLike[str] | None = None, *, timeout: float = 5.0) -> dict[str, Any]:
+    """Each device of the local fleet with its online state, as the broker reports it.
+
+    Example:
+        >>> [d["online"] for d in status("/tmp/wb-fleet")["devices"]]   # doctest: +SKIP
+        [True, True, True]
+    """
+    from workbench.fleet._connect import connect_record
+
+    rd = RunDir.resolve(run_dir)
+    record = rd.read()
+    if record is None:
+        raise FleetNotRunningError(f"no fleet is running in {rd.path}; start one with `workbench up`")
+    result: dict[str, Any] = {"run_dir": str(rd.path), "broker": record["broker"]["url"],
+                              "broker_running": None, "devices": []}
+    broker = record["broker"]
+    if broker.get("pid") is not None:
+        result["broker_running"] = _procs.is_alive(broker)
+    processes = {d: _procs.is_alive(a) for a in record.get("agents", []) for d in a["devices"]}
+    seen: dict[str, Any] = {}
+    try:
+        with connect_record(record, rd, timeout=timeout) as fleet:
+            # Retained status arrives right after subscribing; give it a moment.
+            with contextlib.suppress(FleetTimeoutError):
+                fleet.wait_until(lambda f: len(f) >= len(record["devices"]), timeout=min(timeout, 2.0))
+            seen = {d.device_id: d for d in fleet.devices}
+    except WorkbenchError as exc:
+        result["error"] = str(exc)
+    for entry in record.get("devices", []):
+        device = seen.get(entry["device_id"])
+        result["devices"].append({
+            **entry,
+            "online": bool(device and device.online),
+            "process_running": processes.get(entry["device_id"]),
+            "active_model": device.active_model if device else None,
+        })
+    return result
+

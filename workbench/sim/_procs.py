@@ -1,0 +1,86 @@
+"""Start detached processes and stop exactly the ones we started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on ``host``."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(argv: list[str], log_file: Path, *, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> dict[str, Any]:
+    """Start ``argv`` in its own session (it outlives this command); return its identity."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env, cwd=cwd,
+        )
+    return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "argv": argv,
+            "log": str(log_file)}
+
+
+def _process(record: dict[str, Any]) -> psutil.Process | None:
+    # A pid alone could have been reused by an unrelated process since: check its start time too.
+    try:
+        proc = psutil.Process(int(record["pid"]))
+        if abs(proc.create_time() - float(record["create_time"])) > 0.01:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except (psutil.Error, KeyError, ValueError, TypeError):
+        return None
+
+
+def is_alive(record: dict[str, Any]) -> bool:
+    return _process(record) is not None
+
+
+def reap(record: dict[str, Any]) -> None:
+    """Collect an exited child so it does not linger as a zombie (no-op for others)."""
+    with contextlib.suppress(ChildProcessError, OSError, KeyError, ValueError):
+        os.waitpid(int(record["pid"]), os.WNOHANG)
+
+
+def stop(records: list[dict[str, Any]], *, grace: float = 5.0) -> None:
+    """SIGTERM each recorded process that is still ours, then SIGKILL what outlives ``grace``."""
+    procs = [proc for proc in map(_process, records) if proc is not None]
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    for record in records:
+        reap(record)
+
+
+def wait_port(host: str, port: int, *, timeout: float, proc: dict[str, Any] | None = None) -> bool:
+    """Wait until something listens on ``host:port``; False on timeout or if ``proc`` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            if proc is not None and not is_alive(proc):
+                return False
+            time.sleep(0.05)
+    return False
