@@ -44,6 +44,7 @@ _LAZY = {
     "connect": ("workbench.fleet", "connect"),
     "Fleet": ("workbench.fleet", "Fleet"),
     "Device": ("workbench.fleet", "Device"),
+    "optimize": ("workbench.optimize", "optimize"),
 }
 
 
@@ -84,5 +85,6 @@ __all__ = [
     "connect",
     "get_profile",
     "list_profiles",
+    "optimize",
     "register_profile",
 ]

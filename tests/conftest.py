@@ -1,0 +1,66 @@
+"""Shared fixtures: real local fleets (broker + agent processes) started per test or per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workbench.sim import down, up
+
+REPO = Path(__file__).resolve().parents[1]
+BROKERS = ["embedded", "mosquitto"]
+
+
+def run_cli(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real `workbench` command line in a subprocess."""
+    result = subprocess.run([sys.executable, "-m", "workbench.cli", *args], capture_output=True, text=True,
+                            timeout=timeout, cwd=REPO)
+    if check and result.returncode != 0:
+        raise AssertionError(f"workbench {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def require_broker(kind: str) -> None:
+    """Skip a Mosquitto test where it is not installed, except in CI, where .ci/run installs it."""
+    if kind == "mosquitto" and not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
+        if os.environ.get("CI"):
+            pytest.fail("mosquitto is not installed, but CI must run the Mosquitto tests (.ci/run installs it)")
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+
+
+FleetFactory = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def fleet_factory(tmp_path: Path) -> Iterator[FleetFactory]:
+    """Start local fleets in temporary run dirs; every one is stopped after the test."""
+    started: list[str] = []
+
+    def start(devices: int = 2, broker: str = "embedded", **kwargs: Any) -> dict[str, Any]:
+        require_broker(broker)
+        run_dir = tmp_path / f"fleet-{len(started)}"
+        started.append(str(run_dir))
+        return up(devices=devices, broker=broker, run_dir=run_dir, **kwargs)
+
+    yield start
+    for run_dir in started:
+        try:
+            down(run_dir)
+        except Exception:  # already down, or never came up
+            pass
+
+
+@pytest.fixture(scope="session")
+def shared_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One 3-device fleet on the embedded broker, shared by read-only tests."""
+    run_dir = tmp_path_factory.mktemp("shared-fleet")
+    record = up(devices=3, run_dir=run_dir, keepalive=5)
+    yield record
+    down(run_dir)
