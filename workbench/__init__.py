@@ -45,6 +45,7 @@ _LAZY = {
     "Fleet": ("workbench.fleet", "Fleet"),
     "Device": ("workbench.fleet", "Device"),
     "optimize": ("workbench.optimize", "optimize"),
+    "record": ("workbench.runs", "record"),
 }
 
 
@@ -86,5 +87,6 @@ __all__ = [
     "get_profile",
     "list_profiles",
     "optimize",
+    "record",
     "register_profile",
 ]

@@ -10,7 +10,12 @@ from collections.abc import Sequence
 from workbench.errors import WorkbenchError
 
 # Each module has register(subparsers) and sets `func` on the parsers it adds.
-_COMMAND_MODULES = ("workbench.cli._agent", "workbench.cli._fleet", "workbench.cli._optimize")
+_COMMAND_MODULES = (
+    "workbench.cli._agent",
+    "workbench.cli._fleet",
+    "workbench.cli._optimize",
+    "workbench.cli._runs",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
