@@ -8,6 +8,21 @@ from workbench.agent._commands import command_names, register_command
 from workbench.agent._device import AgentConfig, DeviceAgent
 from workbench.agent._host import EXIT_REFUSED, run_agents
 from workbench.agent._limits import DeviceLimits
+from workbench.agent._runtime import LoadedModel, ModelLoadError, ModelRuntime, sha256_file
+from workbench.agent._services import AgentService, register_service
 
-__all__ = ["EXIT_REFUSED", "AgentConfig", "DeviceAgent", "DeviceLimits", "command_names", "register_command",
-           "run_agents"]
+__all__ = [
+    "EXIT_REFUSED",
+    "AgentConfig",
+    "AgentService",
+    "DeviceAgent",
+    "DeviceLimits",
+    "LoadedModel",
+    "ModelLoadError",
+    "ModelRuntime",
+    "command_names",
+    "register_command",
+    "register_service",
+    "run_agents",
+    "sha256_file",
+]

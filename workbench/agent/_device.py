@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import topic_matches_sub
 
 from workbench.agent._commands import command_names, get_command
 from workbench.agent._limits import DeviceLimits
+from workbench.agent._runtime import ModelRuntime
+from workbench.agent._services import AgentService, service_factories
 from workbench.errors import DuplicateDeviceError, PayloadError, WorkbenchError
 from workbench.fleet import schema, topics
 from workbench.fleet._mqtt import BrokerAddress, is_auth_failure, make_client, new_client_id
@@ -49,6 +52,8 @@ class AgentConfig:
     keepalive: int = 10
     # How long a starting agent listens for another instance holding its device id.
     claim_timeout: float = 1.5
+    # A model to serve from the start (deployments replace it later).
+    model: Path | None = None
 
     def __post_init__(self) -> None:
         topics.check_device_id(self.device_id)
@@ -110,6 +115,16 @@ class DeviceAgent:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self.runtime = ModelRuntime(self.limits)
+        if config.model is not None:
+            loaded = self.runtime.load(config.model, name=config.model.stem)
+            self.runtime.activate(loaded)
+            self.state["active_model"] = {k: v for k, v in loaded.describe().items() if k not in ("inputs", "outputs")}
+        self.services: dict[str, AgentService] = {}
+        for name, factory in service_factories().items():
+            service = factory(self)
+            if service is not None:
+                self.services[name] = service
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -137,6 +152,11 @@ class DeviceAgent:
     def stop(self, reason: str = "shutdown") -> None:
         """Announce a clean shutdown and disconnect (so the broker does not send the will)."""
         self._stopping = True
+        for name, service in self.services.items():
+            try:
+                service.stop()
+            except Exception:  # one service's bug must not keep the device from going offline cleanly
+                log.exception("%s: service %s failed to stop", self.device_id, name)
         if self._holding:
             info = self._client.publish(
                 topics.status_topic(self.device_id), self._status_payload("offline", reason=reason), qos=1, retain=True
@@ -191,6 +211,20 @@ class DeviceAgent:
             "started_at": self.started_at,
         }
 
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Publish for a service or command handler (queued by paho while reconnecting)."""
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_inventory(self) -> None:
+        """Re-announce the inventory, e.g. after the active model changed."""
+        self._client.publish(
+            topics.inventory_topic(self.device_id), schema.encode(self.inventory()), qos=1, retain=True
+        )
+
+    @property
+    def online(self) -> bool:
+        return self._holding and self._client.is_connected()
+
     def stats(self) -> dict[str, Any]:
         return {
             "uptime_s": time.time() - self.started_at,
@@ -204,9 +238,7 @@ class DeviceAgent:
         return schema.encode({"state": state, "instance": self.instance, "ts": time.time(), **extra})
 
     def _publish_online(self) -> None:
-        self._client.publish(
-            topics.inventory_topic(self.device_id), schema.encode(self.inventory()), qos=1, retain=True
-        )
+        self.publish_inventory()
         self._client.publish(topics.status_topic(self.device_id), self._status_payload("online"), qos=1, retain=True)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
@@ -225,6 +257,7 @@ class DeviceAgent:
                 (topics.status_topic(device), 1),
                 (topics.claim_topic(device), 1),
                 (f"{topics.COMMAND_PREFIX}/{device}/+", 1),
+                *((topic, 1) for service in self.services.values() for topic in service.topics()),
             ]
         )
         if self._holding:
@@ -253,6 +286,11 @@ class DeviceAgent:
         self._holding = True
         self._publish_online()
         log.info("%s: online (instance %s)", self.device_id, self.instance)
+        for name, service in self.services.items():
+            try:
+                service.start()
+            except Exception:
+                log.exception("%s: service %s failed to start", self.device_id, name)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         if not self._stopping and self._fatal is None:
@@ -260,6 +298,13 @@ class DeviceAgent:
             log.warning("%s: disconnected (%s); reconnecting with backoff", self.device_id, reason_code)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        for service in self.services.values():
+            if any(topic_matches_sub(sub, message.topic) for sub in service.topics()):
+                try:
+                    service.on_message(message.topic, bytes(message.payload))
+                except Exception:
+                    log.exception("%s: service failed on %s", self.device_id, message.topic)
+                return
         try:
             body = schema.decode(bytes(message.payload))
         except PayloadError as exc:

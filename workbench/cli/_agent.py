@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--credentials-dir", type=Path,
                         help="directory with DEVICE_ID.password files (several devices in one process)")
     parser.add_argument("--ca-file", help="CA certificate to verify the broker's TLS certificate")
+    parser.add_argument("--model", type=Path, help="an ONNX model to serve from the start")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.set_defaults(func=run)
 
@@ -58,5 +59,5 @@ def run(args: argparse.Namespace) -> int:
         address = BrokerAddress.parse(args.broker, username=username, password=password, ca_file=args.ca_file)
         data_dir = args.data_dir / device_id if len(ids) > 1 or args.simulated else args.data_dir
         configs.append(AgentConfig(device_id, address, data_dir, profile=profile, simulated=args.simulated,
-                                   keepalive=args.keepalive))
+                                   keepalive=args.keepalive, model=args.model))
     return run_agents(configs)

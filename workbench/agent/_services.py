@@ -1,0 +1,53 @@
+"""Agent services: long-running parts of an agent that later capabilities plug in.
+
+A service (telemetry publisher, deployment slots, sync outbox) is made per device by a
+factory registered here. The agent subscribes to the service's topics, routes matching
+messages to it, starts it once the device is online and stops it on shutdown, so no
+capability needs to edit the agent's core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from workbench.agent._device import DeviceAgent
+
+
+class AgentService(Protocol):
+    """What the agent expects of a service."""
+
+    def topics(self) -> list[str]:
+        """MQTT topic filters the service wants (subscribed on every connect)."""
+        ...
+
+    def start(self) -> None:
+        """Called once the device holds its id and is online."""
+        ...
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """A message on one of the service's topics (paho's network thread: keep it short)."""
+        ...
+
+    def stop(self) -> None:
+        """Called on shutdown, before the agent announces it is offline."""
+        ...
+
+
+ServiceFactory = Callable[["DeviceAgent"], "AgentService | None"]
+
+_FACTORIES: dict[str, ServiceFactory] = {}
+
+
+def register_service(name: str, factory: ServiceFactory) -> None:
+    """Register a per-device service factory; returning None skips the service for that device.
+
+    Example:
+        >>> register_service("heartbeat", lambda agent: None)   # doctest: +SKIP
+    """
+    _FACTORIES[name] = factory
+
+
+def service_factories() -> dict[str, ServiceFactory]:
+    return dict(_FACTORIES)
