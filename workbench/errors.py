@@ -113,7 +113,14 @@ class RemoteCommandError(CommandError):
 
 
 class PayloadError(WorkbenchError, ValueError):
-    """A message that does not follow the topic schema (malformed, oversized, unknown version)."""
+    """A message that does not follow the topic schema; ``kind`` says how, for counting.
+
+    ``kind`` is ``malformed``, ``oversized`` or ``unknown_version``.
+    """
+
+    def __init__(self, message: str, *, kind: str = "malformed") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class OptimizeError(WorkbenchError):

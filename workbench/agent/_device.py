@@ -31,7 +31,7 @@ from workbench.profiles import HardwareProfile, detect_hardware, get_profile
 
 log = logging.getLogger("workbench.agent")
 
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 @dataclass
@@ -349,7 +349,7 @@ class DeviceAgent:
     def _run_command(self, topic: str, body: dict[str, Any]) -> None:
         _, name = topics.parse_command_topic(topic)
         reply_to = body.get("reply_to")
-        if not isinstance(reply_to, str) or not _CLIENT_ID.match(reply_to):
+        if not isinstance(reply_to, str) or not _CLIENT_ID.fullmatch(reply_to):
             self.rejected["malformed"] += 1
             log.warning("%s: command %s without a valid reply_to; dropped", self.device_id, name)
             return

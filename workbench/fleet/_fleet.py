@@ -269,9 +269,11 @@ class Fleet:
             topics.check_device_id(device_id)
             body = schema.decode(bytes(message.payload))
         except (ValueError, PayloadError) as exc:
-            kind_name = self.rejected.reject(exc) if isinstance(exc, PayloadError) else "bad_topic"
-            if kind_name == "bad_topic":
-                self.rejected["bad_topic"] += 1
+            if isinstance(exc, PayloadError):
+                kind_name = self.rejected.reject(exc)
+            else:
+                kind_name = "bad_topic"
+                self.rejected[kind_name] += 1
             log.warning("rejected %s message on %s: %s", kind_name, message.topic, exc)
             return
         if kind == "reply":

@@ -29,7 +29,7 @@ def encode(body: dict[str, Any]) -> bytes:
 def decode(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
     """Parse and check a payload; raise :class:`PayloadError` naming the problem."""
     if len(payload) > max_bytes:
-        raise PayloadError(f"oversized payload: {len(payload)} bytes, limit {max_bytes}")
+        raise PayloadError(f"oversized payload: {len(payload)} bytes, limit {max_bytes}", kind="oversized")
     try:
         body = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -38,23 +38,17 @@ def decode(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> dict[str, A
         raise PayloadError(f"malformed payload: expected a JSON object, got {type(body).__name__}")
     version = body.get("v")
     if version != SCHEMA_VERSION:
-        raise PayloadError(f"unknown schema version {version!r}: this workbench speaks v{SCHEMA_VERSION}")
+        raise PayloadError(
+            f"unknown schema version {version!r}: this workbench speaks v{SCHEMA_VERSION}; "
+            "upgrade the older side (agent or workbench)",
+            kind="unknown_version",
+        )
     return body
-
-
-def problem_kind(error: PayloadError) -> str:
-    """The counter name for a rejected payload: ``oversized``, ``unknown_version`` or ``malformed``."""
-    text = str(error)
-    for kind in ("oversized", "unknown_version"):
-        if text.startswith(kind.replace("_", " ")):
-            return kind
-    return "malformed"
 
 
 class PayloadCounters(Counter[str]):
     """Counts of rejected payloads by kind, shared by agent and fleet."""
 
     def reject(self, error: PayloadError) -> str:
-        kind = problem_kind(error)
-        self[kind] += 1
-        return kind
+        self[error.kind] += 1
+        return error.kind

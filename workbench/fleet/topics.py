@@ -32,7 +32,7 @@ DEVICE_PREFIX = f"{ROOT}/dev"
 COMMAND_PREFIX = f"{ROOT}/cmd"
 
 # Device ids become topic levels, client ids, ACL entries and directory names.
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def check_device_id(device_id: str) -> str:
@@ -42,7 +42,7 @@ def check_device_id(device_id: str) -> str:
         >>> check_device_id("pi-kitchen-2")
         'pi-kitchen-2'
     """
-    if not isinstance(device_id, str) or not _DEVICE_ID.match(device_id):
+    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
         raise ConfigError(
             f"invalid device id {device_id!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
