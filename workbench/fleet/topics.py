@@ -12,6 +12,8 @@ topic                                    retained  publisher   payload
 ``wb/v1/dev/{device}/claim``             no        device      duplicate-id detection
 ``wb/v1/dev/{device}/reply/{client}``    no        device      response to a command
 ``wb/v1/cmd/{device}/{command}``         no        workbench   a command request
+``wb/v1/dev/{device}/telemetry``         no        device      binary batch (workbench.telemetry._wire)
+``wb/v1/desired/{device}/telemetry``     yes       workbench   telemetry/inference config (JSON)
 =======================================  ========  ==========  ==================================
 
 Example:
@@ -30,6 +32,7 @@ from workbench.errors import ConfigError
 ROOT = "wb/v1"
 DEVICE_PREFIX = f"{ROOT}/dev"
 COMMAND_PREFIX = f"{ROOT}/cmd"
+DESIRED_PREFIX = f"{ROOT}/desired"
 
 # Device ids become topic levels, client ids, ACL entries and directory names.
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -97,3 +100,13 @@ def parse_command_topic(topic: str) -> tuple[str, str]:
     if len(parts) != 5 or "/".join(parts[:3]) != COMMAND_PREFIX:
         raise ValueError(f"not a command topic: {topic!r}")
     return parts[3], parts[4]
+
+
+def telemetry_topic(device_id: str) -> str:
+    """Where the device publishes its binary telemetry batches."""
+    return device_topic(device_id, "telemetry")
+
+
+def desired_topic(device_id: str, name: str) -> str:
+    """Retained desired state ``name`` the workbench sets for the device."""
+    return f"{DESIRED_PREFIX}/{device_id}/{name}"
