@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -12,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+# Popen objects of the processes this Python started: kept so they are reaped when they exit
+# (and not garbage-collected while running, which warns), even though they outlive us.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -30,6 +33,7 @@ def spawn(argv: list[str], log_file: Path, *, env: dict[str, str] | None = None,
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, env=env, cwd=cwd,
         )
+    _CHILDREN[proc.pid] = proc
     return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "argv": argv,
             "log": str(log_file)}
 
@@ -53,8 +57,9 @@ def is_alive(record: dict[str, Any]) -> bool:
 
 def reap(record: dict[str, Any]) -> None:
     """Collect an exited child so it does not linger as a zombie (no-op for others)."""
-    with contextlib.suppress(ChildProcessError, OSError, KeyError, ValueError):
-        os.waitpid(int(record["pid"]), os.WNOHANG)
+    child = _CHILDREN.get(int(record.get("pid", -1)))
+    if child is not None and child.poll() is not None:
+        del _CHILDREN[child.pid]
 
 
 def stop(records: list[dict[str, Any]], *, grace: float = 5.0) -> None:
