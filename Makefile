@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine: `make demo` (set-up, local fleet, curated notebooks)
+# and `make test` (set-up, the whole test suite). The rest are conveniences.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lab up down lint benchmarks clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# constraints.txt pins torch to the local CPU build; anything else pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	# A kernel that resolves to this venv's Python, for papermill, Voila and JupyterLab.
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (workbench)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/workbench demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lab: $(STAMP)
+	$(BIN)/workbench status >/dev/null 2>&1 || $(BIN)/workbench up
+	$(BIN)/jupyter lab notebooks/
+
+up: $(STAMP)
+	$(BIN)/workbench up
+
+down: $(STAMP)
+	$(BIN)/workbench down
+
+lint: $(STAMP)
+	$(BIN)/ruff check workbench widgets tests benchmarks
+	$(BIN)/mypy
+
+benchmarks: $(STAMP)
+	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs test-artifacts .pytest_cache .mypy_cache .ruff_cache
