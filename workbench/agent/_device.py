@@ -339,7 +339,10 @@ class DeviceAgent:
 
     def _on_status(self, body: dict[str, Any]) -> None:
         # A late will of an earlier (killed) instance must not mark this live one offline.
-        if self._holding and not (body.get("instance") == self.instance and body.get("state") == "online"):
+        # While stopping, our own "offline" comes back here: answering it would undo the clean shutdown.
+        if self._holding and not self._stopping and not (
+            body.get("instance") == self.instance and body.get("state") == "online"
+        ):
             self._client.publish(
                 topics.status_topic(self.device_id), self._status_payload("online"), qos=1, retain=True
             )
