@@ -4,6 +4,9 @@ Example:
     $ workbench agent --device-id pi-kitchen --broker mqtt://gateway.local:1883
 """
 
+from workbench.agent import (
+    _deploy_service,  # noqa: F401  (registers the deploy service and its commands)
+)
 from workbench.agent._commands import command_names, register_command
 from workbench.agent._device import AgentConfig, DeviceAgent
 from workbench.agent._host import EXIT_REFUSED, run_agents

@@ -12,6 +12,8 @@ topic                                    retained  publisher   payload
 ``wb/v1/dev/{device}/claim``             no        device      duplicate-id detection
 ``wb/v1/dev/{device}/reply/{client}``    no        device      response to a command
 ``wb/v1/cmd/{device}/{command}``         no        workbench   a command request
+``wb/v1/desired/{device}/model``         yes       workbench   the model the device should run
+``wb/v1/dev/{device}/deploy``            yes       device      deployment state (reported)
 ``wb/v1/dev/{device}/telemetry``         no        device      binary batch (workbench.telemetry._wire)
 ``wb/v1/desired/{device}/telemetry``     yes       workbench   telemetry/inference config (JSON)
 =======================================  ========  ==========  ==================================
