@@ -5,7 +5,9 @@ Example:
 """
 
 from workbench.agent import (
+    _benchmark,  # noqa: F401  (registers the command)
     _deploy_service,  # noqa: F401  (registers the deploy service and its commands)
+    _telemetry_service,  # noqa: F401  (registers the service)
 )
 from workbench.agent._commands import command_names, register_command
 from workbench.agent._device import AgentConfig, DeviceAgent

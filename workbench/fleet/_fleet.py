@@ -27,6 +27,8 @@ from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from workbench.telemetry._client import Telemetry
+
 log = logging.getLogger("workbench.fleet")
 
 Listener = Callable[[str, Device], None]
@@ -243,10 +245,21 @@ class Fleet:
         result = response.get("result")
         return result if isinstance(result, dict) else {"result": result}
 
+    @property
+    def telemetry(self) -> Telemetry:
+        """The fleet's telemetry (store, queries, alerts), started on first use; see workbench.telemetry."""
+        if getattr(self, "_telemetry", None) is None:
+            from workbench.telemetry._client import Telemetry
+
+            self._telemetry = Telemetry(self)
+        return self._telemetry
+
     def close(self) -> None:
         """Disconnect from the broker. The devices keep running."""
         if not getattr(self, "_closed", True):
             self._closed = True
+            if getattr(self, "_telemetry", None) is not None:
+                self._telemetry.close()
             self._client.disconnect()
             self._client.loop_stop()
 

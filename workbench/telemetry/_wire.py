@@ -80,7 +80,7 @@ def encode_batch(
         >>> len(encode_batch("d", 1, np.zeros(500), ["x"], np.zeros(500), np.zeros(500))) > 500 * 18
         True
     """
-    n = int(len(ts))
+    n = len(ts)
     if not (len(metric) == len(value) == n):
         raise ValueError(f"columns differ in length: ts {n}, metric {len(metric)}, value {len(value)}")
     if len(names) > MAX_NAMES:

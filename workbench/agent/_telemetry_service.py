@@ -1,0 +1,288 @@
+"""The agent's telemetry service: runs inference on a source and publishes metrics in binary batches.
+
+Configured per device by the ``telemetry.configure`` command or the retained desired
+state ``wb/v1/desired/{device}/telemetry`` (both take the same keys, see
+:data:`DEFAULTS`); the configuration persists in the device's state.
+
+Every ``publish_interval_s`` the publisher drains the window's points, adds the
+device metrics (CPU, memory, disk, temperature where a sensor exists, uptime) and
+publishes them in batches of at most ``batch_size`` points, each with the next
+sequence number. Sequence numbers start at ``boot << 32`` with a boot counter kept in
+the device's state, so they only ever grow, across restarts too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import psutil
+
+from workbench.agent._commands import register_command
+from workbench.agent._inference import SOURCES, InferenceLoop, Metrics, Point
+from workbench.agent._services import register_service
+from workbench.errors import ConfigError, PayloadError
+from workbench.fleet import topics
+from workbench.telemetry._wire import encode_batch
+
+if TYPE_CHECKING:
+    from workbench.agent._device import DeviceAgent
+
+log = logging.getLogger("workbench.agent.telemetry")
+
+DEFAULTS: dict[str, Any] = {
+    "enabled": True,
+    "publish_interval_s": 1.0,
+    "batch_size": 500,
+    "qos": 1,
+    "source": "none",           # digits | sensors | synthetic | http | none
+    "rate_hz": 10.0,
+    "confidence_threshold": 0.5,
+    "sensor_activities": ["Standing", "Walking"],
+    "window": 20,
+    "http_port": 0,
+    "synthetic_points_per_s": 0,
+    "model": None,              # a model file already on the device, served from now on
+}
+_LIMITS = {"publish_interval_s": (0.01, 3600.0), "batch_size": (1, 100_000), "qos": (0, 1), "rate_hz": (0.01, 10_000.0),
+           "confidence_threshold": (0.0, 1.0), "window": (1, 10_000), "http_port": (0, 65535),
+           "synthetic_points_per_s": (0, 10_000_000)}
+_SERVICES: dict[str, TelemetryService] = {}
+
+
+def validate_config(changes: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge ``changes`` into ``current`` (or the defaults); raise :class:`ConfigError` naming a bad key.
+
+    Example:
+        >>> validate_config({"rate_hz": 5})["rate_hz"]
+        5.0
+    """
+    config = dict(current or DEFAULTS)
+    for key, value in changes.items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"unknown telemetry setting {key!r}; known: {', '.join(sorted(DEFAULTS))}")
+        if key in _LIMITS:
+            low, high = _LIMITS[key]
+            kind = int if isinstance(low, int) and isinstance(high, int) else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ConfigError(f"telemetry setting {key} must be a number from {low} to {high}, got {value!r}")
+            value = kind(value)
+        elif key == "source" and value not in SOURCES:
+            raise ConfigError(f"unknown telemetry source {value!r}; choose one of {', '.join(SOURCES)}")
+        elif key == "enabled" and not isinstance(value, bool):
+            raise ConfigError(f"telemetry setting enabled must be true or false, got {value!r}")
+        config[key] = value
+    return config
+
+
+class TelemetryService:
+    """Per-device inference loop plus batched publisher (an :class:`AgentService`)."""
+
+    def __init__(self, agent: DeviceAgent) -> None:
+        self.agent = agent
+        self.config = validate_config({}, {**DEFAULTS, **(agent.state.get("telemetry") or {})})
+        self.metrics = Metrics()
+        self.loop: InferenceLoop | None = None
+        self.batches_sent = 0
+        self.points_sent = 0
+        self._seq = 0
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # the first call only starts the measurement
+        _SERVICES[agent.device_id] = self
+
+    # -- AgentService --------------------------------------------------------------------------
+
+    def topics(self) -> list[str]:
+        return [topics.desired_topic(self.agent.device_id, "telemetry")]
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        # A retained desired state arrives on every connect; apply it off the network thread.
+        threading.Thread(target=self._apply_desired, args=(payload,), daemon=True).start()
+
+    def start(self) -> None:
+        boot = int(self.agent.state.get("telemetry_boot", 0)) + 1
+        self.agent.state["telemetry_boot"] = boot
+        self.agent.save_state()
+        self._seq = boot << 32
+        self._restart_loop()
+        self._thread = threading.Thread(target=self._publish_loop, name=f"wb-telemetry-{self.agent.device_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            if self.loop is not None:
+                self.loop.stop()
+
+    # -- configuration ------------------------------------------------------------------------------
+
+    def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply and persist new settings; restart the inference loop; return the full config."""
+        with self._lock:
+            config = validate_config(changes, self.config)
+            if changes.get("model"):
+                self._load_model(Path(str(changes["model"])))
+            self.config = config
+            self.agent.state["telemetry"] = {k: v for k, v in config.items() if k != "model"}
+            self.agent.save_state()
+            if self._thread is not None:
+                self._restart_loop()
+            self._wake.set()
+            return self.status()
+
+    def _apply_desired(self, payload: bytes) -> None:
+        try:
+            body = json.loads(payload) if payload else {}
+            if not isinstance(body, dict):
+                raise PayloadError("desired telemetry state must be a JSON object")
+            body.pop("v", None)
+            self.configure(body)
+        except (ValueError, ConfigError, PayloadError) as exc:
+            self.agent.rejected["malformed"] += 1
+            log.warning("%s: ignored desired telemetry state: %s", self.agent.device_id, exc)
+
+    def _load_model(self, path: Path) -> None:
+        if not path.is_file():
+            raise ConfigError(f"model file {path} is not on this device; copy it there first (or deploy it)")
+        runtime = self.agent.runtime
+        runtime.activate(runtime.load(path, name=path.stem))
+        active = runtime.active
+        assert active is not None
+        self.agent.state["active_model"] = {k: v for k, v in active.describe().items()
+                                            if k not in ("inputs", "outputs")}
+        self.agent.publish_inventory()
+
+    def _restart_loop(self) -> None:
+        with self._lock:
+            if self.loop is not None:
+                self.loop.stop()
+            self.loop = InferenceLoop(self.agent.runtime, self.metrics, self.config)
+            if self.config["enabled"]:
+                self.loop.start()
+
+    def status(self) -> dict[str, Any]:
+        loop = self.loop
+        return {"config": dict(self.config), "seq": self._seq, "batches_sent": self.batches_sent,
+                "points_sent": self.points_sent, "http_port": loop.http_port if loop else None,
+                "queued_results": len(loop.results) if loop else 0}
+
+    # -- publishing -----------------------------------------------------------------------------------
+
+    def _device_metrics(self, now: float) -> list[Point]:
+        points: list[Point] = [
+            (now, "cpu_percent", self._process.cpu_percent(None)),
+            (now, "memory_mb", self._process.memory_info().rss / 2**20),
+            (now, "uptime_s", now - self.agent.started_at),
+        ]
+        try:
+            points.append((now, "disk_free_mb", shutil.disk_usage(self.agent.config.data_dir).free / 2**20))
+        except OSError:
+            pass
+        read_temperatures = getattr(psutil, "sensors_temperatures", None)
+        if read_temperatures is not None:
+            try:
+                readings = [t.current for entries in read_temperatures().values() for t in entries if t.current]
+            except (OSError, RuntimeError):
+                readings = []
+            if readings:  # absent, never invented, where the hardware has no sensor
+                points.append((now, "temperature_c", float(max(readings))))
+        return points
+
+    def _tags(self) -> dict[str, Any]:
+        model = self.agent.runtime.active
+        return {"model": model.name if model else None, "model_version": model.version if model else None,
+                "model_sha256": model.sha256[:12] if model else None, "instance": self.agent.instance,
+                "source": self.config["source"]}
+
+    def _publish_loop(self) -> None:
+        synthetic_carry = 0.0
+        while not self._stop.is_set():
+            interval = float(self.config["publish_interval_s"])
+            self._wake.wait(interval)
+            self._wake.clear()
+            if not self.config["enabled"] or not self.agent.online:
+                continue
+            now = time.time()
+            points, summary = self.metrics.drain()
+            points += [(now, name, value) for name, value in summary.items()]
+            points += self._device_metrics(now)
+            try:
+                self._publish(points)
+                rate = float(self.config["synthetic_points_per_s"])
+                if rate > 0:
+                    synthetic_carry += rate * interval
+                    count, synthetic_carry = int(synthetic_carry), synthetic_carry - int(synthetic_carry)
+                    self._publish_synthetic(count, now)
+            except Exception:  # a publish bug must not end the device's telemetry
+                log.exception("%s: telemetry publish failed", self.agent.device_id)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _publish(self, points: list[Point]) -> None:
+        size = int(self.config["batch_size"])
+        topic = topics.telemetry_topic(self.agent.device_id)
+        tags = self._tags()
+        for start in range(0, len(points), size):
+            chunk = points[start:start + size]
+            names: dict[str, int] = {}
+            index = np.fromiter((names.setdefault(p[1], len(names)) for p in chunk), dtype=np.uint16, count=len(chunk))
+            ts = np.fromiter((p[0] for p in chunk), dtype=np.float64, count=len(chunk))
+            values = np.fromiter((p[2] for p in chunk), dtype=np.float64, count=len(chunk))
+            raw = encode_batch(self.agent.device_id, self._next_seq(), ts, list(names), index, values, tags=tags)
+            self.agent.publish(topic, raw, qos=int(self.config["qos"]))
+            self.batches_sent += 1
+            self.points_sent += len(chunk)
+
+    def _publish_synthetic(self, count: int, now: float) -> None:
+        # A load generator for benchmarks: columns are built with numpy, not point by point.
+        size = int(self.config["batch_size"])
+        names = [f"synthetic_{i}" for i in range(10)]
+        topic = topics.telemetry_topic(self.agent.device_id)
+        tags = {"source": "synthetic"}
+        index = (np.arange(size) % len(names)).astype(np.uint16)
+        values = np.random.default_rng(self._seq & 0xFFFF).normal(size=size)
+        for start in range(0, count, size):
+            n = min(size, count - start)
+            ts = now + np.arange(n) * 1e-6
+            raw = encode_batch(self.agent.device_id, self._next_seq(), ts, names, index[:n], values[:n],
+                               sent=time.time(), tags=tags)
+            self.agent.publish(topic, raw, qos=int(self.config["qos"]))
+            self.batches_sent += 1
+            self.points_sent += n
+
+
+def _service(agent: DeviceAgent) -> TelemetryService:
+    service = _SERVICES.get(agent.device_id)
+    if service is None or service.agent is not agent:
+        raise ConfigError(f"telemetry is not running on {agent.device_id}; restart the agent")
+    return service
+
+
+@register_command("telemetry.configure")
+def _configure(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
+    """Change the device's telemetry and inference settings (keys of DEFAULTS)."""
+    return _service(agent).configure(args)
+
+
+@register_command("telemetry.status")
+def _status(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
+    return _service(agent).status()
+
+
+register_service("telemetry", TelemetryService)

@@ -1,0 +1,204 @@
+"""`fleet.telemetry`: ingestion into a store, queries as DataFrames, alert rules, device configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workbench.errors import ConfigError
+from workbench.fleet import topics
+from workbench.telemetry._alerts import AlertEngine, AlertRule
+from workbench.telemetry._ingest import Ingestor, Store
+from workbench.telemetry._time import Duration, Instant, epoch, seconds
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from workbench.fleet._fleet import Fleet
+
+
+def open_store(path: str | os.PathLike[str] | None = None, *, backend: str = "duckdb", dsn: str | None = None,
+               **options: Any) -> Store:
+    """A store by backend name: ``duckdb`` (file or in memory) or ``postgres`` (``dsn``).
+
+    Example:
+        >>> open_store().backend
+        'duckdb'
+    """
+    if backend == "duckdb":
+        from workbench.telemetry._store import DuckDBStore
+
+        return DuckDBStore(path, **options)
+    if backend == "postgres":
+        from workbench.telemetry._postgres import PostgresStore
+
+        if not dsn:
+            raise ConfigError("the postgres backend needs dsn='postgresql://user:pw@host/db'")
+        return PostgresStore(dsn, **options)
+    raise ConfigError(f"unknown telemetry backend {backend!r}; choose 'duckdb' or 'postgres'")
+
+
+class Telemetry:
+    """The fleet's telemetry: a subscriber storing every device's batches, and queries over them.
+
+    Made on first use of ``fleet.telemetry`` with an in-memory DuckDB store, or by
+    ``Telemetry(fleet, path=...)`` for a file (``$WORKBENCH_TELEMETRY_DB`` sets the
+    default path) or ``backend="postgres", dsn=...``.
+
+    Example:
+        >>> fleet.telemetry.query("latency_p95_ms", devices="all", since="10m", every="5s")   # doctest: +SKIP
+        >>> fleet.telemetry.add_rule("slow", "latency_p95_ms", above=50)                       # doctest: +SKIP
+        >>> fleet.telemetry.alerts()                                                           # doctest: +SKIP
+    """
+
+    def __init__(self, fleet: Fleet, *, path: str | os.PathLike[str] | None = None, backend: str = "duckdb",
+                 dsn: str | None = None, store: Store | None = None, **ingest_options: Any) -> None:
+        self.fleet = fleet
+        if store is None:
+            store = open_store(path if path is not None else os.environ.get("WORKBENCH_TELEMETRY_DB"),
+                               backend=backend, dsn=dsn)
+        self.store: Any = store
+        self.engine = AlertEngine()
+        self.ingestor = Ingestor(fleet.address, store, alerts=self.engine, **ingest_options)
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def _devices(self, devices: str | list[str] | None) -> list[str] | None:
+        if devices in (None, "all"):
+            return None
+        if isinstance(devices, str):
+            return [devices]
+        return list(devices)
+
+    def query(self, metric: str | list[str], *, devices: str | list[str] | None = "all", since: Instant = "10m",
+              until: Instant = None, every: Duration | None = None, agg: str = "mean") -> pd.DataFrame:
+        """History of ``metric`` as a DataFrame with columns time (UTC), device_id, metric, value.
+
+        ``every`` buckets the points (``agg``: mean, min, max, sum, count, first, last).
+
+        Example:
+            >>> fleet.telemetry.query("latency_p95_ms", devices="all", since="10m", every="5s")  # doctest: +SKIP
+        """
+        now = time.time()
+        return self.store.query(metric, self._devices(devices), epoch(since, now=now, what="since"),
+                                epoch(until, now=now, what="until"),
+                                seconds(every, "every") if every is not None else None, agg)
+
+    def latest(self) -> pd.DataFrame:
+        """The newest value of every metric per device (one row per device, one column per metric)."""
+        import pandas as pd
+
+        rows = {device: {name: value for name, (_, value) in feed.latest.items()}
+                for device, feed in list(self.ingestor.feeds.items())}
+        return pd.DataFrame.from_dict(rows, orient="index").sort_index()
+
+    def stats(self) -> pd.DataFrame:
+        """Per-device ingestion counters: points, batches, duplicates, gaps, rejected kinds, clock offset."""
+        import pandas as pd
+
+        frame = pd.DataFrame.from_dict(self.ingestor.stats(), orient="index")
+        frame.index.name = "device_id"
+        return frame.reset_index()
+
+    def health(self) -> pd.DataFrame:
+        """The fleet health table: online, model version, p95 latency, errors, and the sync backlog.
+
+        ``sync_backlog`` stays empty until the sync capability reports it.
+        """
+        import pandas as pd
+
+        feeds = dict(self.ingestor.feeds)
+        rows = []
+        for device in self.fleet.devices:
+            feed = feeds.get(device.device_id)
+            latest = feed.latest if feed else {}
+            tags = feed.tags if feed else {}
+            model = device.active_model or {}
+            rows.append({
+                "device_id": device.device_id,
+                "online": device.online,
+                "profile": device.profile,
+                "model": tags.get("model") or (model.get("name") if isinstance(model, dict) else None),
+                "model_version": tags.get("model_version") or (model.get("version") if isinstance(model, dict)
+                                                               else None),
+                "latency_p95_ms": latest.get("latency_p95_ms", (None, np.nan))[1],
+                "throughput": latest.get("throughput", (None, np.nan))[1],
+                "errors": latest.get("errors", (None, np.nan))[1],
+                "cpu_percent": latest.get("cpu_percent", (None, np.nan))[1],
+                "missing_batches": feed.counters["missing"] if feed else 0,
+                "sync_backlog": None,  # filled by the sync issue
+                "last_telemetry": feed.last_received if feed else None,
+            })
+        frame = pd.DataFrame(rows)
+        if not frame.empty:
+            frame["last_telemetry"] = pd.to_datetime(frame["last_telemetry"], unit="s", utc=True)
+        return frame
+
+    # -- alerts ---------------------------------------------------------------------------------------
+
+    def add_rule(self, name: str, metric: str, **conditions: Any) -> AlertRule:
+        """Add (or replace) an alert rule; see :class:`AlertRule` for the conditions.
+
+        Example:
+            >>> fleet.telemetry.add_rule("anomaly", "anomaly_score", above=0.5, for_points=3)   # doctest: +SKIP
+        """
+        rule = AlertRule(name, metric, **conditions)
+        self.engine.add(rule)
+        return rule
+
+    def rules(self) -> list[AlertRule]:
+        return list(self.engine.rules.values())
+
+    def alerts(self, since: Instant = None) -> pd.DataFrame:
+        """Fired alerts as a DataFrame: time, device_id, rule, metric, value, message."""
+        return self.store.alerts(epoch(since, what="since"))
+
+    # -- devices ---------------------------------------------------------------------------------------
+
+    def configure(self, devices: str | list[str] = "all", *, retain: bool = False, timeout: float = 10.0,
+                  **settings: Any) -> dict[str, dict[str, Any]]:
+        """Change devices' telemetry and inference settings (source, rate_hz, publish_interval_s, ...).
+
+        With ``retain=True`` the settings are also published as retained desired state,
+        so a device that restarts or comes online later gets them too.
+
+        Example:
+            >>> fleet.telemetry.configure("sim-01", source="sensors", rate_hz=10)   # doctest: +SKIP
+        """
+        names = [d.device_id for d in self.fleet.online()] if devices == "all" else self._devices(devices) or []
+        results = {}
+        for name in names:
+            if retain:
+                info = self.fleet._client.publish(topics.desired_topic(name, "telemetry"),
+                                                  json.dumps(settings).encode(), qos=1, retain=True)
+                info.wait_for_publish(timeout)
+            results[name] = self.fleet.call(name, "telemetry.configure", settings, timeout=timeout)
+        return results
+
+    def wait_for(self, metric: str, *, devices: str | list[str] | None = "all", count: int = 1,
+                 timeout: float = 30.0) -> None:
+        """Block until every named device (or any, for "all") has stored ``count`` points of ``metric``."""
+        from workbench.errors import FleetTimeoutError
+
+        wanted = self._devices(devices)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.ingestor.wait_idle(timeout=1.0)
+            frame = self.query(metric, devices=wanted or "all", since=None)
+            per_device = frame.groupby("device_id").size() if not frame.empty else {}
+            have = {d: int(n) for d, n in dict(per_device).items()}
+            if (wanted and all(have.get(d, 0) >= count for d in wanted)) or (not wanted and have and
+                                                                               max(have.values()) >= count):
+                return
+            if time.monotonic() > deadline:
+                raise FleetTimeoutError(f"{metric}: {have or 'no points'} after {timeout:g} s (wanted {count} per "
+                                        "device); is telemetry enabled and the source configured?")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.ingestor.close()
+        self.store.close()

@@ -1,0 +1,300 @@
+"""Ingestion: a subscriber that decodes telemetry batches and appends them to the store in big inserts.
+
+paho's network thread only queues ``(payload, topic, received)``; one writer thread
+decodes, checks and dedups, buffers columns and inserts ~10k rows at a time (DuckDB
+pays ~1.3 ms per insert, so one insert per 500-point batch would cap ingestion near
+0.25 M points/s). Problems are counted per device, never raised:
+
+* malformed, truncated, oversized, unknown_version batches, and batches whose header
+  names another device than the topic (``spoofed``);
+* ``duplicates`` (a (device, seq) already stored), ``out_of_order`` (older than the
+  newest seen), ``gaps`` (sequence numbers skipped: the broker dropped them, or they
+  are still on the way; a late arrival reduces ``missing``);
+* ``clock_skew`` batches whose device clock is off by more than ``clock_tolerance_s``:
+  their timestamps are shifted onto the workbench's clock (by the difference between
+  the batch's ``sent`` and its arrival), so a device minutes off still plots in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from workbench.errors import PayloadError
+from workbench.fleet import topics
+from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+from workbench.telemetry._alerts import AlertEngine
+from workbench.telemetry._wire import MAX_BATCH_BYTES, Batch, decode_batch, problem_kind
+
+log = logging.getLogger("workbench.telemetry")
+
+
+class Store(Protocol):
+    """What ingestion needs of a backend (DuckDB or PostgreSQL)."""
+
+    def device_ids(self, names: list[str]) -> list[int]: ...
+    def metric_ids(self, names: list[str]) -> list[int]: ...
+    def insert(self, ts: np.ndarray, device: np.ndarray, metric: np.ndarray, value: np.ndarray,
+               seq: np.ndarray) -> None: ...
+    def record_batches(self, device: list[int], seq: list[int], received: list[float], n: list[int]) -> None: ...
+    def seen_batches(self) -> dict[str, set[int]]: ...
+    def add_alert(self, alert: dict[str, Any]) -> None: ...
+    def apply_retention(self, now: float | None = None) -> dict[str, int]: ...
+
+
+@dataclass
+class DeviceFeed:
+    """What ingestion knows about one device's stream."""
+
+    counters: Counter[str] = field(default_factory=Counter)
+    seen: set[int] = field(default_factory=set)
+    newest: int = -1
+    tags: dict[str, Any] = field(default_factory=dict)
+    last_received: float | None = None
+    clock_offset_s: float = 0.0
+    latest: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (ts, value)
+
+
+PointsListener = Callable[[str, str, np.ndarray, np.ndarray], None]
+
+
+class Ingestor:
+    """Subscribe to ``wb/v1/dev/+/telemetry`` and store every valid, new point.
+
+    Example:
+        >>> ingestor = Ingestor(fleet.address, DuckDBStore())   # doctest: +SKIP
+        >>> ingestor.stats()["sim-01"]["points"]                # doctest: +SKIP
+        1200
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress | None,
+        store: Store,
+        *,
+        alerts: AlertEngine | None = None,
+        flush_rows: int = 10_000,
+        flush_interval_s: float = 0.05,
+        clock_tolerance_s: float = 5.0,
+        retention_every_s: float = 60.0,
+        max_bytes: int = MAX_BATCH_BYTES,
+        timeout: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.alerts = alerts or AlertEngine()
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_s
+        self.clock_tolerance_s = clock_tolerance_s
+        self.retention_every_s = retention_every_s
+        self.max_bytes = max_bytes
+        self.feeds: dict[str, DeviceFeed] = {}
+        self.totals: Counter[str] = Counter()
+        self.latencies_ms: deque[float] = deque(maxlen=100_000)  # batch sent -> queryable, same-host clocks
+        self.listeners: list[PointsListener] = []
+        self.watched: set[str] = set()
+        self._inbox: deque[tuple[bytes, str, float]] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flushed = threading.Condition()
+        self._lock = threading.Lock()
+        for device, seqs in store.seen_batches().items():
+            feed = self._feed(device)
+            feed.seen, feed.newest = seqs, max(seqs, default=-1)
+        self._writer = threading.Thread(target=self._write_loop, name="wb-telemetry-writer", daemon=True)
+        self._writer.start()
+        self._client = None
+        if address is not None:
+            self._client = make_client(address, new_client_id("wb-ingest"))
+            self._client.on_connect = self._on_connect
+            self._client.on_message = self._on_message
+            # A burst of batches must queue here, not be dropped by paho.
+            self._client.max_queued_messages_set(0)
+            connect_blocking(self._client, address, keepalive=10, timeout=timeout)
+
+    # -- input ------------------------------------------------------------------------------------
+
+    def _on_connect(self, client: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        if not getattr(reason_code, "is_failure", False):
+            client.subscribe(topics.telemetry_topic("+"), qos=1)
+
+    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
+        self.feed(bytes(message.payload), message.topic)
+
+    def feed(self, payload: bytes, topic: str, received: float | None = None) -> None:
+        """Queue one raw batch as if it came from the broker (the subscriber's path; tests use it too)."""
+        self._inbox.append((payload, topic, time.time() if received is None else received))
+        self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        """Batches received but not yet decoded."""
+        return len(self._inbox)
+
+    # -- writer thread --------------------------------------------------------------------------------
+
+    def _feed(self, device: str) -> DeviceFeed:
+        feed = self.feeds.get(device)
+        if feed is None:
+            with self._lock:
+                feed = self.feeds.setdefault(device, DeviceFeed())
+        return feed
+
+    def _accept(self, payload: bytes, topic: str, received: float) -> Batch | None:
+        try:
+            device, _kind, _ = topics.parse_device_topic(topic)
+        except ValueError:
+            self.totals["bad_topic"] += 1
+            return None
+        feed = self._feed(device)
+        feed.counters["messages"] += 1
+        feed.last_received = received
+        try:
+            batch = decode_batch(payload, max_bytes=self.max_bytes)
+        except PayloadError as exc:
+            feed.counters[problem_kind(exc)] += 1
+            self.totals["rejected"] += 1
+            log.debug("rejected telemetry from %s: %s", device, exc)
+            return None
+        if batch.device != device:
+            feed.counters["spoofed"] += 1
+            return None
+        if batch.seq in feed.seen:
+            feed.counters["duplicates"] += 1
+            return None
+        if batch.seq < feed.newest:
+            feed.counters["out_of_order"] += 1
+            feed.counters["missing"] -= 1  # it was counted missing when the newer one came
+        elif feed.newest >= 0 and batch.seq >> 32 == feed.newest >> 32 and batch.seq > feed.newest + 1:
+            skipped = batch.seq - feed.newest - 1
+            feed.counters["gaps"] += skipped
+            feed.counters["missing"] += skipped
+        feed.seen.add(batch.seq)
+        feed.newest = max(feed.newest, batch.seq)
+        offset = received - batch.sent
+        if abs(offset) > self.clock_tolerance_s:
+            feed.counters["clock_skew"] += 1
+            batch.ts = batch.ts + offset
+        feed.clock_offset_s = offset
+        feed.tags = batch.tags
+        feed.counters["batches"] += 1
+        feed.counters["points"] += batch.n
+        return batch
+
+    def _write_loop(self) -> None:
+        pending: list[tuple[Batch, float]] = []
+        rows = 0
+        first_at = 0.0
+        next_retention = time.monotonic() + self.retention_every_s
+        while not self._stop.is_set() or self._inbox:
+            if not self._inbox:
+                self._wake.wait(self.flush_interval_s if pending else 0.5)
+                self._wake.clear()
+            while self._inbox and rows < self.flush_rows:
+                payload, topic, received = self._inbox.popleft()
+                batch = self._accept(payload, topic, received)
+                if batch is not None and batch.n:
+                    if not pending:
+                        first_at = time.monotonic()
+                    pending.append((batch, received))
+                    rows += batch.n
+            if pending and (rows >= self.flush_rows or time.monotonic() - first_at >= self.flush_interval_s
+                            or self._stop.is_set()):
+                try:
+                    self._flush(pending)
+                except Exception:  # a store failure must not end ingestion; the points are lost and counted
+                    log.exception("telemetry store insert failed; %d points dropped", rows)
+                    self.totals["store_errors"] += 1
+                    self.totals["points_lost"] += rows
+                pending, rows = [], 0
+                with self._flushed:
+                    self._flushed.notify_all()
+            if time.monotonic() > next_retention:
+                next_retention = time.monotonic() + self.retention_every_s
+                try:
+                    self.store.apply_retention()
+                except Exception:
+                    log.exception("telemetry retention failed")
+
+    def _flush(self, pending: list[tuple[Batch, float]]) -> None:
+        devices = self.store.device_ids([b.device for b, _ in pending])
+        ts = np.concatenate([b.ts for b, _ in pending])
+        value = np.concatenate([b.value for b, _ in pending])
+        counts = np.fromiter((b.n for b, _ in pending), dtype=np.int64, count=len(pending))
+        device = np.repeat(np.asarray(devices, dtype=np.int32), counts)
+        seq = np.repeat(np.fromiter((b.seq for b, _ in pending), dtype=np.uint64, count=len(pending)), counts)
+        metric_parts = []
+        for batch, _ in pending:
+            ids = np.asarray(self.store.metric_ids(batch.names), dtype=np.int32)
+            metric_parts.append(ids[batch.metric])
+        metric = np.concatenate(metric_parts)
+        self.store.insert(ts, device, metric, value, seq)
+        self.store.record_batches(devices, [b.seq for b, _ in pending], [r for _, r in pending],
+                                  counts.tolist())
+        done = time.time()
+        self.latencies_ms.extend((done - b.sent) * 1000.0 for b, _ in pending)
+        self.totals["points"] += int(counts.sum())
+        self.totals["batches"] += len(pending)
+        self._after_flush(pending)
+
+    def _after_flush(self, pending: list[tuple[Batch, float]]) -> None:
+        interesting = self.alerts.metrics() | self.watched
+        for batch, _ in pending:
+            feed = self.feeds[batch.device]
+            # Latest value of every metric, for health tables (vectorised: last index per name).
+            last = {}
+            for index, name in enumerate(batch.names):
+                where = np.flatnonzero(batch.metric == index)
+                if where.size:
+                    last[name] = (float(batch.ts[where[-1]]), float(batch.value[where[-1]]))
+                    if name in interesting:
+                        ts, values = batch.ts[where], batch.value[where]
+                        for alert in self.alerts.evaluate(name, batch.device, ts, values):
+                            self.store.add_alert(alert)
+                        for listener in list(self.listeners):
+                            listener(batch.device, name, ts, values)
+            feed.latest.update(last)
+
+    # -- control -------------------------------------------------------------------------------------
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until everything received so far is stored (or ``timeout``); True if it is."""
+        deadline = time.monotonic() + timeout
+        with self._flushed:
+            while self._inbox or self._pending_rows():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._wake.set()
+                self._flushed.wait(min(remaining, 0.05))
+        return True
+
+    def _pending_rows(self) -> bool:
+        # The writer holds a partly filled buffer for at most flush_interval_s.
+        time.sleep(self.flush_interval_s)
+        return bool(self._inbox)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per-device counters, newest sequence number, clock offset and tags."""
+        with self._lock:
+            feeds = dict(self.feeds)
+        return {device: {**{k: 0 for k in ("batches", "points", "duplicates", "out_of_order", "gaps", "missing",
+                                           "clock_skew", "malformed", "truncated", "oversized", "unknown_version",
+                                           "spoofed")},
+                         **feed.counters, "newest_seq": feed.newest, "clock_offset_s": feed.clock_offset_s,
+                         "last_received": feed.last_received, **{f"tag_{k}": v for k, v in feed.tags.items()}}
+                for device, feed in sorted(feeds.items())}
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        self._stop.set()
+        self._wake.set()
+        self._writer.join(timeout=10)

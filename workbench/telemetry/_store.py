@@ -1,0 +1,224 @@
+"""The embedded time-series store: DuckDB, columnar, with retention, downsampling and dedup records.
+
+Points live in ``points(ts, device, metric, value, seq)`` with device and metric as
+small integer ids (names in their own tables), so one insert of 10k rows is a
+zero-copy scan of numpy columns. Each accepted batch leaves a row in ``batches``:
+that is what dedup by (device, sequence) checks after a restart. Points older than
+``raw_retention`` are rolled up into per-``rollup_every`` avg/min/max/count rows
+and deleted; rollups older than ``rollup_retention`` are deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workbench.errors import ConfigError
+from workbench.telemetry._time import Duration, seconds
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+AGGREGATES = {"mean": "avg", "avg": "avg", "min": "min", "max": "max", "sum": "sum", "count": "count",
+              "last": "arg_max", "first": "arg_min"}
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS device_names (id INTEGER PRIMARY KEY, name VARCHAR UNIQUE);
+CREATE TABLE IF NOT EXISTS metric_names (id INTEGER PRIMARY KEY, name VARCHAR UNIQUE);
+CREATE TABLE IF NOT EXISTS points (ts DOUBLE, device INTEGER, metric INTEGER, value DOUBLE, seq UBIGINT);
+CREATE TABLE IF NOT EXISTS rollup (bucket DOUBLE, device INTEGER, metric INTEGER,
+    avg DOUBLE, min DOUBLE, max DOUBLE, count BIGINT);
+CREATE TABLE IF NOT EXISTS batches (device INTEGER, seq UBIGINT, received DOUBLE, n INTEGER);
+CREATE TABLE IF NOT EXISTS alerts (ts DOUBLE, device VARCHAR, rule VARCHAR, metric VARCHAR, value DOUBLE,
+    message VARCHAR);
+"""
+
+
+class DuckDBStore:
+    """Telemetry points in DuckDB (a file, or in memory when ``path`` is None).
+
+    Thread-safe: one lock serialises the writer thread's inserts and callers' queries.
+
+    Example:
+        >>> store = DuckDBStore()
+        >>> ids = store.device_ids(["sim-01"]), store.metric_ids(["cpu_percent"])
+        >>> store.insert(np.array([1.0]), np.array([ids[0][0]]), np.array([ids[1][0]]), np.array([42.0]),
+        ...              np.array([1], dtype=np.uint64))
+        >>> store.count()
+        1
+    """
+
+    backend = "duckdb"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        raw_retention: Duration = "1d",
+        rollup_every: Duration = "1m",
+        rollup_retention: Duration = "30d",
+    ) -> None:
+        import duckdb
+
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.raw_retention = seconds(raw_retention, "raw_retention")
+        self.rollup_every = seconds(rollup_every, "rollup_every")
+        self.rollup_retention = seconds(rollup_retention, "rollup_retention")
+        if self.rollup_every <= 0:
+            raise ConfigError("rollup_every must be positive, e.g. '1m'")
+        try:
+            self._con = duckdb.connect(str(self.path) if self.path else ":memory:")
+        except duckdb.IOException as exc:
+            raise ConfigError(f"cannot open the telemetry store {self.path}: {exc}; another process may hold it "
+                              "(DuckDB allows one writer): close it or use another path") from None
+        self._lock = threading.Lock()
+        self._con.execute(_SCHEMA)
+        self._devices: dict[str, int] = dict(self._con.execute("SELECT name, id FROM device_names").fetchall())
+        self._metrics: dict[str, int] = dict(self._con.execute("SELECT name, id FROM metric_names").fetchall())
+
+    # -- names ------------------------------------------------------------------------------
+
+    def _ids(self, names: list[str], table: str, cache: dict[str, int]) -> list[int]:
+        missing = [n for n in dict.fromkeys(names) if n not in cache]
+        if missing:
+            with self._lock:
+                for name in missing:
+                    cache[name] = len(cache)
+                    self._con.execute(f"INSERT INTO {table} VALUES (?, ?)", [cache[name], name])
+        return [cache[n] for n in names]
+
+    def device_ids(self, names: list[str]) -> list[int]:
+        return self._ids(names, "device_names", self._devices)
+
+    def metric_ids(self, names: list[str]) -> list[int]:
+        return self._ids(names, "metric_names", self._metrics)
+
+    def metric_id(self, name: str) -> int | None:
+        return self._metrics.get(name)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def insert(self, ts: np.ndarray, device: np.ndarray, metric: np.ndarray, value: np.ndarray,
+               seq: np.ndarray) -> None:
+        """Append columns of points (one insert: call with ~10k rows, not per batch)."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"ts": ts, "device": device.astype(np.int32, copy=False),
+                              "metric": metric.astype(np.int32, copy=False), "value": value,
+                              "seq": seq.astype(np.uint64, copy=False)}, copy=False)
+        with self._lock:
+            self._con.register("_wb_points", frame)
+            try:
+                self._con.execute("INSERT INTO points SELECT * FROM _wb_points")
+            finally:
+                self._con.unregister("_wb_points")
+
+    def record_batches(self, device: list[int], seq: list[int], received: list[float], n: list[int]) -> None:
+        import pandas as pd
+
+        frame = pd.DataFrame({"device": np.asarray(device, np.int32), "seq": np.asarray(seq, np.uint64),
+                              "received": np.asarray(received, np.float64), "n": np.asarray(n, np.int32)})
+        with self._lock:
+            self._con.register("_wb_batches", frame)
+            try:
+                self._con.execute("INSERT INTO batches SELECT * FROM _wb_batches")
+            finally:
+                self._con.unregister("_wb_batches")
+
+    def seen_batches(self) -> dict[str, set[int]]:
+        """Sequence numbers already stored, per device name (dedup survives a restart)."""
+        names = {i: n for n, i in self._devices.items()}
+        seen: dict[str, set[int]] = {}
+        with self._lock:
+            rows = self._con.execute("SELECT device, seq FROM batches").fetchall()
+        for device, seq in rows:
+            seen.setdefault(names[device], set()).add(int(seq))
+        return seen
+
+    def add_alert(self, alert: dict[str, Any]) -> None:
+        with self._lock:
+            self._con.execute("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?)",
+                              [alert["ts"], alert["device_id"], alert["rule"], alert["metric"], alert["value"],
+                               alert["message"]])
+
+    def apply_retention(self, now: float | None = None) -> dict[str, int]:
+        """Roll up and delete raw points older than the raw retention; drop expired rollups."""
+        now = time.time() if now is None else now
+        cutoff = now - self.raw_retention
+        every = self.rollup_every
+        with self._lock:
+            # Whole buckets only, so a bucket is never rolled up twice with half its points.
+            cutoff = float(np.floor(cutoff / every) * every)
+            rolled = self._con.execute(
+                "INSERT INTO rollup SELECT floor(ts / ?) * ?, device, metric, avg(value), min(value), max(value), "
+                "count(*) FROM points WHERE ts < ? GROUP BY ALL", [every, every, cutoff]).fetchone()
+            deleted = self._con.execute("DELETE FROM points WHERE ts < ?", [cutoff]).fetchone()
+            expired = self._con.execute("DELETE FROM rollup WHERE bucket < ?",
+                                        [now - self.rollup_retention]).fetchone()
+            self._con.execute("DELETE FROM batches WHERE received < ?", [now - self.rollup_retention])
+        return {"rolled_up": int(rolled[0]) if rolled else 0, "deleted": int(deleted[0]) if deleted else 0,
+                "expired_rollups": int(expired[0]) if expired else 0}
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        with self._lock:
+            row = self._con.execute("SELECT count(*) FROM points").fetchone()
+        return int(row[0]) if row else 0
+
+    def query(self, metric: str | list[str], devices: list[str] | None, since: float | None, until: float | None,
+              every: float | None, agg: str = "mean") -> pd.DataFrame:
+        """Points (or ``every``-second aggregates) as a DataFrame: time, device_id, metric, value."""
+        import pandas as pd
+
+        if agg not in AGGREGATES:
+            raise ConfigError(f"unknown aggregate {agg!r}; choose one of {', '.join(AGGREGATES)}")
+        metrics = [metric] if isinstance(metric, str) else list(metric)
+        where: list[str] = ["m.name IN (SELECT unnest(?))"]
+        params: list[Any] = [metrics]
+        if devices is not None:
+            where.append("d.name IN (SELECT unnest(?))")
+            params.append(devices)
+        if since is not None:
+            where.append("t >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("t < ?")
+            params.append(until)
+        # Raw points, plus rollups for the time before the oldest raw point (downsampled history).
+        source = ("(SELECT ts AS t, device, metric, value FROM points UNION ALL "
+                  "SELECT bucket AS t, device, metric, avg AS value FROM rollup "
+                  "WHERE bucket < coalesce((SELECT min(ts) FROM points), 'inf'::DOUBLE))")
+        join = (f"FROM {source} p JOIN device_names d ON d.id = p.device JOIN metric_names m ON m.id = p.metric "
+                f"WHERE {' AND '.join(where)}")
+        if every:
+            fn = AGGREGATES[agg]
+            value = f"{fn}(value, t)" if fn in ("arg_max", "arg_min") else f"{fn}(value)"
+            sql = (f"SELECT floor(t / {float(every)!r}) * {float(every)!r} AS time, d.name AS device_id, "
+                   f"m.name AS metric, {value} AS value {join} GROUP BY ALL ORDER BY time, device_id, metric")
+        else:
+            sql = f"SELECT t AS time, d.name AS device_id, m.name AS metric, value {join} ORDER BY time, device_id"
+        with self._lock:
+            frame: pd.DataFrame = self._con.execute(sql, params).df()
+        frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
+        return frame.reset_index(drop=True)
+
+    def alerts(self, since: float | None = None) -> pd.DataFrame:
+        import pandas as pd
+
+        with self._lock:
+            frame: pd.DataFrame = self._con.execute(
+                "SELECT ts AS time, device AS device_id, rule, metric, value, message FROM alerts "
+                "WHERE ts >= ? ORDER BY ts", [since if since is not None else float("-inf")]).df()
+        frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
+        return frame
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
