@@ -12,13 +12,17 @@ if TYPE_CHECKING:
 CommandHandler = Callable[["DeviceAgent", dict[str, Any]], dict[str, Any]]
 
 _COMMANDS: dict[str, CommandHandler] = {}
+_INLINE: set[str] = set()
 
 
-def register_command(name: str) -> Callable[[CommandHandler], CommandHandler]:
+def register_command(name: str, *, inline: bool = False) -> Callable[[CommandHandler], CommandHandler]:
     """Register a handler for command ``name``; it gets the agent and the request's args.
 
     A handler returns a JSON-ready dict or raises; a raised
     :class:`~workbench.errors.WorkbenchError` reaches the caller with its message.
+    Handlers run on a worker thread; ``inline=True`` runs a handler that never blocks
+    (microseconds, no I/O) right on the network thread, saving two thread hand-offs
+    per round trip.
 
     Example:
         >>> @register_command("echo")  # doctest: +SKIP
@@ -28,6 +32,10 @@ def register_command(name: str) -> Callable[[CommandHandler], CommandHandler]:
 
     def decorator(handler: CommandHandler) -> CommandHandler:
         _COMMANDS[name] = handler
+        if inline:
+            _INLINE.add(name)
+        else:
+            _INLINE.discard(name)
         return handler
 
     return decorator
@@ -37,11 +45,15 @@ def get_command(name: str) -> CommandHandler | None:
     return _COMMANDS.get(name)
 
 
+def is_inline(name: str) -> bool:
+    return name in _INLINE
+
+
 def command_names() -> list[str]:
     return sorted(_COMMANDS)
 
 
-@register_command("ping")
+@register_command("ping", inline=True)
 def _ping(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
     return {"device_time": time.time(), "instance": agent.instance}
 
@@ -51,6 +63,6 @@ def _inventory(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
     return agent.inventory(refresh=True)
 
 
-@register_command("stats")
+@register_command("stats", inline=True)
 def _stats(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
     return agent.stats()

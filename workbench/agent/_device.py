@@ -20,7 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import topic_matches_sub
 
-from workbench.agent._commands import command_names, get_command
+from workbench.agent._commands import command_names, get_command, is_inline
 from workbench.agent._limits import DeviceLimits
 from workbench.agent._runtime import ModelRuntime
 from workbench.agent._services import AgentService, service_factories
@@ -318,7 +318,10 @@ class DeviceAgent:
             self._on_status(body)
         elif topic.startswith(topics.COMMAND_PREFIX):
             self.counters["commands_received"] += 1
-            self._executor.submit(self._run_command, topic, body)
+            if is_inline(topic.rsplit("/", 1)[-1]):
+                self._run_command(topic, body)
+            else:
+                self._executor.submit(self._run_command, topic, body)
 
     def _on_claim(self, body: dict[str, Any]) -> None:
         if body.get("instance") == self.instance:
