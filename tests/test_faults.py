@@ -172,3 +172,25 @@ def test_up_raises_unknown_profile_naming_known_ones(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "unknown hardware profile 'raspberry-pi-9'" in result.stderr and "raspberry-pi-5" in result.stderr
     assert not (tmp_path / "fleet.json").exists()
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_agents_and_fleet_reconnect_when_broker_restarts(fleet_factory: FleetFactory, broker: str) -> None:
+    record = fleet_factory(devices=2, broker=broker, keepalive=2)
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(2, timeout=30)
+        instances = {d.device_id: d.instance for d in fleet.devices}
+        _procs.stop([record["broker"]])
+        time.sleep(1.0)  # agents and fleet see the connection drop and start backing off
+        restarted = _procs.spawn(record["broker"]["argv"], Path(record["broker"]["log"]))
+        try:
+            assert _procs.wait_port("127.0.0.1", record["broker"]["port"], timeout=20)
+            restarted_at = time.time()
+            # Each agent re-announces itself on reconnect; the fleet hears it once it has reconnected too.
+            fleet.wait_until(lambda f: all((d.last_seen or 0) > restarted_at for d in f.online())
+                             and len(f.online()) == 2, timeout=60)
+            # Same processes, same instances: they reconnected rather than restarted.
+            assert {d.device_id: d.instance for d in fleet.devices} == instances
+            assert fleet["sim-02"].ping(timeout=10) > 0
+        finally:
+            _procs.stop([restarted])
