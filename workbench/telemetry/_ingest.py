@@ -100,6 +100,7 @@ class Ingestor:
         self.listeners: list[PointsListener] = []
         self.watched: set[str] = set()
         self._inbox: deque[tuple[bytes, str, float]] = deque()
+        self._buffered = 0  # messages taken from the inbox but not yet stored (the writer's)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flushed = threading.Condition()
@@ -197,6 +198,7 @@ class Ingestor:
                 self._wake.wait(self.flush_interval_s if pending else 0.5)
                 self._wake.clear()
             while self._inbox and rows < self.flush_rows:
+                self._buffered += 1
                 payload, topic, received = self._inbox.popleft()
                 batch = self._accept(payload, topic, received)
                 if batch is not None and batch.n:
@@ -213,6 +215,8 @@ class Ingestor:
                     self.totals["store_errors"] += 1
                     self.totals["points_lost"] += rows
                 pending, rows = [], 0
+            if not pending:
+                self._buffered = 0
                 with self._flushed:
                     self._flushed.notify_all()
             if time.monotonic() > next_retention:
@@ -267,18 +271,13 @@ class Ingestor:
         """Block until everything received so far is stored (or ``timeout``); True if it is."""
         deadline = time.monotonic() + timeout
         with self._flushed:
-            while self._inbox or self._pending_rows():
+            while self._inbox or self._buffered:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._wake.set()
                 self._flushed.wait(min(remaining, 0.05))
         return True
-
-    def _pending_rows(self) -> bool:
-        # The writer holds a partly filled buffer for at most flush_interval_s.
-        time.sleep(self.flush_interval_s)
-        return bool(self._inbox)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-device counters, newest sequence number, clock offset and tags."""

@@ -78,7 +78,7 @@ class DuckDBStore:
             raise ConfigError(f"cannot open the telemetry store {self.path}: {exc}; another process may hold it "
                               "(DuckDB allows one writer): close it or use another path") from None
         self._lock = threading.Lock()
-        self._con.execute(_SCHEMA)
+        self._con.execute(_SCHEMA).fetchall()
         self._devices: dict[str, int] = dict(self._con.execute("SELECT name, id FROM device_names").fetchall())
         self._metrics: dict[str, int] = dict(self._con.execute("SELECT name, id FROM metric_names").fetchall())
 
@@ -90,7 +90,7 @@ class DuckDBStore:
             with self._lock:
                 for name in missing:
                     cache[name] = len(cache)
-                    self._con.execute(f"INSERT INTO {table} VALUES (?, ?)", [cache[name], name])
+                    self._con.execute(f"INSERT INTO {table} VALUES (?, ?)", [cache[name], name]).fetchall()
         return [cache[n] for n in names]
 
     def device_ids(self, names: list[str]) -> list[int]:
@@ -115,7 +115,7 @@ class DuckDBStore:
         with self._lock:
             self._con.register("_wb_points", frame)
             try:
-                self._con.execute("INSERT INTO points SELECT * FROM _wb_points")
+                self._con.execute("INSERT INTO points SELECT * FROM _wb_points").fetchall()
             finally:
                 self._con.unregister("_wb_points")
 
@@ -127,7 +127,7 @@ class DuckDBStore:
         with self._lock:
             self._con.register("_wb_batches", frame)
             try:
-                self._con.execute("INSERT INTO batches SELECT * FROM _wb_batches")
+                self._con.execute("INSERT INTO batches SELECT * FROM _wb_batches").fetchall()
             finally:
                 self._con.unregister("_wb_batches")
 
@@ -145,7 +145,7 @@ class DuckDBStore:
         with self._lock:
             self._con.execute("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?)",
                               [alert["ts"], alert["device_id"], alert["rule"], alert["metric"], alert["value"],
-                               alert["message"]])
+                               alert["message"]]).fetchall()
 
     def apply_retention(self, now: float | None = None) -> dict[str, int]:
         """Roll up and delete raw points older than the raw retention; drop expired rollups."""
@@ -161,7 +161,7 @@ class DuckDBStore:
             deleted = self._con.execute("DELETE FROM points WHERE ts < ?", [cutoff]).fetchone()
             expired = self._con.execute("DELETE FROM rollup WHERE bucket < ?",
                                         [now - self.rollup_retention]).fetchone()
-            self._con.execute("DELETE FROM batches WHERE received < ?", [now - self.rollup_retention])
+            self._con.execute("DELETE FROM batches WHERE received < ?", [now - self.rollup_retention]).fetchall()
         return {"rolled_up": int(rolled[0]) if rolled else 0, "deleted": int(deleted[0]) if deleted else 0,
                 "expired_rollups": int(expired[0]) if expired else 0}
 

@@ -1,0 +1,118 @@
+"""Ingestion into the DuckDB store without a broker: dedup, gaps, clock skew, bad input, retention, queries."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workbench.errors import ConfigError
+from workbench.telemetry._ingest import Ingestor
+from workbench.telemetry._store import DuckDBStore
+from workbench.telemetry._wire import encode_batch
+
+TOPIC = "wb/v1/dev/{}/telemetry"
+
+
+def _raw(device: str, seq: int, *, n: int = 10, t0: float | None = None, sent: float | None = None,
+         metric: str = "latency_p95_ms") -> bytes:
+    t0 = time.time() if t0 is None else t0
+    return encode_batch(device, seq, t0 + np.arange(n) * 0.01, [metric], np.zeros(n), np.arange(n, dtype=float),
+                        sent=t0 if sent is None else sent)
+
+
+@pytest.fixture
+def ingestor() -> Ingestor:
+    ingest = Ingestor(None, DuckDBStore(), flush_interval_s=0.01)
+    yield ingest
+    ingest.close()
+
+
+def test_ingestor_stores_each_sequence_once_when_batches_are_duplicated(ingestor: Ingestor) -> None:
+    for seq in (1, 2, 2, 3, 1, 3):
+        ingestor.feed(_raw("sim-01", seq), TOPIC.format("sim-01"))
+    assert ingestor.wait_idle()
+    assert ingestor.store.count() == 30
+    stats = ingestor.stats()["sim-01"]
+    assert (stats["batches"], stats["duplicates"], stats["gaps"]) == (3, 3, 0)
+
+
+def test_ingestor_counts_gaps_and_late_arrivals_when_sequences_skip_and_reorder(ingestor: Ingestor) -> None:
+    for seq in (1, 2, 5, 3, 9):
+        ingestor.feed(_raw("sim-01", seq), TOPIC.format("sim-01"))
+    assert ingestor.wait_idle()
+    stats = ingestor.stats()["sim-01"]
+    # 3, 4 skipped at 5 (then 3 arrived late), 6-8 skipped at 9.
+    assert (stats["gaps"], stats["out_of_order"], stats["missing"]) == (5, 1, 4)
+    assert ingestor.store.count() == 50
+
+
+def test_ingestor_does_not_store_a_duplicate_when_restarted_on_the_same_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.duckdb"
+    first = Ingestor(None, DuckDBStore(path), flush_interval_s=0.01)
+    first.feed(_raw("sim-01", 7), TOPIC.format("sim-01"))
+    assert first.wait_idle()
+    first.close()
+    first.store.close()  # type: ignore[attr-defined]
+    second = Ingestor(None, DuckDBStore(path), flush_interval_s=0.01)
+    second.feed(_raw("sim-01", 7), TOPIC.format("sim-01"))
+    second.feed(_raw("sim-01", 8), TOPIC.format("sim-01"))
+    assert second.wait_idle()
+    assert second.store.count() == 20
+    assert second.stats()["sim-01"]["duplicates"] == 1
+    second.close()
+
+
+def test_ingestor_counts_bad_batches_per_device_and_keeps_running_when_input_is_garbage(ingestor: Ingestor) -> None:
+    good = _raw("sim-02", 1)
+    for payload in (b"", b"not a batch at all", good[:-3], good[:3] + b"\x09" + good[4:], good + b"x"):
+        ingestor.feed(payload, TOPIC.format("sim-02"))
+    ingestor.feed(_raw("sim-03", 1), TOPIC.format("sim-02"))  # header names another device
+    ingestor.feed(good, "not/a/device/topic")
+    ingestor.feed(good, TOPIC.format("sim-02"))
+    assert ingestor.wait_idle()
+    stats = ingestor.stats()["sim-02"]
+    assert (stats["truncated"], stats["malformed"], stats["unknown_version"], stats["spoofed"]) == (2, 2, 1, 1)
+    assert ingestor.totals["bad_topic"] == 1
+    assert ingestor.store.count() == 10
+
+
+def test_ingestor_shifts_timestamps_onto_its_clock_when_device_clock_is_minutes_off(ingestor: Ingestor) -> None:
+    now = time.time()
+    ingestor.feed(_raw("sim-04", 1, t0=now - 300, sent=now - 300), TOPIC.format("sim-04"), received=now)
+    assert ingestor.wait_idle()
+    frame = ingestor.store.query("latency_p95_ms", None, None, None, None)
+    assert abs(frame["time"].min().timestamp() - now) < 1.0
+    assert ingestor.stats()["sim-04"]["clock_skew"] == 1
+
+
+def test_query_buckets_points_per_device_when_every_is_given() -> None:
+    store = DuckDBStore()
+    device = np.array(store.device_ids(["a", "a", "b", "b"]))
+    metric = np.array(store.metric_ids(["m"] * 4))
+    store.insert(np.array([100.0, 104.0, 101.0, 107.0]), device, metric, np.array([1.0, 3.0, 10.0, 20.0]),
+                 np.zeros(4, np.uint64))
+    frame = store.query("m", None, None, None, 5.0, "mean")
+    got = {(row.device_id, row.time.timestamp()): row.value for row in frame.itertuples()}
+    assert got == {("a", 100.0): 2.0, ("b", 100.0): 10.0, ("b", 105.0): 20.0}
+    assert store.query("m", ["b"], 105.0, None, None)["value"].tolist() == [20.0]
+
+
+def test_apply_retention_keeps_old_history_as_rollups_when_raw_points_expire() -> None:
+    store = DuckDBStore(raw_retention="1h", rollup_every="1m")
+    now = 1_800_000_000.0
+    old = now - 7200 + np.arange(120.0)  # two full minutes, two hours ago
+    store.insert(np.r_[old, now - 10], np.zeros(121, np.int32), np.zeros(121, np.int32), np.r_[np.ones(120), 5.0],
+                 np.zeros(121, np.uint64))
+    store.device_ids(["d"]), store.metric_ids(["m"])
+    result = store.apply_retention(now=now)
+    assert (result["deleted"], store.count()) == (120, 1)
+    frame = store.query("m", None, now - 8000, None, None)
+    assert len(frame) == 3 and frame["value"].tolist() == [1.0, 1.0, 5.0]
+
+
+def test_query_raises_config_error_naming_choices_when_aggregate_is_unknown() -> None:
+    with pytest.raises(ConfigError, match="unknown aggregate 'median'"):
+        DuckDBStore().query("m", None, None, None, 5.0, "median")
