@@ -16,6 +16,8 @@ _LAZY = {
     "FleetPanel": "widgets._fleet_panel",
     "OptimizeExplorer": "widgets._optimize_explorer",
     "TelemetryDashboard": "widgets._telemetry_dashboard",
+    "FleetHealthTable": "widgets._health_table",
+    "AlertList": "widgets._alert_list",
     "RolloutProgress": "widgets._rollout_progress",
     "SyncView": "widgets._sync_view",
 }

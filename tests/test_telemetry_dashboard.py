@@ -1,0 +1,30 @@
+"""TelemetryDashboard against a real fleet: lines per device that change with new telemetry."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import widgets
+import workbench
+
+
+def test_dashboard_draws_a_line_per_device_that_grows_when_telemetry_arrives(shared_fleet: dict[str, Any]) -> None:
+    with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
+        fleet.wait_for(3)
+        fleet.telemetry.configure("all", publish_interval_s=0.2)
+        fleet.telemetry.wait_for("cpu_percent", devices=["sim-01", "sim-02", "sim-03"], count=1, timeout=20)
+        dashboard = widgets.TelemetryDashboard(fleet, metrics=["cpu_percent", "uptime_s"], start=False)
+        dashboard.refresh()
+        names = {(trace.name, trace.yaxis) for trace in dashboard.figure.data}
+        assert {name for name, _ in names} == {"sim-01", "sim-02", "sim-03"} and len(names) == 6
+        before = {trace.name: len(trace.x) for trace in dashboard.figure.data if trace.yaxis == "y2"}
+        time.sleep(1.0)
+        fleet.telemetry.ingestor.wait_idle()
+        dashboard.refresh()
+        after = {trace.name: len(trace.x) for trace in dashboard.figure.data if trace.yaxis == "y2"}
+        assert all(after[name] > before[name] for name in before)
+        assert "sim-02" in dashboard.health.value and "sync backlog" in dashboard.health.value
+        assert "no alerts" in dashboard.alert_list.value
+        dashboard.stop()
+        fleet.telemetry.configure("all", publish_interval_s=1.0)

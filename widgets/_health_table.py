@@ -1,0 +1,48 @@
+"""FleetHealthTable: one row per device (online, model version, p95 latency, errors, sync backlog)."""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+import ipywidgets as w
+
+_COLUMNS = [("device_id", "device"), ("online", "online"), ("model", "model"), ("model_version", "version"),
+            ("latency_p95_ms", "p95 ms"), ("throughput", "inf/s"), ("errors", "errors"),
+            ("missing_batches", "lost batches"), ("sync_backlog", "sync backlog")]
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return "●" if value else "○"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return html.escape(str(value))
+
+
+class FleetHealthTable(w.HTML):
+    """The fleet health table as HTML, re-rendered by :meth:`refresh`.
+
+    The sync backlog column stays "—" until the sync capability fills it.
+
+    Example:
+        >>> table = FleetHealthTable(fleet)   # doctest: +SKIP
+        >>> table.refresh()                   # doctest: +SKIP
+    """
+
+    def __init__(self, fleet: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fleet = fleet
+        self.add_class("wb-health-table")
+        self.refresh()
+
+    def refresh(self) -> None:
+        frame = self.fleet.telemetry.health()
+        head = "".join(f"<th>{label}</th>" for _, label in _COLUMNS)
+        rows = "".join("<tr>" + "".join(f"<td>{_cell(row.get(key))}</td>" for key, _ in _COLUMNS) + "</tr>"
+                       for row in frame.to_dict("records"))
+        self.value = (f"<table class='wb-health' style='border-collapse:collapse;font-size:12px'>"
+                      f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")

@@ -1,0 +1,125 @@
+"""TelemetryDashboard: live plotly lines per device and metric, fed from the ingestion's ring buffers.
+
+Points reach ring buffers on the ingestion's writer thread (appends only). The figure is
+changed only from an asyncio task on the kernel's event loop (ipykernel 7 drops widget
+updates from other threads), at most every ``refresh_s``, inside one ``batch_update``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import ipywidgets as w
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from widgets._alert_list import AlertList
+from widgets._health_table import FleetHealthTable
+
+
+class TelemetryDashboard(w.VBox):
+    """Live charts of ``metrics`` for every device, with the fleet health table and the alert list.
+
+    Example:
+        >>> widgets.TelemetryDashboard(fleet, metrics=["latency_p95_ms", "throughput", "cpu_percent"])  # doctest: +SKIP
+    """
+
+    def __init__(self, fleet: Any, metrics: list[str] | None = None, *, window_s: float = 120.0,
+                 refresh_s: float = 0.5, max_points: int = 600, start: bool = True) -> None:
+        self.fleet = fleet
+        self.metrics = list(metrics or ["latency_p95_ms", "throughput", "cpu_percent"])
+        self.window_s = window_s
+        self.refresh_s = refresh_s
+        self.max_points = max_points
+        self.refreshes = 0
+        self._buffers: dict[tuple[str, str], deque[tuple[float, float]]] = {}
+        self._lock = threading.Lock()
+        self._dirty = True
+        self._traces: dict[tuple[str, str], int] = {}
+        self.figure = go.FigureWidget(make_subplots(rows=len(self.metrics), cols=1, shared_xaxes=True,
+                                                    subplot_titles=self.metrics, vertical_spacing=0.08))
+        self.figure.update_layout(height=220 * len(self.metrics) + 60, margin={"l": 50, "r": 10, "t": 40, "b": 30},
+                                  legend={"orientation": "h"}, uirevision="keep")
+        self.health = FleetHealthTable(fleet)
+        self.alert_list = AlertList(fleet)
+        super().__init__([self.health, self.figure, self.alert_list])
+        self.add_class("wb-telemetry-dashboard")
+        telemetry = fleet.telemetry
+        self._seed(telemetry)
+        telemetry.ingestor.watched.update(self.metrics)
+        telemetry.ingestor.listeners.append(self._on_points)
+        self._task: asyncio.Task[None] | None = None
+        if start:
+            self.start()
+
+    # -- data (writer thread) -------------------------------------------------------------------
+
+    def _seed(self, telemetry: Any) -> None:
+        frame = telemetry.query(self.metrics, since=self.window_s)
+        for (device, metric), group in frame.groupby(["device_id", "metric"]):
+            times = group["time"].astype("int64").to_numpy() / 1e9
+            self._on_points(device, metric, times, group["value"].to_numpy())
+
+    def _on_points(self, device: str, metric: str, ts: np.ndarray, values: np.ndarray) -> None:
+        if metric not in self.metrics:
+            return
+        with self._lock:
+            buffer = self._buffers.get((device, metric))
+            if buffer is None:
+                buffer = self._buffers[(device, metric)] = deque(maxlen=self.max_points)
+            buffer.extend(zip(ts.tolist(), values.tolist(), strict=True))
+            self._dirty = True
+
+    # -- drawing (kernel loop) -------------------------------------------------------------------
+
+    def refresh(self) -> float:
+        """Redraw changed series now, in one batch update; returns the cost in milliseconds."""
+        start = time.perf_counter()
+        with self._lock:
+            dirty, self._dirty = self._dirty, False
+            snapshot = {key: list(buffer) for key, buffer in self._buffers.items()} if dirty else {}
+        if snapshot:
+            for key in sorted(k for k in snapshot if k not in self._traces):
+                device, metric = key
+                row = self.metrics.index(metric) + 1
+                self.figure.add_scatter(x=[], y=[], mode="lines", name=device, legendgroup=device,
+                                        showlegend=row == 1, row=row, col=1)
+                self._traces[key] = len(self.figure.data) - 1
+            with self.figure.batch_update():
+                for key, points in snapshot.items():
+                    trace = self.figure.data[self._traces[key]]
+                    trace.x = pd.to_datetime([t for t, _ in points], unit="s", utc=True)
+                    trace.y = [v for _, v in points]
+        self.refreshes += 1
+        return (time.perf_counter() - start) * 1000.0
+
+    async def _run(self) -> None:
+        tick = 0
+        while True:
+            self.refresh()
+            tick += 1
+            if tick % max(1, round(2.0 / self.refresh_s)) == 0:  # tables change slower than lines
+                self.health.refresh()
+                self.alert_list.refresh()
+            await asyncio.sleep(self.refresh_s)
+
+    def start(self) -> None:
+        """Start the refresh task on the running event loop (the kernel's); without one, refresh() by hand."""
+        with contextlib.suppress(RuntimeError):  # no running loop: a script, not a kernel
+            loop = asyncio.get_running_loop()
+            if self._task is None:
+                self._task = loop.create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        with contextlib.suppress(ValueError):
+            self.fleet.telemetry.ingestor.listeners.remove(self._on_points)
