@@ -140,7 +140,9 @@ class Installer:
                       attempts=1)
                 return
             except ArtifactError as exc:
-                if "sha256" in str(exc) or attempt == self.download_attempts:
+                if "but its sha256 is" in str(exc):  # fetch's verification failed, not the transfer
+                    raise PackageError(f"{dest.name} as served does not match the signed manifest: {exc}") from None
+                if attempt == self.download_attempts:
                     raise DeployError(f"download of {dest.name} failed after {attempt} attempt(s): {exc}") from None
                 report("downloading", detail=f"retrying {dest.name} (attempt {attempt + 1}): {exc}")
                 time.sleep(self.retry_delay * attempt)
