@@ -46,6 +46,9 @@ _LAZY = {
     "Device": ("workbench.fleet", "Device"),
     "optimize": ("workbench.optimize", "optimize"),
     "record": ("workbench.runs", "record"),
+    "Canary": ("workbench.deploy", "Canary"),
+    "Shadow": ("workbench.deploy", "Shadow"),
+    "gate": ("workbench.deploy", "gate"),
 }
 
 
@@ -67,6 +70,7 @@ __all__ = [
     "AuthenticationError",
     "BrokerError",
     "BrokerUnreachableError",
+    "Canary",
     "CommandError",
     "CommandTimeoutError",
     "ConfigError",
@@ -84,11 +88,13 @@ __all__ = [
     "PayloadError",
     "RemoteCommandError",
     "ResourceLimitError",
+    "Shadow",
     "UnknownDeviceError",
     "UnknownProfileError",
     "WorkbenchError",
     "__version__",
     "connect",
+    "gate",
     "get_profile",
     "list_profiles",
     "optimize",

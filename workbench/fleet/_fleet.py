@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from workbench.sync._client import Sync
     from workbench.telemetry._client import Telemetry
 
 log = logging.getLogger("workbench.fleet")
@@ -254,10 +256,45 @@ class Fleet:
             self._telemetry = Telemetry(self)
         return self._telemetry
 
+    def deploy(self, package: Any, devices: Any = None, **options: Any) -> Any:
+        """Deploy a model package to devices; returns the running rollout (see :func:`workbench.deploy.deploy`).
+
+        Example:
+            >>> fleet.deploy("out/digits-int8", strategy=workbench.Canary(first=1)).wait()   # doctest: +SKIP
+        """
+        from workbench.deploy._rollout import deploy
+
+        return deploy(self, package, devices, **options)
+
+    def history(self) -> pd.DataFrame:
+        """Every deployment to this fleet: who, what, when, result (see :func:`workbench.deploy.history`)."""
+        from workbench.deploy._rollout import history
+
+        return history(self)
+
+    @property
+    def sync(self) -> Sync:
+        """The fleet's sync (receiver, store, devices' sync state), started on first use; see workbench.sync."""
+        if getattr(self, "_sync", None) is None:
+            from workbench.sync._client import Sync
+
+            self._sync = Sync(self)
+        return self._sync
+
+    def sync_state(self) -> pd.DataFrame:
+        """Per device and priority: backlog, oldest unsent age, last sync, throughput, ratios, drops, dedups."""
+        return self.sync.state()
+
+    def partition(self, device_id: str, seconds: float = 30.0) -> AbstractContextManager[None]:
+        """Cut a device's sync link for ``seconds`` (a context manager; healed when the block ends)."""
+        return self.sync.partition(device_id, seconds)
+
     def close(self) -> None:
         """Disconnect from the broker. The devices keep running."""
         if not getattr(self, "_closed", True):
             self._closed = True
+            if getattr(self, "_sync", None) is not None:
+                self._sync.close()
             if getattr(self, "_telemetry", None) is not None:
                 self._telemetry.close()
             self._client.disconnect()

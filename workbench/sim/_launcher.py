@@ -134,6 +134,9 @@ def _start(record: dict[str, Any], rd: RunDir, plan: list[list[tuple[str, str]]]
         address = BrokerAddress.parse(broker)  # an external broker: the fleet only uses it
         record["broker"] = {"kind": "external", "url": address.url, "host": address.host, "port": address.port}
     url = record["broker"]["url"]
+    from workbench.deploy._keys import enroll_local_fleet  # devices trust only packages the workbench's key signed
+
+    enroll_local_fleet(rd.data, [d for group in plan for d, _ in group])
     for index, group in enumerate(plan):
         argv = [sys.executable, "-m", "workbench.cli", "agent", "--broker", url, "--simulated",
                 "--keepalive", str(keepalive), "--data-dir", str(rd.data), "--log-level", "INFO"]

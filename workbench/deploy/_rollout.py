@@ -1,0 +1,522 @@
+"""Rollouts: preflight, waves, desired state, waiting for reports, soak with gates, rollback, history.
+
+``fleet.deploy(...)`` returns a :class:`Rollout` at once; the rollout runs in a background
+thread, so a notebook shows its progress live (a :class:`widgets.RolloutProgress` when it is
+displayed) and :meth:`Rollout.wait` returns the :class:`RolloutReport`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench.deploy import _history
+from workbench.deploy._desired import desired_install, desired_rollback, stage_package
+from workbench.deploy._errors import DeployConflictError, DeployError
+from workbench.deploy._gates import Gate, MetricSource, ProbeMetrics
+from workbench.deploy._keys import load_signing_key
+from workbench.deploy._package import Package, load_package, sign_package, verify_package
+from workbench.deploy._preflight import preflight
+from workbench.deploy._state import TERMINAL, DeployState
+from workbench.deploy._strategies import AllAtOnce, Canary, Shadow, Strategy, failure_limit
+from workbench.deploy.artifacts import ArtifactServer
+from workbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from workbench.fleet._device import Device
+    from workbench.fleet._fleet import Fleet
+
+log = logging.getLogger("workbench.deploy")
+
+# Devices being deployed by a rollout of this process: a second rollout to one of them is refused.
+_BUSY: dict[str, str] = {}
+_BUSY_LOCK = threading.Lock()
+# A desired install older than this no longer blocks another rollout (its rollout is long gone).
+CONFLICT_LEASE_S = 600.0
+
+
+@dataclass
+class DeviceProgress:
+    """One device in a rollout."""
+
+    device_id: str
+    wave: int | None = None
+    state: str = "planned"
+    reason: str | None = None
+    deployment_id: str | None = None
+    model: str | None = None
+    started: float | None = None
+    finished: float | None = None
+
+    def row(self) -> dict[str, Any]:
+        seconds = (self.finished - self.started) if self.started and self.finished else None
+        return {"device_id": self.device_id, "wave": self.wave, "state": self.state, "reason": self.reason,
+                "model": self.model, "seconds": seconds}
+
+
+@dataclass
+class RolloutReport:
+    """What a rollout did: which devices run what, which rolled back and why.
+
+    Example:
+        >>> report = rollout.wait()          # doctest: +SKIP
+        >>> report.status, report.counts     # doctest: +SKIP
+        ('succeeded', {'active': 3})
+    """
+
+    rollout_id: str
+    package: dict[str, Any]
+    strategy: str
+    status: str
+    reason: str | None
+    devices: list[dict[str, Any]]
+    waves: list[dict[str, Any]]
+    gates: list[dict[str, Any]]
+    started: float
+    finished: float
+    shadow: dict[str, Any] | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for device in self.devices:
+            counts[device["state"]] = counts.get(device["state"], 0) + 1
+        return counts
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per device."""
+        import pandas as pd
+
+        return pd.DataFrame(self.devices, columns=["device_id", "wave", "state", "reason", "model", "seconds"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rollout_id": self.rollout_id, "package": self.package, "strategy": self.strategy,
+                "status": self.status, "reason": self.reason, "counts": self.counts, "devices": self.devices,
+                "waves": self.waves, "gates": self.gates, "started": self.started, "finished": self.finished,
+                "shadow": self.shadow}
+
+    def __str__(self) -> str:
+        lines = [f"rollout {self.rollout_id} of {self.package.get('name')} {self.package.get('version')}: "
+                 f"{self.status}" + (f" ({self.reason})" if self.reason else "")]
+        for device in self.devices:
+            lines.append(f"  {device['device_id']:<16} {device['state']:<12} {device['reason'] or ''}")
+        return "\n".join(lines)
+
+
+class _Context:
+    """Per-fleet deployment machinery: the state watcher and the artifact server (made on first use)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.state = DeployState(fleet.address)
+        self.server: ArtifactServer | None = None
+        self.lock = threading.Lock()
+
+    def artifact_server(self, directory: Path | None) -> ArtifactServer:
+        with self.lock:
+            if self.server is None:
+                folder = directory or Path(os.environ.get("WORKBENCH_ARTIFACTS",
+                                                          Path.home() / ".workbench" / "artifacts"))
+                host = os.environ.get("WORKBENCH_ARTIFACT_HOST", "127.0.0.1")
+                self.server = ArtifactServer(folder, host=host).start()
+            return self.server
+
+
+_CONTEXTS: weakref.WeakKeyDictionary[Fleet, _Context] = weakref.WeakKeyDictionary()
+
+
+def context(fleet: Fleet) -> _Context:
+    """The fleet's deployment context; the artifact server and watcher live as long as the fleet object."""
+    with _BUSY_LOCK:
+        ctx = _CONTEXTS.get(fleet)
+        if ctx is None:
+            ctx = _CONTEXTS[fleet] = _Context(fleet)
+        return ctx
+
+
+def prepare_package(package: str | os.PathLike[str] | Package, keys_dir: str | os.PathLike[str] | None) -> Package:
+    """A signed, verified package: sign an unsigned directory (an optimizer's output) with the workbench key."""
+    key = load_signing_key(keys_dir, create=True)
+    trusted = {key.key_id: key.private_key.public_key()}
+    path = package.path if isinstance(package, Package) else Path(package)
+    if not (path / "signature.json").exists():
+        return sign_package(path, key)
+    return verify_package(path, trusted)
+
+
+class Rollout:
+    """A running (or finished) rollout. Display it in Jupyter for live progress; ``wait()`` for the report.
+
+    Example:
+        >>> rollout = fleet.deploy("out/digits-int8", strategy=workbench.Canary(first=1))   # doctest: +SKIP
+        >>> rollout.wait().status                                                         # doctest: +SKIP
+        'succeeded'
+    """
+
+    def __init__(self, fleet: Fleet, package: Package, targets: list[str], *, strategy: Strategy,
+                 gates: Sequence[Gate], metrics: MetricSource | None, max_failures: int | float | None,
+                 device_timeout: float, artifacts: ArtifactServer | None, artifact_dir: Path | None,
+                 force: bool) -> None:
+        self.fleet = fleet
+        self.package = package
+        self.strategy = strategy
+        self.gates = list(gates)
+        self.metrics: MetricSource = metrics or ProbeMetrics(fleet)
+        self.device_timeout = device_timeout
+        self.id = uuid.uuid4().hex[:10]
+        self.started = time.time()
+        self.finished: float | None = None
+        self.status = "running"
+        self.reason: str | None = None
+        self.current_wave: int | None = None
+        self.waves: list[dict[str, Any]] = []
+        self.gate_values: list[dict[str, Any]] = []
+        self.shadow: dict[str, Any] | None = None
+        self.devices = {d: DeviceProgress(d) for d in targets}
+        self._ctx = context(fleet)
+        self._server = artifacts or self._ctx.artifact_server(artifact_dir)
+        self._listeners: list[Callable[[Rollout], None]] = []
+        self._lock = threading.RLock()
+        self._done = threading.Event()
+        self._report: RolloutReport | None = None
+        self._failure_limit = failure_limit(strategy, len(targets), max_failures)
+        self._ctx.state.settle()
+        self._claim(force)
+        self._thread = threading.Thread(target=self._run, name=f"rollout-{self.id}", daemon=True)
+        self._thread.start()
+
+    # -- public ------------------------------------------------------------------------
+
+    def on_change(self, listener: Callable[[Rollout], None]) -> None:
+        """Call ``listener(rollout)`` after every change (from the rollout's thread)."""
+        self._listeners.append(listener)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> RolloutReport:
+        """Block until the rollout finishes; return its report.
+
+        Raises :class:`DeployError` when it is still running after ``timeout``.
+        """
+        if not self._done.wait(timeout):
+            raise DeployError(f"rollout {self.id} still running after {timeout:g} s; wait longer or watch "
+                              "its progress")
+        assert self._report is not None
+        return self._report
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [d.row() for d in self.devices.values()]
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        try:
+            from widgets import RolloutProgress
+        except ImportError:  # the workbench without the notebook extras: print instead
+            print(self.wait())
+            return
+        display(RolloutProgress(self))
+
+    def __repr__(self) -> str:
+        return f"<Rollout {self.id} {self.package.name} {self.package.version}: {self.status}>"
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(self)
+            except Exception:  # a UI bug must not stop the rollout
+                log.exception("rollout listener failed")
+
+    def _claim(self, force: bool) -> None:
+        state = self._ctx.state
+        with _BUSY_LOCK:
+            busy = {d: r for d, r in _BUSY.items() if d in self.devices}
+            if busy and not force:
+                device, rollout = next(iter(busy.items()))
+                raise DeployConflictError(f"device {device!r} is being deployed by rollout {rollout} in this "
+                                          "session; wait for it (rollout.wait()) or pass force=True to supersede it")
+            if not force:
+                for device in self.devices:
+                    desired, reported = state.desired(device), state.reported(device)
+                    pending = desired.get("action") == "install" and not (
+                        reported.get("deployment_id") == desired.get("deployment_id")
+                        and reported.get("state") in TERMINAL)
+                    fresh = time.time() - float(desired.get("set_at") or 0) < CONFLICT_LEASE_S
+                    online = device in self.fleet and self.fleet[device].online
+                    if pending and fresh and online:
+                        raise DeployConflictError(
+                            f"device {device!r} is being deployed {desired.get('name')} {desired.get('version')} "
+                            f"by rollout {desired.get('rollout_id')} (state: {reported.get('state', 'pending')}); "
+                            "wait for it to finish or pass force=True to supersede it")
+            for device in self.devices:
+                _BUSY[device] = self.id
+
+    def _release(self) -> None:
+        with _BUSY_LOCK:
+            for device in self.devices:
+                if _BUSY.get(device) == self.id:
+                    del _BUSY[device]
+
+    def _run(self) -> None:
+        try:
+            self._execute()
+        except Exception as exc:  # the report must say what happened, whatever happened
+            log.exception("rollout %s failed", self.id)
+            self.status, self.reason = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            self._finish()
+
+    def _execute(self) -> None:
+        eligible = []
+        for device_id, progress in self.devices.items():
+            inventory = self.fleet[device_id].inventory_data if device_id in self.fleet else {}
+            reasons = preflight(self.package, inventory)
+            if reasons:
+                progress.state, progress.reason = "skipped", "; ".join(reasons)
+            else:
+                eligible.append(device_id)
+        self._changed()
+        if not eligible:
+            self.status, self.reason = "failed", "no device passed preflight"
+            return
+        staged = stage_package(self.package, self._server)
+        waves = self.strategy.plan(eligible)
+        updated: list[str] = []
+        for index, wave in enumerate(waves):
+            self.current_wave = index
+            wave_info: dict[str, Any] = {"index": index, "devices": wave, "started": time.time()}
+            self.waves.append(wave_info)
+            self._deploy_wave(index, wave, staged)
+            wave_info["finished"] = time.time()
+            wave_info["seconds"] = time.time() - float(wave_info["started"])
+            updated += [d for d in wave if self.devices[d].state == "active"]
+            failed = [d for d in eligible if self.devices[d].state in ("failed", "rejected")]
+            if self._failure_limit is not None and len(failed) > self._failure_limit:
+                self._abort(updated, f"{len(failed)} device(s) failed, over the limit of {self._failure_limit}")
+                return
+            if isinstance(self.strategy, Shadow):
+                continue
+            problem = self._soak(updated)
+            if problem:
+                self._abort(updated, problem)
+                return
+        failed = [d for d in eligible if self.devices[d].state in ("failed", "rejected")]
+        pending = [d for d in eligible if self.devices[d].state == "pending_offline"]
+        self.status = "succeeded" if not failed and not pending else "partial"
+        if failed or pending:
+            self.reason = f"{len(failed)} failed, {len(pending)} offline (they install when back online)"
+
+    def _deploy_wave(self, index: int, wave: list[str], staged: dict[str, Any]) -> None:
+        state = self._ctx.state
+        for device_id in wave:
+            progress = self.devices[device_id]
+            desired = desired_install(staged, rollout_id=self.id)
+            progress.wave, progress.deployment_id, progress.started = index, desired["deployment_id"], time.time()
+            progress.state = "sent"
+            state.set_desired(device_id, desired)
+        self._changed()
+        self._await(wave)
+
+    def _await(self, wave: list[str]) -> None:
+        state = self._ctx.state
+        deadline = time.monotonic() + self.device_timeout
+        while True:
+            waiting = []
+            for device_id in wave:
+                progress = self.devices[device_id]
+                report = state.reported(device_id)
+                if report.get("deployment_id") == progress.deployment_id and progress.state != report.get("state"):
+                    progress.state = str(report.get("state"))
+                    progress.reason = report.get("reason")
+                    active = report.get("active") or {}
+                    progress.model = f"{active.get('name')} {active.get('version')}" if active else None
+                    if progress.state in TERMINAL:
+                        progress.finished = time.time()
+                    self._changed()
+                if progress.state in TERMINAL or progress.state == "pending_offline":
+                    continue
+                online = device_id in self.fleet and self.fleet[device_id].online
+                if not online and report.get("deployment_id") != progress.deployment_id:
+                    progress.state = "pending_offline"
+                    progress.reason = "offline: the retained desired state installs it when the device returns"
+                    self._changed()
+                    continue
+                waiting.append(device_id)
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                for device_id in waiting:
+                    progress = self.devices[device_id]
+                    progress.reason = f"no final state within {self.device_timeout:g} s (last: {progress.state})"
+                    progress.state = "failed"
+                self._changed()
+                return
+            state.wait(lambda s: False, timeout=0.2)
+
+    def _soak(self, updated: list[str]) -> str | None:
+        if not self.gates or not updated:
+            return None
+        soak = max(self.strategy.soak_s, 0.0)
+        if isinstance(self.metrics, ProbeMetrics):
+            self.metrics.invalidate()
+        end = time.monotonic() + soak
+        while True:
+            for gate in self.gates:
+                values = {d: self.metrics(d, gate.metric, gate.window_s) for d in updated}
+                failing = {d: v for d, v in values.items() if not gate.passes(v)}
+                numbers = [v for v in values.values() if v is not None]
+                worst = max(numbers) if gate.op in ("<=", "<") and numbers else min(numbers) if numbers else None
+                entry = {"ts": time.time(), "wave": self.current_wave, "gate": str(gate), "metric": gate.metric,
+                         "value": worst, "passed": not failing, "devices": values}
+                with self._lock:
+                    self.gate_values.append(entry)
+                self._changed()
+                if failing:
+                    device, value = next(iter(failing.items()))
+                    shown = "no data" if value is None else f"{value:.4g}"
+                    return f"gate {gate} failed on {device} ({gate.metric} = {shown})"
+            if time.monotonic() >= end:
+                return None
+            time.sleep(min(1.0, max(0.05, end - time.monotonic())))
+            if isinstance(self.metrics, ProbeMetrics):
+                self.metrics.invalidate()
+
+    def _abort(self, updated: list[str], reason: str) -> None:
+        self.status, self.reason = "aborted", reason
+        state = self._ctx.state
+        for device_id in updated:
+            progress = self.devices[device_id]
+            desired = desired_rollback(rollout_id=self.id, reason=reason)
+            progress.deployment_id, progress.state, progress.reason = desired["deployment_id"], "rolling_back", reason
+            state.set_desired(device_id, desired)
+        for progress in self.devices.values():
+            if progress.state == "planned":
+                progress.state, progress.reason = "not_started", f"rollout aborted: {reason}"
+        self._changed()
+        self._await(updated)
+        for device_id in updated:
+            progress = self.devices[device_id]
+            if progress.state == "rolled_back":
+                progress.reason = reason
+
+    def _finish(self) -> None:
+        self.finished = time.time()
+        self.current_wave = None
+        self._release()
+        report = RolloutReport(
+            self.id, self.package.describe(), type(self.strategy).__name__, self.status, self.reason, self.rows(),
+            [dict(w) for w in self.waves], list(self.gate_values), self.started, self.finished, self.shadow)
+        self._report = report
+        counts = report.counts
+        try:
+            _history.append({
+                "rollout_id": self.id, "started": self.started, "finished": self.finished, "user": _user(),
+                "package": self.package.name, "version": self.package.version, "package_id": self.package.id,
+                "strategy": report.strategy, "status": self.status, "reason": self.reason,
+                "devices": len(self.devices), "active": counts.get("active", 0),
+                "failed": counts.get("failed", 0) + counts.get("rejected", 0),
+                "rolled_back": counts.get("rolled_back", 0), "skipped": counts.get("skipped", 0),
+                "pending": counts.get("pending_offline", 0), "broker": self.fleet.address.url})
+        except OSError as exc:
+            log.warning("could not record rollout %s in the history: %s", self.id, exc)
+        self._done.set()
+        self._changed()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _device_ids(fleet: Fleet, devices: Any) -> list[str]:
+    if devices is None or devices == "all":
+        return [d.device_id for d in fleet.devices]
+    if isinstance(devices, str):
+        devices = [devices]
+    ids = []
+    for entry in devices:
+        device_id = entry if isinstance(entry, str) else getattr(entry, "device_id", None)
+        if not isinstance(device_id, str):
+            raise ConfigError(f"devices must be device ids or Device objects, got {entry!r}")
+        fleet[device_id]  # raises UnknownDeviceError naming the known ids
+        ids.append(device_id)
+    if not ids:
+        raise ConfigError("no devices to deploy to; pass devices=fleet.where(...) matching at least one device")
+    return list(dict.fromkeys(ids))
+
+
+def deploy(
+    fleet: Fleet,
+    package: str | os.PathLike[str] | Package,
+    devices: Sequence[str | Device] | str | None = None,
+    *,
+    strategy: Strategy | None = None,
+    gates: Sequence[Gate] = (),
+    metrics: MetricSource | None = None,
+    max_failures: int | float | None = None,
+    device_timeout: float = 120.0,
+    keys_dir: str | os.PathLike[str] | None = None,
+    artifacts: ArtifactServer | None = None,
+    artifact_dir: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> Rollout:
+    """Deploy a model package to devices of ``fleet``; returns the running :class:`Rollout`.
+
+    The package is signed with the workbench key if it is not yet (an optimizer's output),
+    verified, served by hash from the artifact server, and set as each device's desired
+    model wave by wave. ``metrics`` is where gates read live values (default: a real probe
+    on the device; pass the telemetry store's source once it exists).
+
+    Raises :class:`DeployConflictError` when another rollout is deploying to one of the devices.
+
+    Example:
+        >>> rollout = fleet.deploy("out/digits-int8", devices=fleet.where(profile="raspberry-pi-5"),
+        ...                        strategy=workbench.Canary(first=1, waves=[0.5, 1.0]),
+        ...                        gates=[workbench.gate("p95_latency_ms", "<=", 20)])   # doctest: +SKIP
+        >>> rollout.wait().status                                                      # doctest: +SKIP
+        'succeeded'
+    """
+    strategy = strategy or AllAtOnce()
+    if not isinstance(strategy, AllAtOnce | Canary | Shadow):
+        raise ConfigError(f"unknown strategy {strategy!r}; use workbench.Canary(...), workbench.Shadow(...) "
+                          "or leave it out for all at once")
+    signed = prepare_package(package, keys_dir)
+    targets = _device_ids(fleet, devices)
+    if isinstance(strategy, Shadow):
+        from workbench.deploy._shadow import ShadowRollout
+
+        return ShadowRollout(fleet, signed, targets, strategy=strategy, gates=gates, metrics=metrics,
+                             max_failures=max_failures, device_timeout=device_timeout, artifacts=artifacts,
+                             artifact_dir=Path(artifact_dir) if artifact_dir else None, force=force)
+    return Rollout(fleet, signed, targets, strategy=strategy, gates=gates, metrics=metrics,
+                   max_failures=max_failures, device_timeout=device_timeout, artifacts=artifacts,
+                   artifact_dir=Path(artifact_dir) if artifact_dir else None, force=force)
+
+
+def history(fleet: Fleet | None = None) -> pd.DataFrame:
+    """Every recorded rollout (of ``fleet``'s broker when given): who, what, when, result.
+
+    Example:
+        >>> fleet.history()[["package", "status"]].tail(1)   # doctest: +SKIP
+    """
+    return _history.read(broker=fleet.address.url if fleet is not None else None)
+
+
+__all__ = ["DeviceProgress", "Rollout", "RolloutReport", "deploy", "history", "load_package"]

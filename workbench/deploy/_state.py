@@ -1,0 +1,114 @@
+"""The workbench's view of desired and reported deployment state, on its own MQTT connection.
+
+The fleet client's message handler stays untouched: this module subscribes separately to
+``wb/v1/dev/+/deploy`` (what devices report) and ``wb/v1/desired/+/model`` (what was asked of
+them, retained) and publishes desired state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from workbench.errors import PayloadError
+from workbench.fleet import schema, topics
+from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+
+TERMINAL = ("active", "failed", "rejected", "rolled_back")
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+class DeployState:
+    """Latest reported and desired deployment state of every device.
+
+    Example:
+        >>> state = DeployState(fleet.address)                         # doctest: +SKIP
+        >>> state.wait(lambda s: s.reported("sim-01").get("state") == "active", timeout=30)   # doctest: +SKIP
+    """
+
+    def __init__(self, address: BrokerAddress, *, timeout: float = 10.0) -> None:
+        self._reported: dict[str, dict[str, Any]] = {}
+        self._desired: dict[str, dict[str, Any]] = {}
+        self._changed = threading.Condition()
+        self._listeners: list[Listener] = []
+        self._last_message = time.monotonic()
+        self._client = make_client(address, new_client_id("wb-deploy"))
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        connect_blocking(self._client, address, keepalive=10, timeout=timeout)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        if not getattr(reason_code, "is_failure", False):
+            client.subscribe([(topics.device_topic("+", "deploy"), 1), (topics.desired_topic("+", "model"), 1)])
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        parts = message.topic.split("/")
+        if len(parts) != 5:
+            return
+        try:
+            body = schema.decode(bytes(message.payload)) if message.payload else {}
+        except PayloadError:
+            return
+        device = parts[3]
+        with self._changed:
+            self._last_message = time.monotonic()
+            if parts[2] == "dev":
+                self._reported[device] = body
+            else:
+                self._desired[device] = body
+            self._changed.notify_all()
+            listeners = list(self._listeners)
+        if parts[2] == "dev":
+            for listener in listeners:
+                listener(device, body)
+
+    def settle(self, quiet: float = 0.3, timeout: float = 3.0) -> None:
+        """Wait until retained messages stopped arriving (after connecting), at most ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while time.monotonic() < deadline and time.monotonic() - self._last_message < quiet:
+                self._changed.wait(quiet)
+
+    def reported(self, device_id: str) -> dict[str, Any]:
+        with self._changed:
+            return dict(self._reported.get(device_id) or {})
+
+    def desired(self, device_id: str) -> dict[str, Any]:
+        with self._changed:
+            return dict(self._desired.get(device_id) or {})
+
+    def on(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(device_id, report)`` on every reported transition (MQTT thread)."""
+        with self._changed:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._changed:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    def set_desired(self, device_id: str, body: dict[str, Any]) -> None:
+        """Publish a device's desired model, retained, and wait until the broker has it."""
+        info = self._client.publish(topics.desired_topic(device_id, "model"), schema.encode(body), qos=1, retain=True)
+        info.wait_for_publish(timeout=10)
+
+    def wait(self, predicate: Callable[[DeployState], bool], timeout: float) -> bool:
+        """Block until ``predicate(self)`` holds (re-checked on every message); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.5))
+        return True
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
