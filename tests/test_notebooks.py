@@ -1,0 +1,110 @@
+"""The curated notebooks: committed without outputs, one `parameters` cell, and each runs headless under papermill.
+
+A new notebook in notebooks/ is tested by adding an entry to NOTEBOOKS below: the parameters it runs
+with (besides `run_dir`, given to every notebook that declares it) and a check of the figures it records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from conftest import REPO
+
+from workbench.runs import Figure, NotebookRun, declared_parameters, run_notebooks
+from workbench.sim import down, up
+
+NOTEBOOK_DIR = REPO / "notebooks"
+ALL_NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+# Voila apps are served, not executed top to bottom.
+NOT_EXECUTED = {"dashboard.ipynb"}
+FLEET_DEVICES = 3
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How one curated notebook is run in the tests and what its recorded figures must satisfy."""
+
+    parameters: dict[str, Any] = field(default_factory=dict)
+    check: Callable[[dict[str, Figure]], None] | None = None
+
+
+def _check_connect_fleet(figures: dict[str, Figure]) -> None:
+    assert figures["devices_online"].value == FLEET_DEVICES
+    ping = figures["median_ping_ms"]
+    assert isinstance(ping.value, float) and 0 < ping.value < 2000, ping
+    assert ping.unit == "ms" and ping.tolerance is not None
+
+
+NOTEBOOKS: dict[str, Entry] = {
+    "01_connect_fleet.ipynb": Entry({"expected_devices": FLEET_DEVICES, "timeout": 60, "smoke": True},
+                                    _check_connect_fleet),
+}
+
+
+@pytest.fixture(scope="module")
+def notebook_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A fleet of its own, since notebooks may change device state (deploy models)."""
+    run_dir = tmp_path_factory.mktemp("notebook-fleet")
+    record = up(devices=FLEET_DEVICES, run_dir=run_dir, keepalive=5)
+    yield record
+    down(run_dir)
+
+
+def _param(paths: list[Path]) -> list[Any]:
+    return [pytest.param(path, id=path.name) for path in paths]
+
+
+def test_notebooks_directory_has_notebooks_when_checked_out() -> None:
+    assert ALL_NOTEBOOKS, f"no notebooks in {NOTEBOOK_DIR}"
+
+
+@pytest.mark.parametrize("path", _param(ALL_NOTEBOOKS))
+def test_notebook_has_no_outputs_when_committed(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    dirty = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+             and (cell.get("outputs") or cell.get("execution_count") is not None)]
+    assert not dirty, (f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing "
+                       f"(jupyter nbconvert --clear-output --inplace {path.relative_to(REPO)})")
+    assert "widgets" not in nb.metadata, f"{path.name}: saved widget state in its metadata; clear it before committing"
+    assert "papermill" not in nb.metadata, f"{path.name}: is an executed copy (papermill metadata); commit the source"
+
+
+# A Voila app takes its settings from the environment, not from papermill.
+@pytest.mark.parametrize("path", _param([p for p in ALL_NOTEBOOKS if p.name not in NOT_EXECUTED]))
+def test_notebook_has_exactly_one_parameters_cell_when_committed(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    tagged = [i for i, cell in enumerate(nb.cells) if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters' (cells {tagged}); tag exactly one"
+    assert nb.cells[tagged[0]].cell_type == "code", f"{path.name}: the 'parameters' cell must be a code cell"
+
+
+@pytest.mark.parametrize("path", _param([p for p in ALL_NOTEBOOKS if p.name not in NOT_EXECUTED]))
+def test_notebook_runs_headless_and_records_sane_figures_when_fleet_is_up(
+    path: Path, notebook_fleet: dict[str, Any], tmp_path: Path
+) -> None:
+    entry = NOTEBOOKS.get(path.name)
+    if entry is None:
+        pytest.fail(f"{path.name} has no entry in NOTEBOOKS in tests/test_notebooks.py: add the parameters it runs "
+                    "with in the tests and a check of the figures it records")
+    parameters = dict(entry.parameters)
+    if "run_dir" in declared_parameters(path):
+        parameters.setdefault("run_dir", notebook_fleet["run_dir"])
+    summary = run_notebooks([path], tmp_path, notebook_parameters={path.name: parameters}, cell_timeout=300)
+    run: NotebookRun = summary.runs[0]
+    assert run.ok, f"{path.name} failed in cell {run.error_cell}: {run.error} (executed copy: {tmp_path / run.output})"
+    assert run.html is not None and (tmp_path / run.html).stat().st_size > 0
+    assert run.figures, f"{path.name} recorded no figures; call workbench.record(...) for its key results"
+    if entry.check is not None:
+        entry.check(run.figures)
+
+
+def test_notebook_entries_name_existing_notebooks_when_listed() -> None:
+    names = {path.name for path in ALL_NOTEBOOKS}
+    stale = sorted(set(NOTEBOOKS) - names)
+    assert not stale, f"NOTEBOOKS lists notebooks that are not in notebooks/: {stale}"
