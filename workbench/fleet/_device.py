@@ -69,6 +69,22 @@ class Device:
         """The agent's counters: commands, reconnects, rejected payloads by kind."""
         return self.call("stats", timeout=timeout)
 
+    def set_link(self, link: Any = None, **numbers: Any) -> dict[str, Any]:
+        """Put the device's sync on a link profile (lan, wifi-flaky, lte, satellite, offline) or custom numbers.
+
+        Example:
+            >>> fleet["sim-07"].set_link("satellite")   # doctest: +SKIP
+        """
+        return self._fleet.sync.set_link(self.device_id, link, **numbers)
+
+    def set_budget(self, mb_per_day: float | None) -> dict[str, Any]:
+        """Set the device's daily sync budget in MB (None removes it).
+
+        Example:
+            >>> fleet["sim-07"].set_budget(mb_per_day=50)   # doctest: +SKIP
+        """
+        return self._fleet.sync.set_budget(self.device_id, mb_per_day)
+
     def row(self) -> dict[str, Any]:
         """The device as one inventory row."""
         inv = self.inventory_data

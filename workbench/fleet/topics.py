@@ -16,6 +16,10 @@ topic                                    retained  publisher   payload
 ``wb/v1/dev/{device}/deploy``            yes       device      deployment state (reported)
 ``wb/v1/dev/{device}/telemetry``         no        device      binary batch (workbench.telemetry._wire)
 ``wb/v1/desired/{device}/telemetry``     yes       workbench   telemetry/inference config (JSON)
+``wb/v1/dev/{device}/outbox``            no        device      sync items, zstd (workbench.sync._codec)
+``wb/v1/desired/{device}/ack``           no        workbench   sync items stored: ``{"v", "ranges"}``
+``wb/v1/dev/{device}/sync``              yes       device      sync state (backlog, link, budget, twin)
+``wb/v1/desired/{device}/sync``          yes       workbench   sync config: link, budget (the twin)
 =======================================  ========  ==========  ==================================
 
 Example:
@@ -112,3 +116,18 @@ def telemetry_topic(device_id: str) -> str:
 def desired_topic(device_id: str, name: str) -> str:
     """Retained desired state ``name`` the workbench sets for the device."""
     return f"{DESIRED_PREFIX}/{device_id}/{name}"
+
+
+def outbox_topic(device_id: str) -> str:
+    """Where the device's sync sender publishes outbox items."""
+    return device_topic(device_id, "outbox")
+
+
+def sync_ack_topic(device_id: str) -> str:
+    """Where the workbench acknowledges stored outbox items (not retained)."""
+    return f"{DESIRED_PREFIX}/{device_id}/ack"
+
+
+def sync_state_topic(device_id: str) -> str:
+    """Retained sync state the device reports."""
+    return device_topic(device_id, "sync")

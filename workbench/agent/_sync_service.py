@@ -1,0 +1,290 @@
+"""The agent's sync service: a durable outbox, a sender paced to an emulated link, and the device twin.
+
+Other parts of the agent queue items with ``agent.services["sync"].put(payload,
+priority=..., kind=...)``; the item is on disk when ``put`` returns and leaves the
+outbox only when the workbench has stored it (see :mod:`workbench.sync`).
+
+The twin: the workbench publishes desired sync configuration, retained, on
+``wb/v1/desired/{device}/sync`` (and the ``sync.configure`` command applies the same
+keys at once). The device applies it and reports what it applied (``reported``, with
+the ``desired`` it came from) in its sync state on ``wb/v1/dev/{device}/sync``.
+Conflicts resolve one way: desired state is written only by the workbench, reported
+state only by the device; a key the device cannot apply is reported with its error
+and the old value stays in force.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from workbench.agent._commands import register_command
+from workbench.agent._services import register_service
+from workbench.errors import ConfigError, PayloadError, WorkbenchError
+from workbench.fleet import schema, topics
+from workbench.sync._budget import Budget, check_budget
+from workbench.sync._codec import Codec
+from workbench.sync._links import LinkProfile, link_profile
+from workbench.sync._outbox import Outbox
+from workbench.sync._priority import PRIORITIES, priority_rank
+from workbench.sync._receiver import decode_ack
+from workbench.sync._sender import Sender
+from workbench.sync._shaper import LinkShaper
+
+if TYPE_CHECKING:
+    from workbench.agent._device import DeviceAgent
+
+log = logging.getLogger("workbench.agent.sync")
+
+DEFAULTS: dict[str, Any] = {
+    "link": "lan",               # a profile name or {"bandwidth_bps", "latency_ms", "loss", ...}
+    "budget_mb_per_day": None,   # None: unmetered
+    "max_mb": 256.0,             # the outbox's disk bound (payload bytes)
+    "state_interval_s": 1.0,     # how often the sync state is reported
+}
+_SERVICES: dict[str, SyncService] = {}
+
+
+def validate_config(changes: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge ``changes`` into ``current`` (or the defaults); raise :class:`ConfigError` naming a bad key.
+
+    Example:
+        >>> validate_config({"link": "lte"})["link"]
+        'lte'
+    """
+    config = dict(current or DEFAULTS)
+    for key, value in changes.items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"unknown sync setting {key!r}; known: {', '.join(sorted(DEFAULTS))}")
+        if key == "link":
+            link_profile(value)  # raises naming the problem
+        elif key == "budget_mb_per_day":
+            value = check_budget(value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0.01 <= value <= (1e6 if key == "max_mb" else 3600)):
+            raise ConfigError(f"sync setting {key} must be a positive number, got {value!r}")
+        config[key] = value
+    return config
+
+
+class SyncService:
+    """Per-device outbox, sender and twin (an :class:`AgentService`)."""
+
+    def __init__(self, agent: DeviceAgent) -> None:
+        self.agent = agent
+        self.config = validate_config({}, {**DEFAULTS, **(agent.state.get("sync") or {})})
+        self.desired: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+        self.outbox = Outbox(agent.config.data_dir / "outbox.db", max_bytes=int(self.config["max_mb"] * 1e6))
+        day = int(self.outbox.get_meta("budget_day", "-1") or -1)
+        used = int(self.outbox.get_meta("budget_used", "0") or 0)
+        self.budget = Budget(self.config["budget_mb_per_day"], day=day, used=used)
+        self.shaper = LinkShaper(link_profile(self.config["link"]))
+        self._topic = topics.outbox_topic(agent.device_id)
+        self.sender = Sender(self.outbox, Codec(), self.shaper, self._publish, budget=self.budget,
+                             online=lambda: agent.online, overhead_bytes=len(self._topic) + 4)
+        self._stop = threading.Event()
+        self._state_thread: threading.Thread | None = None
+        self._producers: list[threading.Thread] = []
+        self._lock = threading.RLock()
+        _SERVICES[agent.device_id] = self
+
+    # -- AgentService ---------------------------------------------------------------------------
+
+    def topics(self) -> list[str]:
+        return [topics.sync_ack_topic(self.agent.device_id), topics.desired_topic(self.agent.device_id, "sync")]
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        if topic == topics.sync_ack_topic(self.agent.device_id):
+            try:
+                seqs = decode_ack(payload)
+            except PayloadError as exc:
+                self.agent.rejected.reject(exc)
+                return
+            self.shaper.receive(lambda: self.sender.on_ack(seqs))
+        else:
+            threading.Thread(target=self._apply_desired, args=(payload,), daemon=True).start()
+
+    def start(self) -> None:
+        self.sender.start()
+        self._state_thread = threading.Thread(target=self._state_loop, name=f"wb-sync-{self.agent.device_id}",
+                                              daemon=True)
+        self._state_thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._producers:
+            thread.join(timeout=2)
+        self.sender.stop()
+        if self._state_thread is not None:
+            self._state_thread.join(timeout=2)
+        self.shaper.close()
+        self._save_budget()
+        self.outbox.close()
+
+    # -- the outbox -----------------------------------------------------------------------------
+
+    def put(self, payload: bytes, *, priority: str | int = "normal", kind: str = "event") -> int | None:
+        """Queue an item durably; returns its sequence number (None: dropped by the disk bound, counted)."""
+        seq = self.outbox.put(payload, priority=priority, kind=kind)
+        self.sender.wake()
+        return seq
+
+    def put_state(self, state: dict[str, Any], *, priority: str = "high") -> int | None:
+        """Sync a state dictionary by delta: only keys that changed since the last call are sent."""
+        previous = json.loads(self.outbox.get_meta("state", "{}") or "{}")
+        changed = {k: v for k, v in state.items() if previous.get(k, object()) != v}
+        removed = [k for k in previous if k not in state]
+        if not changed and not removed:
+            return None
+        seq = self.put(json.dumps({"set": changed, "removed": removed}).encode(), priority=priority, kind="state")
+        self.outbox.set_meta("state", json.dumps(state))
+        return seq
+
+    def _publish(self, message: bytes) -> bool:
+        info = self.agent.publish(self._topic, message, qos=1)
+        return info.rc == 0
+
+    # -- configuration (the twin) ---------------------------------------------------------------
+
+    def configure(self, changes: dict[str, Any], *, desired: bool = False) -> dict[str, Any]:
+        """Apply and persist sync settings; return the sync state with what is now applied."""
+        with self._lock:
+            config = validate_config(changes, self.config)
+            if desired:
+                self.desired = dict(changes)
+            if "link" in changes:
+                self.shaper.set_link(link_profile(config["link"]))
+            if "budget_mb_per_day" in changes:
+                self.budget.mb_per_day = config["budget_mb_per_day"]
+            if "max_mb" in changes:
+                self.outbox.max_bytes = int(config["max_mb"] * 1e6)
+            self.config = config
+            self.agent.state["sync"] = dict(config)
+            self.agent.save_state()
+            self.errors.clear()
+            self.sender.wake()
+            return self.state()
+
+    def _apply_desired(self, payload: bytes) -> None:
+        try:
+            body = json.loads(payload) if payload else {}
+            if not isinstance(body, dict):
+                raise PayloadError("desired sync state must be a JSON object")
+            body.pop("v", None)
+            self.configure(body, desired=True)
+        except (ValueError, WorkbenchError) as exc:
+            self.agent.rejected["malformed"] += 1
+            self.errors["desired"] = str(exc)
+            log.warning("%s: ignored desired sync state: %s", self.agent.device_id, exc)
+
+    def partition(self, seconds: float) -> dict[str, Any]:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 86_400:
+            raise ConfigError(f"partition seconds must be a number from 0 to 86400, got {seconds!r}")
+        self.shaper.partition(float(seconds))
+        return self.state()
+
+    # -- sync state -----------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        link: LinkProfile = self.shaper.link
+        return {
+            "ts": time.time(),
+            "device_id": self.agent.device_id,
+            "link": link.to_dict(),
+            "link_up": self.shaper.up(),
+            "partitioned_for_s": self.shaper.partitioned_for,
+            "backlog": self.outbox.backlog(),
+            "outbox_bytes": self.outbox.bytes,
+            "outbox_max_bytes": self.outbox.max_bytes,
+            "counters": self.outbox.counters(),
+            "sender": self.sender.stats(),
+            "budget": self.budget.to_dict(),
+            "desired": self.desired,
+            "reported": dict(self.config),
+            "errors": dict(self.errors),
+        }
+
+    def _save_budget(self) -> None:
+        self.outbox.set_meta("budget_day", str(self.budget.day))
+        self.outbox.set_meta("budget_used", str(self.budget.used))
+
+    def _state_loop(self) -> None:
+        topic = topics.sync_state_topic(self.agent.device_id)
+        while not self._stop.wait(float(self.config["state_interval_s"])):
+            try:
+                self._save_budget()
+                if self.agent.online:
+                    self.agent.publish(topic, schema.encode(self.state()), qos=0, retain=True)
+            except Exception:  # reporting must not end the service
+                log.exception("%s: sync state report failed", self.agent.device_id)
+
+    # -- a load generator (tests, notebook, benchmark) ------------------------------------------
+
+    def produce(self, count: int, *, priority: str = "normal", rate_hz: float = 100.0, size: int = 200,
+                kind: str = "event") -> dict[str, Any]:
+        """Queue ``count`` items of ``size`` bytes at ``rate_hz`` in a background thread."""
+        rank = priority_rank(priority)
+        for name, value, low, high in (("count", count, 1, 10_000_000), ("size", size, 16, 1_000_000),
+                                       ("rate_hz", rate_hz, 0.01, 1e6)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ConfigError(f"sync.produce {name} must be a number from {low} to {high}, got {value!r}")
+
+        def run() -> None:
+            period = 1.0 / float(rate_hz)
+            next_at = time.monotonic()
+            for index in range(int(count)):
+                if self._stop.is_set():
+                    return
+                body = json.dumps({"i": index, "ts": time.time(), "priority": PRIORITIES[rank]})
+                self.put(body.encode().ljust(int(size)), priority=rank, kind=kind)
+                next_at += period
+                self._stop.wait(max(next_at - time.monotonic(), 0.0))
+
+        thread = threading.Thread(target=run, name="wb-sync-produce", daemon=True)
+        self._producers.append(thread)
+        thread.start()
+        return {"producing": int(count), "priority": PRIORITIES[rank]}
+
+
+def sync_service(agent: DeviceAgent) -> SyncService:
+    """The device's sync service, or raise :class:`ConfigError` saying it is not running."""
+    service = _SERVICES.get(agent.device_id)
+    if service is None or service.agent is not agent:
+        raise ConfigError(f"sync is not running on {agent.device_id}; restart the agent")
+    return service
+
+
+@register_command("sync.configure")
+def _configure(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
+    """Change sync settings (keys of DEFAULTS) now."""
+    return sync_service(agent).configure(args)
+
+
+@register_command("sync.partition")
+def _partition(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
+    """Cut the device's sync link for ``seconds`` (0 heals it)."""
+    return sync_service(agent).partition(args.get("seconds", 30.0))
+
+
+@register_command("sync.status")
+def _status(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
+    return sync_service(agent).state()
+
+
+@register_command("sync.produce")
+def _produce(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
+    """Generate test items: count, priority, rate_hz, size."""
+    unknown = set(args) - {"count", "priority", "rate_hz", "size", "kind"}
+    if unknown:
+        raise ConfigError(f"unknown sync.produce arguments {', '.join(sorted(unknown))}; use count, priority, "
+                          "rate_hz, size, kind")
+    return sync_service(agent).produce(args.get("count", 100), priority=args.get("priority", "normal"),
+                                       rate_hz=args.get("rate_hz", 100.0), size=args.get("size", 200),
+                                       kind=str(args.get("kind", "event")))
+
+
+register_service("sync", SyncService)

@@ -1,0 +1,169 @@
+"""`fleet.sync`: the workbench's receiver, every device's reported sync state, and the sync controls."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from workbench.errors import PayloadError
+from workbench.fleet import schema, topics
+from workbench.fleet._mqtt import connect_blocking, make_client, new_client_id
+from workbench.sync._budget import check_budget
+from workbench.sync._links import LinkProfile, link_profile
+from workbench.sync._priority import PRIORITIES
+from workbench.sync._receiver import SyncReceiver
+from workbench.sync._store import SyncStore
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from workbench.fleet._fleet import Fleet
+
+STATE_COLUMNS = ["device_id", "priority", "queued_items", "queued_bytes", "oldest_unsent_age_s", "last_sync",
+                 "throughput_bps", "compression_ratio", "dropped", "deduplicated", "link", "link_up"]
+
+
+class Sync:
+    """The fleet's sync: stores what devices send (``store``), and shows their reported state.
+
+    Made on first use of ``fleet.sync`` with an in-memory store, or
+    ``Sync(fleet, path="sync.db")`` for a file (``$WORKBENCH_SYNC_DB`` sets the default).
+
+    Example:
+        >>> fleet.sync_state()                          # doctest: +SKIP
+        >>> fleet["sim-02"].set_link("satellite")      # doctest: +SKIP
+    """
+
+    def __init__(self, fleet: Fleet, *, path: str | os.PathLike[str] | None = None, receive: bool = True) -> None:
+        self.fleet = fleet
+        path = path if path is not None else os.environ.get("WORKBENCH_SYNC_DB")
+        self.receiver = SyncReceiver(fleet.address, SyncStore(path)) if receive else None
+        self.states: dict[str, dict[str, Any]] = {}
+        self.revision = 0
+        self._desired_docs: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._client = make_client(fleet.address, new_client_id("wb-syncstate"))
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        connect_blocking(self._client, fleet.address, keepalive=10, timeout=10.0)
+
+    def _on_connect(self, client: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        if not getattr(reason_code, "is_failure", False):
+            client.subscribe(topics.sync_state_topic("+"), qos=1)
+
+    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
+        try:
+            device, _kind, _ = topics.parse_device_topic(message.topic)
+            body = schema.decode(bytes(message.payload))
+        except (ValueError, PayloadError):
+            return
+        with self._lock:
+            self.states[device] = body
+            self.revision += 1
+
+    @property
+    def store(self) -> SyncStore | None:
+        return self.receiver.store if self.receiver is not None else None
+
+    # -- the table --------------------------------------------------------------------------
+
+    def state(self) -> pd.DataFrame:
+        """One row per device and priority: queued items and bytes, oldest unsent age, last sync,
+        throughput, compression ratio, dropped and deduplicated counts.
+
+        Example:
+            >>> fleet.sync.state().query("priority == 'critical'")   # doctest: +SKIP
+        """
+        import pandas as pd
+
+        with self._lock:
+            states = dict(self.states)
+        dedup = self.receiver.stats() if self.receiver is not None else {}
+        rows = []
+        for device, body in sorted(states.items()):
+            sender = body.get("sender") or {}
+            counters = body.get("counters") or {}
+            for priority in PRIORITIES:
+                backlog = (body.get("backlog") or {}).get(priority) or {}
+                rows.append({
+                    "device_id": device, "priority": priority, "queued_items": backlog.get("items", 0),
+                    "queued_bytes": backlog.get("bytes", 0), "oldest_unsent_age_s": backlog.get("oldest_age_s"),
+                    "last_sync": sender.get("last_sync"), "throughput_bps": sender.get("throughput_bps"),
+                    "compression_ratio": sender.get("compression_ratio"),
+                    "dropped": counters.get(f"dropped_{priority}", 0),
+                    "deduplicated": (dedup.get(device) or {}).get("duplicates", 0),
+                    "link": (body.get("link") or {}).get("name"), "link_up": body.get("link_up"),
+                })
+        frame = pd.DataFrame(rows, columns=STATE_COLUMNS)
+        frame["last_sync"] = pd.to_datetime(frame["last_sync"], unit="s", utc=True)
+        return frame
+
+    def backlog(self) -> dict[str, int]:
+        """Queued items per device (all priorities), for the health table."""
+        with self._lock:
+            return {device: sum(int(b.get("items", 0)) for b in (body.get("backlog") or {}).values())
+                    for device, body in self.states.items()}
+
+    def wait_until(self, device: str, predicate: Any, *, timeout: float = 30.0) -> dict[str, Any]:
+        """Block until ``predicate(state)`` holds for the device's reported sync state; return that state."""
+        from workbench.errors import FleetTimeoutError
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                body = self.states.get(device)
+            if body is not None and predicate(body):
+                return body
+            if time.monotonic() > deadline:
+                raise FleetTimeoutError(f"{device}: sync state did not reach the condition within {timeout:g} s "
+                                        f"(last: {json.dumps(body)[:300] if body else 'none reported'})")
+            time.sleep(0.1)
+
+    # -- controls ---------------------------------------------------------------------------
+
+    def configure(self, device: str, *, timeout: float = 10.0, **changes: Any) -> dict[str, Any]:
+        """Set desired sync config (retained, so a restarted device gets it) and apply it now."""
+        known = dict(self._desired(device))
+        known.update(changes)
+        info = self.fleet._client.publish(topics.desired_topic(device, "sync"), json.dumps(known).encode(), qos=1,
+                                          retain=True)
+        info.wait_for_publish(timeout)
+        with self._lock:
+            self._desired_docs[device] = known
+        return self.fleet.call(device, "sync.configure", changes, timeout=timeout)
+
+    def _desired(self, device: str) -> dict[str, Any]:
+        with self._lock:
+            reported = (self.states.get(device) or {}).get("desired") or {}
+            return self._desired_docs.get(device, reported)
+
+    def set_link(self, device: str, link: str | LinkProfile | dict[str, Any] | None = None, *,
+                 timeout: float = 10.0, **numbers: Any) -> dict[str, Any]:
+        """Put the device on a link profile (lan, wifi-flaky, lte, satellite, offline) or custom numbers."""
+        profile = link_profile(link, **numbers)
+        value: Any = link if isinstance(link, str) and not numbers else profile.to_dict()
+        return self.configure(device, link=value, timeout=timeout)
+
+    def set_budget(self, device: str, mb_per_day: float | None, *, timeout: float = 10.0) -> dict[str, Any]:
+        """Set the device's daily sync budget in MB (None removes it)."""
+        return self.configure(device, budget_mb_per_day=check_budget(mb_per_day), timeout=timeout)
+
+    @contextmanager
+    def partition(self, device: str, seconds: float = 30.0, *, timeout: float = 10.0) -> Iterator[None]:
+        """Cut the device's sync link for ``seconds`` (healed early when the block ends first)."""
+        self.fleet.call(device, "sync.partition", {"seconds": seconds}, timeout=timeout)
+        try:
+            yield
+        finally:
+            self.fleet.call(device, "sync.partition", {"seconds": 0}, timeout=timeout)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        if self.receiver is not None:
+            self.receiver.close()

@@ -1,0 +1,255 @@
+"""The durable outbox: every item waits here (SQLite, WAL) until the workbench acknowledges storing it.
+
+Each item gets the device's next sequence number (its idempotency key) in the same
+transaction that stores it, so "produced" is exactly the highest sequence number and
+survives ``kill -9``. An item leaves only through :meth:`Outbox.ack`; a batch that
+was sent but not acknowledged in time becomes sendable again (at-least-once on the
+wire; the workbench's store deduplicates by sequence number).
+
+The disk bound counts payload bytes. A new item that does not fit evicts the oldest
+bulk items, then the oldest normal ones; critical and high items are never evicted,
+and are admitted over the bound rather than lost (``over_bound`` counts that). A bulk
+or normal item that cannot make room is itself dropped. Every drop is counted per
+priority, in the database, in the same transaction as the drop.
+
+``synchronous=NORMAL`` in WAL mode keeps committed items through a process crash
+(``kill -9``); a power cut may lose the last few commits.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import ConfigError
+from workbench.sync._priority import EVICTABLE, PRIORITIES, priority_rank
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (seq INTEGER PRIMARY KEY, priority INTEGER NOT NULL, kind TEXT NOT NULL,
+    created REAL NOT NULL, size INTEGER NOT NULL, payload BLOB NOT NULL, due REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS items_order ON items (priority, seq);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One queued item: ``seq`` is its idempotency key within the device."""
+
+    seq: int
+    priority: int
+    kind: str
+    created: float
+    payload: bytes
+    attempts: int = 0
+
+    @property
+    def priority_name(self) -> str:
+        return PRIORITIES[self.priority]
+
+
+class Outbox:
+    """A device's durable, bounded, prioritised queue of items to sync.
+
+    Example:
+        >>> box = Outbox(":memory:", max_bytes=1_000_000)
+        >>> box.put(b"hello", priority="critical", kind="event")
+        1
+        >>> [item.seq for item in box.take(max_bytes=64_000)]
+        [1]
+        >>> box.ack([1])
+        1
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = 256 * 2**20) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1024:
+            raise ConfigError(f"outbox max_bytes must be an integer of at least 1024, got {max_bytes!r}")
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        # A restart forgets what was in flight: everything unacknowledged is sendable again.
+        self._db.execute("UPDATE items SET due = 0")
+        row = self._db.execute("SELECT coalesce(sum(size), 0) FROM items").fetchone()
+        self._bytes = int(row[0])
+
+    # -- counters ----------------------------------------------------------------------------
+
+    def _bump(self, name: str, by: int = 1) -> None:
+        self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+                         (name, by, by))
+
+    def counters(self) -> dict[str, int]:
+        """Persistent counters: produced, acked, dropped_<priority>, over_bound, resent."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, value FROM counters").fetchall()
+        return {name: int(value) for name, value in rows}
+
+    def get_meta(self, name: str, default: str | None = None) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else default
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def put(self, payload: bytes, *, priority: str | int = "normal", kind: str = "event",
+            created: float | None = None) -> int | None:
+        """Queue ``payload``; return its sequence number, or None if it was dropped (counted) for want of room."""
+        rank = priority_rank(priority)
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise ConfigError(f"outbox payload must be bytes, got {type(payload).__name__}; encode it first")
+        data = bytes(payload)
+        size = len(data)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT value FROM counters WHERE name = 'produced'").fetchone()
+                seq = (int(row[0]) if row else 0) + 1
+                self._bump("produced")
+                if self._bytes + size > self.max_bytes and not self._make_room(size, rank):
+                    self._bump(f"dropped_{PRIORITIES[rank]}")
+                    self._db.execute("COMMIT")
+                    return None
+                if self._bytes + size > self.max_bytes:
+                    self._bump("over_bound")
+                self._db.execute("INSERT INTO items (seq, priority, kind, created, size, payload) VALUES "
+                                 "(?, ?, ?, ?, ?, ?)", (seq, rank, kind, time.time() if created is None else created,
+                                                        size, data))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._bytes += size
+            return seq
+
+    def _make_room(self, size: int, rank: int) -> bool:
+        # Inside put's transaction: evict the oldest bulk, then normal, never outranking the new item's needs.
+        for name in EVICTABLE:
+            victim_rank = PRIORITIES.index(name)
+            if rank > victim_rank:
+                break  # a bulk item does not push out normal ones
+            while self._bytes + size > self.max_bytes:
+                victims = self._db.execute("SELECT seq, size FROM items WHERE priority = ? ORDER BY seq LIMIT 256",
+                                           (victim_rank,)).fetchall()
+                if not victims:
+                    break
+                freed = 0
+                chosen = []
+                for seq, victim_size in victims:
+                    chosen.append(seq)
+                    freed += victim_size
+                    if self._bytes - freed + size <= self.max_bytes:
+                        break
+                self._db.executemany("DELETE FROM items WHERE seq = ?", [(s,) for s in chosen])
+                self._bump(f"dropped_{name}", len(chosen))
+                self._bytes -= freed
+            if self._bytes + size <= self.max_bytes:
+                return True
+        # Critical and high are kept over the bound; bulk and normal that found no room are dropped.
+        return rank <= PRIORITIES.index("high")
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def take(self, *, max_bytes: int, max_rank: int = len(PRIORITIES) - 1, ack_timeout: float = 5.0,
+             now: float | None = None) -> list[Item]:
+        """Items to send next, highest priority and oldest first, up to ``max_bytes`` (at least one item).
+
+        They are marked in flight for ``ack_timeout`` seconds; unacknowledged, they come back.
+        ``max_rank`` leaves out lower priorities (3 is bulk).
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, priority, kind, created, payload, attempts FROM items WHERE due <= ? AND priority <= ? "
+                "ORDER BY priority, seq LIMIT 4096", (now, max_rank)).fetchall()
+            items: list[Item] = []
+            total = 0
+            for seq, rank, kind, created, payload, attempts in rows:
+                if items and total + len(payload) > max_bytes:
+                    break
+                items.append(Item(int(seq), int(rank), str(kind), float(created), bytes(payload), int(attempts)))
+                total += len(payload)
+            if items:
+                self._db.execute("BEGIN")
+                self._db.executemany("UPDATE items SET due = ?, attempts = attempts + 1 WHERE seq = ?",
+                                     [(now + ack_timeout, item.seq) for item in items])
+                resent = sum(1 for item in items if item.attempts)
+                if resent:
+                    self._bump("resent", resent)
+                self._db.execute("COMMIT")
+            return items
+
+    def release(self, seqs: list[int]) -> None:
+        """Make in-flight items sendable now (the link went down, or the batch was lost before sending)."""
+        with self._lock:
+            self._db.executemany("UPDATE items SET due = 0 WHERE seq = ?", [(s,) for s in seqs])
+
+    def release_all(self) -> None:
+        with self._lock:
+            self._db.execute("UPDATE items SET due = 0")
+
+    def ack(self, seqs: list[int]) -> int:
+        """Remove items the workbench has stored; return how many were still here (repeats are harmless)."""
+        if not seqs:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN")
+            freed = 0
+            removed = 0
+            for start in range(0, len(seqs), 500):
+                chunk = [int(s) for s in seqs[start:start + 500]]
+                marks = ",".join("?" * len(chunk))
+                row = self._db.execute(f"SELECT count(*), coalesce(sum(size), 0) FROM items WHERE seq IN ({marks})",
+                                       chunk).fetchone()
+                removed += int(row[0])
+                freed += int(row[1])
+                self._db.execute(f"DELETE FROM items WHERE seq IN ({marks})", chunk)
+            self._bump("acked", removed)
+            self._db.execute("COMMIT")
+            self._bytes -= freed
+            return removed
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def backlog(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """Per priority: queued items, bytes and the oldest item's age in seconds (None when empty)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute("SELECT priority, count(*), sum(size), min(created) FROM items "
+                                    "GROUP BY priority").fetchall()
+        found = {int(r[0]): r for r in rows}
+        result = {}
+        for rank, name in enumerate(PRIORITIES):
+            row = found.get(rank)
+            result[name] = {"items": int(row[1]) if row else 0, "bytes": int(row[2]) if row else 0,
+                            "oldest_age_s": max(now - float(row[3]), 0.0) if row else None}
+        return result
+
+    def pending(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT count(*) FROM items").fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

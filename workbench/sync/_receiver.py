@@ -1,0 +1,181 @@
+"""The workbench side of sync: store what devices send, then acknowledge it.
+
+paho's network thread only queues ``(device, message)``; one writer thread decodes,
+stores each message's items in one committed transaction, and only then publishes
+the acknowledgement (``wb/v1/desired/{device}/ack``), so an item leaves a device's
+outbox only once it is on the workbench's disk. A message that cannot be stored is
+not acknowledged: the device sends it again. Duplicates are acknowledged too (they
+are stored already), and counted.
+
+Acknowledgements carry sequence numbers as ranges: ``{"v": 1, "ranges": [[1, 500]]}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+from workbench.errors import PayloadError
+from workbench.fleet import schema, topics
+from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+from workbench.sync._codec import Codec, WireItem
+from workbench.sync._store import SyncStore
+
+log = logging.getLogger("workbench.sync")
+
+ItemsListener = Callable[[str, list[WireItem]], None]
+
+
+def to_ranges(seqs: list[int]) -> list[list[int]]:
+    """Compress sequence numbers into inclusive ranges.
+
+    Example:
+        >>> to_ranges([5, 1, 2, 3, 7])
+        [[1, 3], [5, 5], [7, 7]]
+    """
+    ranges: list[list[int]] = []
+    for seq in sorted(set(seqs)):
+        if ranges and seq == ranges[-1][1] + 1:
+            ranges[-1][1] = seq
+        else:
+            ranges.append([seq, seq])
+    return ranges
+
+
+def from_ranges(ranges: Any) -> list[int]:
+    """Expand inclusive ranges; raise :class:`PayloadError` for anything else.
+
+    Example:
+        >>> from_ranges([[1, 3], [7, 7]])
+        [1, 2, 3, 7]
+    """
+    if not isinstance(ranges, list) or not all(isinstance(r, list) and len(r) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in r) and r[0] <= r[1] for r in ranges):
+        raise PayloadError("malformed sync ack: ranges must be a list of [first, last] sequence numbers")
+    if sum(last - first + 1 for first, last in ranges) > 10_000_000:
+        raise PayloadError("oversized sync ack: more than 10 million sequence numbers", kind="oversized")
+    return [seq for first, last in ranges for seq in range(first, last + 1)]
+
+
+def encode_ack(seqs: list[int]) -> bytes:
+    return schema.encode({"ranges": to_ranges(seqs)})
+
+
+class SyncReceiver:
+    """Subscribe to every device's outbox, store the items exactly once, acknowledge them.
+
+    With ``address=None`` nothing is subscribed: call :meth:`feed` and pass ``send_ack``
+    (the benchmark wires a sender to a receiver in one process this way).
+
+    Example:
+        >>> receiver = SyncReceiver(fleet.address, SyncStore("sync.db"))   # doctest: +SKIP
+        >>> receiver.stats()["sim-01"]["stored"]                             # doctest: +SKIP
+        1200
+    """
+
+    def __init__(self, address: BrokerAddress | None, store: SyncStore | None = None, *,
+                 send_ack: Callable[[str, bytes], None] | None = None, timeout: float = 10.0) -> None:
+        self.store = store or SyncStore()
+        self.codec = Codec()
+        self.listeners: list[ItemsListener] = []
+        self.counters: Counter[str] = Counter()
+        self.wire_bytes: Counter[str] = Counter()
+        self._inbox: deque[tuple[str, bytes]] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._send_ack = send_ack
+        self._client: Any = None
+        self._writer = threading.Thread(target=self._write_loop, name="wb-sync-receiver", daemon=True)
+        self._writer.start()
+        if address is not None:
+            self._client = make_client(address, new_client_id("wb-sync"))
+            self._client.on_connect = self._on_connect
+            self._client.on_message = self._on_message
+            self._client.max_queued_messages_set(0)
+            connect_blocking(self._client, address, keepalive=10, timeout=timeout)
+
+    def _on_connect(self, client: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        if not getattr(reason_code, "is_failure", False):
+            client.subscribe(topics.outbox_topic("+"), qos=1)
+
+    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
+        try:
+            device, _kind, _ = topics.parse_device_topic(message.topic)
+        except ValueError:
+            self.counters["bad_topic"] += 1
+            return
+        self.feed(device, bytes(message.payload))
+
+    def feed(self, device: str, message: bytes) -> None:
+        """Queue one outbox message from ``device`` (the subscriber's path)."""
+        self._idle.clear()
+        self._inbox.append((device, message))
+        self._wake.set()
+
+    def _ack(self, device: str, seqs: list[int]) -> None:
+        payload = encode_ack(seqs)
+        if self._send_ack is not None:
+            self._send_ack(device, payload)
+        elif self._client is not None:
+            self._client.publish(topics.sync_ack_topic(device), payload, qos=1)
+
+    def _write_loop(self) -> None:
+        while not self._stop.is_set() or self._inbox:
+            if not self._inbox:
+                self._idle.set()
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
+            device, message = self._inbox.popleft()
+            try:
+                items = self.codec.decode(message)
+            except PayloadError as exc:
+                self.counters[f"rejected_{exc.kind}"] += 1
+                log.warning("rejected sync message from %s: %s", device, exc)
+                continue
+            for item in items:
+                if item.kind == "zstd-dict":
+                    self.codec.add_dictionary(item.payload)
+            try:
+                self.store.store(device, items)
+            except Exception:  # not acknowledged, so the device sends it again
+                log.exception("sync store failed for %s; the device will resend", device)
+                self.counters["store_errors"] += 1
+                continue
+            self.wire_bytes[device] += len(message)
+            self.counters["messages"] += 1
+            self._ack(device, [item.seq for item in items])
+            for listener in list(self.listeners):
+                try:
+                    listener(device, items)
+                except Exception:
+                    log.exception("sync listener failed")
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until everything received so far is stored and acknowledged."""
+        return self._idle.wait(timeout) and not self._inbox
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per device: items stored and duplicates (from the store, so they survive restarts)."""
+        return self.store.counters()
+
+    def close(self, *, close_store: bool = True) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        self._stop.set()
+        self._wake.set()
+        self._writer.join(timeout=10)
+        if close_store:
+            self.store.close()
+
+
+def decode_ack(payload: bytes) -> list[int]:
+    """The sequence numbers of one acknowledgement; raise :class:`PayloadError` if malformed."""
+    body = schema.decode(payload)
+    return from_ranges(body.get("ranges"))
+

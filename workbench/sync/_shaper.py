@@ -1,0 +1,144 @@
+"""The link shaper in the agent's transport: bandwidth, latency, loss, outages and partitions, applied for real.
+
+Every sync message the agent sends passes :meth:`LinkShaper.transmit`, which holds
+the sender for the message's serialization time at the link's bandwidth (a token
+bucket: a busy link queues), loses it with the link's loss probability, and hands it
+to the broker one latency later. Acknowledgements coming back pass
+:meth:`LinkShaper.receive` (latency and loss again). While the link is offline, in an
+outage or partitioned, nothing passes either way. This needs no root and no network
+namespaces, so it always works; it shapes the sync traffic, not the agent's control
+connection (commands still reach a partitioned device, so a partition can be ended).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from workbench.sync._links import LINKS, LinkProfile
+
+
+class LinkShaper:
+    """Emulates one device's uplink on the traffic that passes through it.
+
+    Example:
+        >>> shaper = LinkShaper(LINKS["lte"])
+        >>> shaper.up()
+        True
+        >>> shaper.partition(5.0); shaper.up()
+        False
+    """
+
+    def __init__(self, link: LinkProfile | None = None, *, seed: int | None = None) -> None:
+        self.link = link or LINKS["lan"]
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._free_at = 0.0  # when the link has finished sending what it was given
+        self._partitioned_until = 0.0
+        self._epoch = time.monotonic()
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._counter = itertools.count()
+        self._wake = threading.Condition(self._lock)
+        self._stopped = False
+        self.sent_bytes = 0
+        self.lost = 0
+        self._thread = threading.Thread(target=self._deliver_loop, name="wb-link", daemon=True)
+        self._thread.start()
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def set_link(self, link: LinkProfile) -> None:
+        with self._lock:
+            self.link = link
+            self._free_at = 0.0
+            self._epoch = time.monotonic()
+
+    def partition(self, seconds: float) -> None:
+        """Cut the link for ``seconds`` (0 heals it now)."""
+        with self._lock:
+            self._partitioned_until = time.monotonic() + max(float(seconds), 0.0)
+
+    @property
+    def partitioned_for(self) -> float:
+        return max(self._partitioned_until - time.monotonic(), 0.0)
+
+    def up(self, now: float | None = None) -> bool:
+        """Whether anything can pass right now."""
+        now = time.monotonic() if now is None else now
+        link = self.link
+        if link.offline or now < self._partitioned_until:
+            return False
+        if link.outage_every_s and link.outage_s:
+            phase = (now - self._epoch) % link.outage_every_s
+            return phase < link.outage_every_s - link.outage_s
+        return True
+
+    # -- traffic ------------------------------------------------------------------------------
+
+    def transmit(self, nbytes: int, deliver: Callable[[], None], stop: threading.Event | None = None) -> bool:
+        """Send ``nbytes`` upstream: block for their serialization time, then deliver one latency later.
+
+        Returns False when the link was down (nothing sent); a message lost on the way still
+        returns True, since the sender cannot tell (its acknowledgement never comes).
+        """
+        with self._lock:
+            link = self.link
+            now = time.monotonic()
+            start = max(now, self._free_at)
+            self._free_at = start + (nbytes / link.bytes_per_s if link.bytes_per_s > 0 else 0.0)
+            done_at = self._free_at
+        delay = done_at - time.monotonic()
+        if delay > 0:
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+        if not self.up():
+            return False
+        self.sent_bytes += nbytes
+        if link.loss and self._random.random() < link.loss:
+            self.lost += 1
+            return True
+        self._schedule(link.latency_ms / 1000.0, deliver)
+        return True
+
+    def receive(self, deliver: Callable[[], None]) -> None:
+        """A message coming down the link (an acknowledgement): latency and loss, or nothing while down."""
+        link = self.link
+        if not self.up() or (link.loss and self._random.random() < link.loss):
+            self.lost += 1
+            return
+        self._schedule(link.latency_ms / 1000.0, deliver)
+
+    def _schedule(self, delay: float, deliver: Callable[[], None]) -> None:
+        if delay <= 0:
+            deliver()
+            return
+        with self._wake:
+            heapq.heappush(self._queue, (time.monotonic() + delay, next(self._counter), deliver))
+            self._wake.notify()
+
+    def _deliver_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopped and (not self._queue or self._queue[0][0] > time.monotonic()):
+                    self._wake.wait(self._queue[0][0] - time.monotonic() if self._queue else None)
+                if self._stopped:
+                    return
+                _, _, deliver = heapq.heappop(self._queue)
+            try:
+                deliver()
+            except Exception:  # one failed delivery must not stop the link
+                import logging
+
+                logging.getLogger("workbench.sync").exception("link delivery failed")
+
+    def close(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join(timeout=2)
