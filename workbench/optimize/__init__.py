@@ -1,0 +1,43 @@
+"""Optimize a model per target hardware, measured where it will run.
+
+Example:
+    >>> import workbench
+    >>> result = workbench.optimize("model.onnx", target="raspberry-pi-5",      # doctest: +SKIP
+    ...                             eval_data=(x_test, y_test), calibration_data=x_calib)
+    >>> result.best.variant, result.best.reason                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# optimize() pulls in onnx, torch and pandas; the agent imports only the light _timing and _spec modules.
+_LAZY = {
+    "optimize": "workbench.optimize._optimize",
+    "OptimizeResult": "workbench.optimize._result",
+    "Constraints": "workbench.optimize._choice",
+    "Choice": "workbench.optimize._choice",
+    "choose": "workbench.optimize._choice",
+    "pareto_front": "workbench.optimize._choice",
+    "export_onnx": "workbench.optimize._export",
+    "ModelSpec": "workbench.optimize._spec",
+    "TensorSpec": "workbench.optimize._spec",
+    "load_model": "workbench.optimize._spec",
+    "Pass": "workbench.optimize._passes",
+    "register_pass": "workbench.optimize._passes",
+    "list_passes": "workbench.optimize._passes",
+    "int8_outlook": "workbench.optimize._preflight",
+    "prune_module": "workbench.optimize._prune",
+    "time_models": "workbench.optimize._timing",
+    "resolve_target": "workbench.optimize._target",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'workbench.optimize' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -1,0 +1,162 @@
+"""The choice: Pareto front, constraints, and "never slower than FP32" decided with a noise margin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The smallest speed-up that counts as real even when the measured spread is lower: timings on a
+# shared machine drift by a few percent between runs.
+MIN_NOISE_MARGIN = 0.05
+BASELINE = "fp32"
+
+
+@dataclass
+class Constraints:
+    """What the user allows: accuracy drop (absolute, 0.01 = 1 point), latency and size budgets.
+
+    Example:
+        >>> Constraints(max_accuracy_drop=0.01).max_accuracy_drop
+        0.01
+    """
+
+    max_accuracy_drop: float = 0.01
+    latency_budget_ms: float | None = None
+    max_size_mb: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_accuracy_drop": self.max_accuracy_drop, "latency_budget_ms": self.latency_budget_ms,
+                "max_size_mb": self.max_size_mb}
+
+
+@dataclass
+class Choice:
+    """The chosen variant (None when nothing meets the constraints) and why.
+
+    Example:
+        >>> Choice("int8-static-minmax", "fastest within 1 point of accuracy").variant
+        'int8-static-minmax'
+    """
+
+    variant: str | None
+    reason: str
+    failures: dict[str, list[str]] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.variant or 'nothing'}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variant": self.variant, "reason": self.reason, "failures": self.failures}
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> set[str]:
+    """Variants no other variant beats on all of quality (higher), p50 latency and size (lower).
+
+    Example:
+        >>> rows = [{"variant": "a", "quality": 0.9, "p50_ms": 1.0, "size_mb": 1.0},
+        ...         {"variant": "b", "quality": 0.8, "p50_ms": 2.0, "size_mb": 2.0}]
+        >>> sorted(pareto_front(rows))
+        ['a']
+    """
+    front = set()
+    for row in rows:
+        dominated = False
+        for other in rows:
+            if other is row:
+                continue
+            no_worse = (other["quality"] >= row["quality"] and other["p50_ms"] <= row["p50_ms"]
+                        and other["size_mb"] <= row["size_mb"])
+            better = (other["quality"] > row["quality"] or other["p50_ms"] < row["p50_ms"]
+                      or other["size_mb"] < row["size_mb"])
+            if no_worse and better:
+                dominated = True
+                break
+        if not dominated:
+            front.add(row["variant"])
+    return front
+
+
+def noise_margin(row: dict[str, Any], baseline: dict[str, Any]) -> float:
+    """How much faster than FP32 a variant must be to count: at least 5%, more where timing was noisy.
+
+    With per-round medians from interleaved rounds, the noise is the spread of the round-by-round
+    speed-ups ((max - min) / 2); otherwise the larger of the two models' own spreads.
+
+    Example:
+        >>> round(noise_margin({"round_p50_ms": [1.0, 1.0]}, {"round_p50_ms": [2.0, 2.4]}), 3)
+        0.2
+    """
+    mine, base = row.get("round_p50_ms"), baseline.get("round_p50_ms")
+    if mine and base and len(mine) == len(base):
+        ratios = [b / max(m, 1e-12) for m, b in zip(mine, base, strict=True)]
+        return max(MIN_NOISE_MARGIN, (max(ratios) - min(ratios)) / 2.0)
+    return max(MIN_NOISE_MARGIN, float(row.get("spread") or 0.0), float(baseline.get("spread") or 0.0))
+
+
+def constraint_failures(row: dict[str, Any], baseline: dict[str, Any], constraints: Constraints) -> list[str]:
+    """Which constraints a variant breaks, each with by how much."""
+    failures = []
+    drop = baseline["quality"] - row["quality"]
+    if drop > constraints.max_accuracy_drop + 1e-12:
+        failures.append(f"{row['quality_name']} drop {drop * 100:.2f} points > allowed "
+                        f"{constraints.max_accuracy_drop * 100:.2f} (over by "
+                        f"{(drop - constraints.max_accuracy_drop) * 100:.2f})")
+    if constraints.latency_budget_ms is not None and row["p50_ms"] > constraints.latency_budget_ms:
+        failures.append(f"p50 latency {row['p50_ms']:.3f} ms > budget {constraints.latency_budget_ms:g} ms "
+                        f"(over by {row['p50_ms'] - constraints.latency_budget_ms:.3f} ms)")
+    if constraints.max_size_mb is not None and row["size_mb"] > constraints.max_size_mb:
+        failures.append(f"size {row['size_mb']:.3f} MB > limit {constraints.max_size_mb:g} MB "
+                        f"(over by {row['size_mb'] - constraints.max_size_mb:.3f} MB)")
+    return failures
+
+
+def choose(rows: list[dict[str, Any]], constraints: Constraints) -> Choice:
+    """The fastest variant that meets the constraints and beats FP32 by more than the noise; else FP32.
+
+    Rows need ``variant``, ``quality``, ``quality_name``, ``p50_ms``, ``size_mb`` and ``spread``;
+    the FP32 row is named ``fp32``.
+
+    Example:
+        >>> base = {"variant": "fp32", "quality": 0.98, "quality_name": "accuracy", "p50_ms": 1.0,
+        ...         "size_mb": 1.0, "spread": 0.02}
+        >>> fast = {**base, "variant": "int8", "p50_ms": 0.4, "quality": 0.975, "size_mb": 0.3}
+        >>> choose([base, fast], Constraints(max_accuracy_drop=0.01)).variant
+        'int8'
+    """
+    by_name = {row["variant"]: row for row in rows}
+    if BASELINE not in by_name:
+        raise ValueError("the candidates must include the FP32 baseline row 'fp32'")
+    baseline = by_name[BASELINE]
+    failures = {row["variant"]: constraint_failures(row, baseline, constraints) for row in rows}
+    eligible = []
+    slower: list[str] = []
+    for row in rows:
+        if row["variant"] == BASELINE or failures[row["variant"]]:
+            continue
+        speedup = baseline["p50_ms"] / max(row["p50_ms"], 1e-12)
+        margin = noise_margin(row, baseline)
+        if speedup > 1.0 + margin:
+            eligible.append((row, speedup, margin))
+        else:
+            slower.append(f"{row['variant']} {speedup:.2f}x (needs > {1 + margin:.2f}x)")
+            failures[row["variant"]].append(
+                f"not faster than FP32 beyond the noise: {speedup:.2f}x, needs more than {1 + margin:.2f}x")
+    if eligible:
+        # Among the fast ones, latencies within the noise of the fastest tie: prefer quality, then size.
+        fastest = min(r["p50_ms"] for r, _, _ in eligible)
+        tied = [e for e in eligible if e[0]["p50_ms"] <= fastest * (1.0 + e[2])]
+        row, speedup, margin = max(tied, key=lambda e: (e[0]["quality"], -e[0]["size_mb"], -e[0]["p50_ms"]))
+        drop = (baseline["quality"] - row["quality"]) * 100
+        return Choice(row["variant"],
+                      f"{speedup:.2f}x faster than FP32 at p50 ({row['p50_ms']:.3f} vs {baseline['p50_ms']:.3f} ms, "
+                      f"beyond the {margin * 100:.0f}% noise margin), {row['quality_name']} drop {drop:.2f} points, "
+                      f"{row['size_mb']:.3f} MB; meets every constraint", failures)
+    if failures[BASELINE]:
+        summary = "; ".join(f"{name}: {', '.join(items)}" for name, items in failures.items() if items)
+        return Choice(None, f"no variant meets the constraints: {summary}", failures)
+    why = ("no variant is faster than FP32 by more than the measured noise"
+           + (f" ({'; '.join(slower)})" if slower else "")
+           + "; variants that broke a constraint: "
+           + (", ".join(n for n, f in failures.items() if f and n != BASELINE and not any("noise" in x for x in f))
+              or "none"))
+    return Choice(BASELINE, f"FP32 kept: {why}", failures)

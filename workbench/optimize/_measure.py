@@ -1,0 +1,61 @@
+"""Timing the candidates where the target runs them: on this host, or on a connected device."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.errors import OptimizeError, RemoteCommandError
+from workbench.optimize._spec import ModelSpec
+from workbench.optimize._target import Target
+from workbench.optimize._timing import time_models
+
+# A sample input larger than this goes to the device as its spec (regenerated there from a seed).
+_MAX_INLINE_INPUT_BYTES = 64 * 1024
+
+
+def measure_on_host(paths: dict[str, Path], feeds: dict[str, np.ndarray], target: Target, *, warmup: int,
+                    iterations: int, rounds: int) -> dict[str, dict[str, Any]]:
+    """Interleaved timing of every candidate on this host, with the target's thread count."""
+    timings = time_models({k: str(v) for k, v in paths.items()}, feeds, threads=target.threads,
+                          providers=list(target.providers), warmup=warmup, iterations=iterations, rounds=rounds)
+    return {name: {**t.to_dict(), "measured_on": "host", "provider": target.providers[0]}
+            for name, t in timings.items()}
+
+
+def measure_on_device(paths: dict[str, Path], feeds: dict[str, np.ndarray], spec: ModelSpec, target: Target, *,
+                      warmup: int, iterations: int, rounds: int, artifact_host: str = "127.0.0.1",
+                      artifact_port: int = 0, timeout: float = 300.0, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Serve each candidate over HTTP and have the device fetch and time them under its own limits.
+
+    Example:
+        >>> measure_on_device(paths, feeds, spec, target, warmup=5, iterations=50, rounds=5)  # doctest: +SKIP
+    """
+    from workbench.deploy.artifacts import ArtifactServer
+
+    device = target.device
+    with tempfile.TemporaryDirectory(prefix="wb-artifacts-") as store, \
+            ArtifactServer(store, host=artifact_host, port=artifact_port) as server:
+        models = []
+        for name, path in paths.items():
+            sha = server.add(path)
+            models.append({"name": name, "url": server.url(sha), "sha256": sha, "size": path.stat().st_size})
+        args: dict[str, Any] = {"models": models, "warmup": warmup, "iterations": iterations, "rounds": rounds,
+                                "threads": target.threads}
+        if sum(a.nbytes for a in feeds.values()) <= _MAX_INLINE_INPUT_BYTES:
+            args["inputs"] = {k: {"dtype": v.dtype.name, "shape": list(v.shape), "data": v.ravel().tolist()}
+                              for k, v in feeds.items()}
+        else:
+            batch = next(iter(feeds.values())).shape[0]
+            args |= {"inputs_spec": [t.to_dict() for t in spec.inputs], "batch": batch, "seed": seed}
+        try:
+            reply = device.call("benchmark", args, timeout=timeout)
+        except RemoteCommandError as exc:
+            raise OptimizeError(f"device {device.device_id} could not benchmark the candidates: {exc}") from exc
+    where = f"{'simulated device' if reply.get('simulated') else 'device'} {reply.get('device_id')} " \
+            f"({reply.get('profile')}, {reply.get('threads')} threads)"
+    return {name: {**timing, "measured_on": where, "provider": "CPUExecutionProvider"}
+            for name, timing in reply["results"].items()}

@@ -1,0 +1,332 @@
+"""optimize(): export, build the candidates worth building for the target, measure them, choose."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.errors import ConfigError
+from workbench.optimize import _prune
+from workbench.optimize._cache import OptimizeCache, default_cache_dir, key_of, tool_versions
+from workbench.optimize._choice import BASELINE, Constraints, choose, constraint_failures, pareto_front
+from workbench.optimize._data import Samples, generated_samples, to_samples
+from workbench.optimize._exclude import rank_layers
+from workbench.optimize._export import export_onnx
+from workbench.optimize._measure import measure_on_device, measure_on_host
+from workbench.optimize._metrics import agreement, run_outputs, score
+from workbench.optimize._passes import DEFAULT_CALIBRATION_MEMORY_MB, PassContext, apply_recipe, get_pass
+from workbench.optimize._preflight import int8_outlook
+from workbench.optimize._result import OptimizeResult
+from workbench.optimize._spec import ModelSpec, load_model
+from workbench.optimize._target import resolve_target
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+_GENERATED_EVAL = 64
+
+
+def _plan(spec: ModelSpec, ctx: PassContext, methods: Sequence[str], prune: list[tuple[str, float]],
+          passes: Sequence[str] | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The variants worth building for this target, and why the others are skipped."""
+    plan: list[dict[str, Any]] = [{"variant": BASELINE, "steps": []},
+                                  {"variant": "graph-opt", "steps": [{"pass": "graph-opt", "level": "extended"}]}]
+    skipped: dict[str, str] = {}
+    if {"MatMul", "Gemm"} & set(spec.op_types):
+        plan.append({"variant": "int8-dynamic", "steps": [{"pass": "int8-dynamic", "ops": ["MatMul", "Gemm"]}]})
+    else:
+        skipped["int8-dynamic"] = "the model has no MatMul/Gemm (dynamic Conv quantization is 3-11x slower on CPUs)"
+    for method in methods:
+        if method not in CALIBRATION_METHODS:
+            raise ConfigError(f"unknown calibration method {method!r}; use {', '.join(CALIBRATION_METHODS)}")
+        plan.append({"variant": f"int8-static-{method}",
+                     "steps": [{"pass": "int8-static", "method": method, "per_channel": True}]})
+    plan.append({"variant": "fp16", "steps": [{"pass": "fp16"}]})
+    for kind, amount in prune:
+        tag = f"pruned-{kind}-{round(amount * 100)}"
+        slim = [{"pass": "graph-opt", "level": "basic"}, {"pass": "remove-zero-channels"}] \
+            if kind == "structured" else []
+        plan.append({"variant": tag, "prune": {"kind": kind, "amount": amount}, "steps": slim})
+        plan.append({"variant": f"{tag}+int8-static-{methods[0] if methods else 'minmax'}",
+                     "prune": {"kind": kind, "amount": amount},
+                     "steps": [*slim, {"pass": "int8-static", "method": methods[0] if methods else "minmax",
+                                       "per_channel": True}]})
+    if passes is not None:
+        wanted = set(passes) | {BASELINE}
+        plan = [p for p in plan if p["variant"] in wanted or any(p["variant"].startswith(w) for w in wanted)]
+    kept = []
+    for item in plan:
+        reasons = [get_pass(step["pass"]).helps(ctx) for step in item["steps"]]
+        blocked = [why for ok, why in reasons if not ok]
+        if blocked:
+            skipped[item["variant"]] = "; ".join(blocked)
+        else:
+            kept.append(item)
+    return kept, skipped
+
+
+def _source(model: Any, example_input: Any, workdir: Path) -> tuple[Path, str, Any]:
+    """The FP32 ONNX file to start from, a display name, and the torch module (or None)."""
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        load_model(path)  # clear errors for missing, truncated, wrong-opset files
+        target = workdir / "source.onnx"
+        shutil.copyfile(path, target)
+        return target, path.name, None
+    if type(model).__module__.startswith("torch") or hasattr(model, "state_dict"):
+        if example_input is None:
+            raise ConfigError("a torch model needs example_input (one batch shaped like the model's input) to export")
+        return export_onnx(model, example_input, workdir / "source.onnx"), type(model).__name__, model
+    raise ConfigError(f"model must be a path to an .onnx file or a torch.nn.Module, not {type(model).__name__}")
+
+
+def _eval_samples(eval_data: Any, spec: ModelSpec, metric: Any, notes: list[str]) -> Samples:
+    if eval_data is None:
+        notes.append(f"no eval data given: {_GENERATED_EVAL} inputs were generated from the model's input spec and "
+                     "quality is agreement with the FP32 outputs, not accuracy")
+        return generated_samples(spec, _GENERATED_EVAL, seed=1)
+    samples = to_samples(eval_data, spec, what="eval data")
+    if samples.labels is None and (metric is None or metric == "accuracy"):
+        raise ConfigError("the eval data has no labels, so accuracy cannot be measured; pass (inputs, labels), "
+                          "a metric callable, or metric='agreement' to rank by agreement with the FP32 outputs")
+    return samples
+
+
+def _prune_list(prune: Any, have_module: bool) -> list[tuple[str, float]]:
+    if prune is None:
+        return [("structured", 0.3)] if have_module else []
+    if prune is False:
+        return []
+    if not have_module:
+        raise ConfigError("pruning needs the torch model (it happens before export); pass the torch.nn.Module "
+                          "with example_input, or prune=False")
+    if prune is True:
+        return [("structured", 0.3)]
+    items = [prune] if isinstance(prune, tuple) else list(prune)
+    return [(str(kind), float(amount)) for kind, amount in items]
+
+
+def optimize(
+    model: Any,
+    target: Any = "x86-server",
+    *,
+    example_input: Any = None,
+    eval_data: Any = None,
+    calibration_data: Any = None,
+    metric: str | Callable[[np.ndarray, np.ndarray], float] | None = None,
+    max_accuracy_drop: float = 0.01,
+    latency_budget_ms: float | None = None,
+    max_size_mb: float | None = None,
+    calibration_methods: Sequence[str] = CALIBRATION_METHODS,
+    prune: Any = None,
+    finetune_data: Any = None,
+    finetune_steps: int = 0,
+    exclude_layers: bool = True,
+    passes: Sequence[str] | None = None,
+    batch: int = 1,
+    warmup: int = 5,
+    iterations: int = 100,
+    rounds: int = 5,
+    calibration_memory_mb: int = DEFAULT_CALIBRATION_MEMORY_MB,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    artifact_host: str = "127.0.0.1",
+    timeout: float = 300.0,
+) -> OptimizeResult:
+    """Build the variants of ``model`` worth trying on ``target``, measure them there, and choose one.
+
+    ``model`` is a path to an .onnx file or a ``torch.nn.Module`` (with ``example_input``).
+    ``target`` is a profile name (measured on this host with the profile's thread count) or a
+    connected device (``fleet["sim-03"]``: measured on the device through its ``benchmark``
+    command). ``eval_data`` is ``(inputs, labels)``, a dict of arrays, or an iterable of batches;
+    without labels pass ``metric="agreement"`` or a callable ``metric(outputs, labels)``.
+    The choice is never slower than the FP32 model beyond the measured noise; see
+    ``result.best.reason``.
+
+    Example:
+        >>> result = workbench.optimize(model, target="raspberry-pi-5", example_input=x,  # doctest: +SKIP
+        ...                             eval_data=(x_test, y_test), calibration_data=x_calib)
+        >>> result.candidates[["variant", "accuracy", "p50_ms"]]                            # doctest: +SKIP
+        >>> result.save("out/pi5")                                                          # doctest: +SKIP
+    """
+    if not 0.0 <= max_accuracy_drop <= 1.0:
+        raise ConfigError(f"max_accuracy_drop is a fraction (0.01 = 1 point), got {max_accuracy_drop}")
+    if batch < 1 or iterations < 1 or warmup < 0 or rounds < 1:
+        raise ConfigError("batch, iterations and rounds must be at least 1 and warmup at least 0")
+    resolved = resolve_target(target)
+    constraints = Constraints(max_accuracy_drop, latency_budget_ms, max_size_mb)
+    cache = OptimizeCache((Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None)
+    workdir = Path(tempfile.mkdtemp(prefix="wb-optimize-"))
+    notes: list[str] = []
+    source_path, source_name, module = _source(model, example_input, workdir)
+    spec = ModelSpec.from_path(source_path)
+    samples = _eval_samples(eval_data, spec, metric, notes)
+    if calibration_data is None:
+        calibration = generated_samples(spec, 64, seed=2)
+        notes.append("no calibration data given: 64 inputs were generated from the model's input spec; give real "
+                     "calibration data for usable INT8 ranges")
+    else:
+        calibration = to_samples(calibration_data, spec, what="calibration data")
+    finetune = to_samples(finetune_data, spec, what="fine-tuning data") if finetune_data is not None else None
+    ctx = PassContext(workdir, calibration, resolved.profile.precisions, resolved.providers,
+                      calibration_memory_mb, notes)
+    prune_items = _prune_list(prune, module is not None)
+    plan, skipped = _plan(spec, ctx, list(calibration_methods), prune_items, passes)
+    for provider, why in resolved.skipped_providers.items():
+        skipped[f"provider {provider}"] = why
+    versions = tool_versions()
+    from workbench.deploy.artifacts import sha256_file
+
+    source_sha = sha256_file(source_path)
+    outlook_here = int8_outlook(resolved.isa_features, resolved.arch)
+    outlook_profile = int8_outlook(resolved.profile.isa_features, resolved.profile.arch)
+    flags = ", ".join(resolved.isa_features) or "no flags"
+    summary = (f"INT8 on the measuring CPU ({resolved.arch}, {flags}): {_likely(outlook_here[0])}: "
+               f"{outlook_here[1]}.")
+    if resolved.device is None and resolved.profile.arch != resolved.arch:
+        summary += (f" The {resolved.profile.name} profile ({resolved.profile.arch}) is measured on this "
+                    f"{resolved.arch} host with its thread count, so the timings are this CPU's, not the "
+                    f"device's; on the device itself INT8 is {_likely(outlook_profile[0])}: {outlook_profile[1]}.")
+    preflight: dict[str, Any] = {
+        "int8_likely_helps": outlook_here[0], "why": outlook_here[1], "measured_cpu_isa": list(resolved.isa_features),
+        "profile_int8_likely_helps": outlook_profile[0], "profile_why": outlook_profile[1], "summary": summary}
+
+    # -- build -----------------------------------------------------------------------
+    files: dict[str, Path] = {}
+    recipes: dict[str, dict[str, Any]] = {}
+    build_keys: dict[str, str] = {}
+    exported: dict[tuple[str, float], Path] = {}
+    for item in plan:
+        recipe = {"prune": item.get("prune"), "steps": item["steps"],
+                  "finetune_steps": finetune_steps if item.get("prune") else 0}
+        key = key_of({"source": source_sha, "recipe": recipe, "versions": versions,
+                      "calibration": calibration.digest(), "finetune": finetune.digest() if finetune else None})
+        recipes[item["variant"]] = recipe
+        build_keys[item["variant"]] = key
+        cached = cache.model_path(key)
+        if cached is not None:
+            files[item["variant"]] = cached
+            continue
+        start = source_path
+        if item.get("prune"):
+            spec_key = (item["prune"]["kind"], item["prune"]["amount"])
+            if spec_key not in exported:
+                pruned = _prune.prune_module(module, spec_key[0], spec_key[1], finetune=finetune,
+                                             finetune_steps=finetune_steps)
+                exported[spec_key] = export_onnx(pruned, example_input,
+                                                 workdir / f"pruned-{spec_key[0]}-{spec_key[1]}.onnx")
+            start = exported[spec_key]
+        out = workdir / f"{item['variant']}.onnx"
+        apply_recipe(start, item["steps"], out, ctx)
+        files[item["variant"]] = cache.put_model(key, out)
+
+    # -- quality -----------------------------------------------------------------------
+    reference = run_outputs(str(files[BASELINE]), samples)
+    rows: dict[str, dict[str, Any]] = {}
+
+    def quality_row(variant: str) -> dict[str, Any]:
+        outputs = reference if variant == BASELINE else run_outputs(str(files[variant]), samples)
+        value, name = score(outputs, samples, metric, reference)
+        agree = agreement(reference, outputs)
+        acc = value if name == "accuracy" else None
+        return {"variant": variant, "recipe": recipes[variant], "quality": value, "quality_name": name,
+                "accuracy": acc, "agreement_top1": agree["top1"], "cosine": agree["cosine"],
+                "sqnr_db": agree["sqnr_db"], "size_mb": files[variant].stat().st_size / 2**20}
+
+    for variant in files:
+        rows[variant] = quality_row(variant)
+
+    # -- exclude the layers that break under quantization ----------------------------------
+    layers: dict[str, list[dict[str, Any]]] = {}
+    static = [v for v in rows if v.startswith("int8-static-") and "+" not in v]
+    if exclude_layers and static:
+        best_static = max(static, key=lambda v: rows[v]["quality"])
+        accuracy_only = Constraints(max_accuracy_drop)
+        if constraint_failures(rows[best_static], rows[BASELINE], accuracy_only):
+            ranked = rank_layers(files[BASELINE], files[best_static], samples, workdir)
+            layers[best_static] = ranked
+            excluded: list[str] = []
+            count = 1
+            while count <= len(ranked):
+                excluded = [r["node"] for r in ranked[:count]]
+                steps = [{**s, "exclude": excluded} for s in recipes[best_static]["steps"]]
+                variant = f"{best_static}-excl{count}"
+                out = workdir / f"{variant}.onnx"
+                apply_recipe(source_path, steps, out, ctx)
+                files[variant] = out
+                recipes[variant] = {**recipes[best_static], "steps": steps}
+                rows[variant] = quality_row(variant)
+                if not constraint_failures(rows[variant], rows[BASELINE], accuracy_only):
+                    notes.append(f"{best_static} lost too much {rows[best_static]['quality_name']}; excluding the "
+                                 f"{count} worst layer(s) by added quantization error ({', '.join(excluded)}) "
+                                 "brought it within the allowed drop")
+                    break
+                count *= 2
+            else:
+                notes.append(f"{best_static}: excluding up to {len(ranked)} layers did not meet the accuracy "
+                             "constraint")
+
+    # -- timing ----------------------------------------------------------------------------
+    feeds = {k: v[:batch] for k, v in samples.inputs.items()}
+    if any(isinstance(t.shape[0], int) and t.shape[0] != batch for t in spec.inputs if t.shape):
+        feeds = {k: v[:1] for k, v in samples.inputs.items()}
+        notes.append("the model has a fixed batch axis: timed at its own batch size")
+    fingerprint = resolved.fingerprint()
+    measure_settings = {"warmup": warmup, "iterations": iterations, "rounds": rounds, "batch": batch,
+                        "eval": samples.digest(), "metric": str(getattr(metric, "__name__", metric))}
+    row_keys = {v: key_of({"build": build_keys.get(v, key_of(recipes[v])), "target": fingerprint,
+                           "measure": measure_settings}) for v in rows}
+    cached_rows = {v: cache.get_row(k) for v, k in row_keys.items()}
+    all_hit = all(r is not None for r in cached_rows.values())
+    if all_hit:
+        timings = {v: {k: r.get(k) for k in ("p50_ms", "p95_ms", "p99_ms", "load_ms", "rss_growth_mb", "spread",
+                                                "iterations", "threads", "measured_on", "provider", "round_p50_ms")}
+                   for v, r in cached_rows.items() if r is not None}
+    elif resolved.device is not None:
+        timings = measure_on_device(files, feeds, spec, resolved, warmup=warmup, iterations=iterations,
+                                    rounds=rounds, artifact_host=artifact_host, timeout=timeout)
+    else:
+        timings = measure_on_host(files, feeds, resolved, warmup=warmup, iterations=iterations, rounds=rounds)
+    for variant, row in rows.items():
+        row.update(timings[variant])
+        row["cached"] = all_hit
+        cache.put_row(row_keys[variant], row)
+    base = rows[BASELINE]
+    for row in rows.values():
+        row["speedup"] = base["p50_ms"] / max(row["p50_ms"], 1e-12)
+    parts = {v: {"recipe": recipes[v], "versions": versions, "target": fingerprint, "measure": measure_settings}
+             for v in rows}
+    diff = cache.diff_against_last(key_of({"source": source_sha, "target": resolved.name}), parts)
+
+    # -- choice ------------------------------------------------------------------------------
+    row_list = list(rows.values())
+    front = pareto_front(row_list)
+    choice = choose(row_list, constraints)
+    for row in row_list:
+        row["pareto"] = row["variant"] in front
+        row["chosen"] = row["variant"] == choice.variant
+    result = OptimizeResult(
+        rows=row_list, best=choice, files=files, target=resolved.to_dict(), constraints=constraints,
+        spec=spec.to_dict(), source={"name": source_name, "sha256": source_sha,
+                                     "size_mb": source_path.stat().st_size / 2**20},
+        preflight=preflight, skipped=skipped, layers=layers, notes=notes,
+        data={"eval": samples.origin, "eval_samples": samples.count, "calibration": calibration.origin,
+              "calibration_samples": calibration.count, "quality": row_list[0]["quality_name"]},
+        cache={"enabled": cache.enabled, "hit": all_hit, "directory": str(cache.directory) if cache.directory
+               else None, "diff": diff},
+        tool_versions=versions,
+    )
+    # The candidates' files live as long as the result, so save() works later in the notebook.
+    result._keepalive = weakref.finalize(result, shutil.rmtree, workdir, True)
+    return result
+
+
+def _likely(value: bool | None) -> str:
+    return {True: "likely to help", False: "unlikely to help", None: "uncertain"}[value]
+
+

@@ -1,0 +1,73 @@
+"""report.json and a self-contained report.html (plotly inlined) for an optimize result."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workbench.optimize._result import OptimizeResult
+
+
+def pareto_figure(result: OptimizeResult) -> Any:
+    """Latency (x) against quality (y), marker size by model size; the chosen variant is starred.
+
+    Example:
+        >>> pareto_figure(result).show()   # doctest: +SKIP
+    """
+    import plotly.graph_objects as go
+
+    rows = result.rows
+    sizes = [max(8.0, min(40.0, 8.0 + 30.0 * r["size_mb"] / max(x["size_mb"] for x in rows))) for r in rows]
+    colors = ["#d62728" if r.get("chosen") else ("#1f77b4" if r.get("pareto") else "#aaaaaa") for r in rows]
+    symbols = ["star" if r.get("chosen") else "circle" for r in rows]
+    quality_name = rows[0].get("quality_name", "quality") if rows else "quality"
+    figure = go.Figure(go.Scatter(
+        x=[r["p50_ms"] for r in rows], y=[r["quality"] for r in rows], mode="markers+text",
+        text=[r["variant"] for r in rows], textposition="top center", customdata=[r["variant"] for r in rows],
+        marker={"size": sizes, "color": colors, "symbol": symbols, "line": {"width": 1, "color": "#333"}},
+        hovertemplate="%{text}<br>p50 %{x:.3f} ms<br>" + quality_name + " %{y:.4f}<extra></extra>",
+    ))
+    figure.update_layout(title=f"Candidates on {result.target.get('target')} (measured on "
+                         f"{result.target.get('where')}); red star = chosen, blue = Pareto front",
+                         xaxis_title="p50 latency (ms)", yaxis_title=quality_name, height=460,
+                         margin={"l": 60, "r": 20, "t": 60, "b": 50})
+    return figure
+
+
+def _table(result: OptimizeResult) -> str:
+    frame = result.candidates.drop(columns=["recipe"])
+    return str(frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="candidates"))
+
+
+def render_html(result: OptimizeResult) -> str:
+    """The whole report as one HTML page with plotly's JavaScript inlined (works offline)."""
+    figure = pareto_figure(result).to_html(include_plotlyjs=True, full_html=False)
+    skipped = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in result.skipped.items())
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
+    preflight = html.escape(result.preflight.get("summary", ""))
+    name = html.escape(str(result.source.get("name")))
+    target = html.escape(str(result.target.get("target")))
+    name = html.escape(str(result.source.get("name")))
+    target = html.escape(str(result.target.get("target")))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Optimize report</title>
+<style>body{{font-family:sans-serif;margin:2em}} table.candidates{{border-collapse:collapse;font-size:13px}}
+table.candidates td,table.candidates th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}</style>
+</head><body>
+<h1>Optimize report: {name} for {target}</h1>
+<p><b>Chosen:</b> {html.escape(str(result.best.variant))}: {html.escape(result.best.reason)}</p>
+<p><b>Preflight:</b> {preflight}</p>
+{figure}
+<h2>Candidates</h2>{_table(result)}
+<h2>Skipped</h2><ul>{skipped or '<li>none</li>'}</ul>
+<h2>Notes</h2><ul>{notes or '<li>none</li>'}</ul>
+<h2>Target</h2><pre>{html.escape(json.dumps(result.target, indent=2, default=str))}</pre>
+</body></html>"""
+
+
+def write_report(result: OptimizeResult, directory: Path) -> None:
+    """Write report.json and report.html into ``directory``."""
+    (directory / "report.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (directory / "report.html").write_text(render_html(result))
