@@ -60,7 +60,7 @@ def test_verify_rejects_package_when_one_byte_is_flipped(package_dir: Path, trus
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(PackageError, match="sha256|signature|JSON"):
+    with pytest.raises(PackageError, match=r"sha256|signature|JSON"):
         verify_package(package_dir, trusted)
 
 
@@ -132,5 +132,5 @@ def test_enroll_makes_key_trusted_when_copied(key: SigningKey, tmp_path: Path, p
 def test_load_package_raises_when_directory_is_not_a_package(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "nope", ignore_errors=True)
     (tmp_path / "nope").mkdir()
-    with pytest.raises(PackageError, match="no manifest.json"):
+    with pytest.raises(PackageError, match=r"no manifest\.json"):
         load_package(tmp_path / "nope")

@@ -282,7 +282,7 @@ def build_package(
     staging.mkdir()
     try:
         shutil.copyfile(source, staging / MODEL)
-        options.setdefault("name", source.stem)
+        options["name"] = options.get("name") or source.stem
         sign_package(staging, key, **options)
         if target.exists():
             target.rmdir()
