@@ -12,6 +12,7 @@ from workbench.errors import WorkbenchError
 # Each module has register(subparsers) and sets `func` on the parsers it adds.
 _COMMAND_MODULES = (
     "workbench.cli._agent",
+    "workbench.cli._deploy",
     "workbench.cli._fleet",
     "workbench.cli._optimize",
     "workbench.cli._runs",
