@@ -40,7 +40,15 @@ def _check_connect_fleet(figures: dict[str, Figure]) -> None:
     assert ping.unit == "ms" and ping.tolerance is not None
 
 
+def _check_deploy(figures: dict[str, Figure]) -> None:
+    assert figures["canary_status"].value == "succeeded"
+    assert figures["bad_package_status"].value == "aborted"
+    assert figures["devices_rolled_back"].value == 1
+    assert figures["devices_on_good_version"].value == FLEET_DEVICES
+
+
 NOTEBOOKS: dict[str, Entry] = {
+    "03_deploy.ipynb": Entry({"expected_devices": FLEET_DEVICES, "timeout": 120, "smoke": True}, _check_deploy),
     "01_connect_fleet.ipynb": Entry({"expected_devices": FLEET_DEVICES, "timeout": 60, "smoke": True},
                                     _check_connect_fleet),
 }
