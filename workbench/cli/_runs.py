@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,13 +44,15 @@ def _demo(args: argparse.Namespace) -> int:
 
     paths = curated_notebooks(args.notebooks)
     fleet = ensure_fleet(args.devices, args.run_dir)
+    # With --json, stdout carries the JSON alone.
+    say = functools.partial(print, file=sys.stderr if args.json else sys.stdout)
     if fleet.started:
-        print(f"fleet: started {fleet.devices} devices (broker {fleet.broker}) in {fleet.run_dir}; "
-              f"left running: stop it with `workbench down --run-dir {fleet.run_dir}`")
+        say(f"fleet: started {fleet.devices} devices (broker {fleet.broker}) in {fleet.run_dir}; "
+            f"left running: stop it with `workbench down --run-dir {fleet.run_dir}`")
     else:
-        print(f"fleet: using the fleet already up in {fleet.run_dir} ({fleet.devices} devices, broker {fleet.broker})")
+        say(f"fleet: using the fleet already up in {fleet.run_dir} ({fleet.devices} devices, broker {fleet.broker})")
     out = new_run_dir(args.out)
-    print(f"running {len(paths)} notebooks into {out}")
+    say(f"running {len(paths)} notebook{'s' if len(paths) != 1 else ''} into {out}")
     summary = run_notebooks(paths, out, parameters=demo_parameters(fleet),
                             cell_timeout=args.cell_timeout)
     if args.json:
