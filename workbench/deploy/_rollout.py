@@ -494,17 +494,14 @@ def deploy(
         'succeeded'
     """
     strategy = strategy or AllAtOnce()
+    if isinstance(strategy, Shadow):
+        raise DeployError("shadow rollouts are not available yet in this workbench; deploy with "
+                          "workbench.Canary(...) and gates, which stops and rolls back on a bad candidate")
     if not isinstance(strategy, AllAtOnce | Canary | Shadow):
         raise ConfigError(f"unknown strategy {strategy!r}; use workbench.Canary(...), workbench.Shadow(...) "
                           "or leave it out for all at once")
     signed = prepare_package(package, keys_dir)
     targets = _device_ids(fleet, devices)
-    if isinstance(strategy, Shadow):
-        from workbench.deploy._shadow import ShadowRollout
-
-        return ShadowRollout(fleet, signed, targets, strategy=strategy, gates=gates, metrics=metrics,
-                             max_failures=max_failures, device_timeout=device_timeout, artifacts=artifacts,
-                             artifact_dir=Path(artifact_dir) if artifact_dir else None, force=force)
     return Rollout(fleet, signed, targets, strategy=strategy, gates=gates, metrics=metrics,
                    max_failures=max_failures, device_timeout=device_timeout, artifacts=artifacts,
                    artifact_dir=Path(artifact_dir) if artifact_dir else None, force=force)

@@ -1,0 +1,124 @@
+"""Deploy benchmark: a canary rollout to N simulated devices, transfer efficiency, and serving during a swap.
+
+Prints, in one run on this machine (all numbers measured):
+- wall time of each wave of a Canary(first=1, waves=[0.1, 0.5, 1.0]) rollout to N devices (real agent
+  processes, real downloads from the artifact server, real health checks);
+- bytes the artifact server sent per device relative to the package size (goal: at most 1.05), with a
+  resume: one device's download is interrupted half-way (a partial file left in its slot) before the rollout;
+- time from setting one device's desired state to it reporting ``active``;
+- inference throughput of a device's runtime while the installer swaps in a new model, relative to before
+  (in this process: the agent's own ModelRuntime and Installer), and the longest gap between two answers.
+
+Usage: python benchmarks/deploy.py [--devices 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import workbench
+from workbench.agent._deploy_service import Installer
+from workbench.agent._limits import DeviceLimits
+from workbench.agent._runtime import ModelRuntime
+from workbench.agent._slots import SlotStore
+from workbench.deploy import ArtifactServer, build_package, init_keys
+from workbench.deploy._desired import stage_package
+from workbench.deploy._examples import slow_model, tiny_model
+from workbench.sim import down, up
+
+
+def rollout_figures(devices: int, base: Path) -> dict[str, object]:
+    import os
+
+    os.environ["WORKBENCH_KEYS_DIR"] = str(base / "keys")
+    os.environ["WORKBENCH_DEPLOY_HISTORY"] = str(base / "history.jsonl")
+    key = init_keys(base / "keys")
+    # A model of a realistic size (a few MB) so transfer figures mean something.
+    package = build_package(slow_model(base / "model.onnx", layers=12, width=256), base / "pkg", key, slo_ms=5000)
+    run_dir = base / "fleet"
+    start = time.perf_counter()
+    record = up(devices=devices, run_dir=run_dir, keepalive=10, timeout=600)
+    up_s = time.perf_counter() - start
+    try:
+        with workbench.connect(run_dir=record["run_dir"]) as fleet, ArtifactServer(base / "store") as server:
+            fleet.wait_for(devices, timeout=120)
+            fleet.wait_until(lambda f: all(d.inventory_data for d in f.online()), timeout=60)
+            # Interrupted download: half of the model already in the last device's inactive slot.
+            staged = stage_package(package, server)
+            last = fleet.devices[-1].device_id
+            slot = run_dir / "data" / last / "deploy" / "slots" / "a"
+            slot.mkdir(parents=True, exist_ok=True)
+            (slot / ".package_id").write_text(staged["package_id"])
+            model_bytes = (package.path / "model.onnx").read_bytes()
+            (slot / "model.onnx.part").write_bytes(model_bytes[: len(model_bytes) // 2])
+            rollout = fleet.deploy(package.path, strategy=workbench.Canary(first=1, waves=[0.1, 0.5, 1.0], soak_s=0),
+                                   artifacts=server, device_timeout=600)
+            report = rollout.wait(timeout=1200)
+            first = next(d for d in rollout.devices.values() if d.wave == 0)
+            return {
+                "devices": devices, "fleet_up_s": round(up_s, 1), "status": report.status, "counts": report.counts,
+                "waves": [{"devices": len(w["devices"]), "seconds": round(w["seconds"], 2)} for w in report.waves],
+                "package_bytes": package.size,
+                "bytes_per_device_ratio": round(server.bytes_served / (package.size * devices), 4),
+                "desired_to_active_s_one_device": round((first.finished or 0) - (first.started or 0), 3),
+            }
+    finally:
+        down(run_dir)
+
+
+def swap_figures(base: Path, seconds: float = 1.0) -> dict[str, object]:
+    key = init_keys(base / "swap-keys")
+    old = build_package(tiny_model(base / "old.onnx", seed=1), base / "old", key)
+    new = build_package(tiny_model(base / "new.onnx", seed=2), base / "new", key)
+    runtime = ModelRuntime(DeviceLimits(threads=1, memory_mb=1024))
+    installer = Installer(SlotStore(base / "swap-dev"), runtime, trusted_keys=lambda: {key.key_id:
+                                                                                       key.private_key.public_key()})
+    feeds, _ = old.sample()
+    with ArtifactServer(base / "swap-store") as server:
+        installer.install({**stage_package(old, server), "deployment_id": "a"}, lambda *a, **k: None)
+        stamps: list[float] = []
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                runtime.infer(feeds)
+                stamps.append(time.perf_counter())
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        time.sleep(seconds)
+        swap_start = time.perf_counter()
+        installer.install({**stage_package(new, server), "deployment_id": "b"}, lambda *a, **k: None)
+        swap_end = time.perf_counter()
+        time.sleep(0.05)
+        stop.set()
+        thread.join()
+    before = [t for t in stamps if t < swap_start]
+    during = [t for t in stamps if swap_start <= t <= swap_end]
+    rate_before = len(before) / (before[-1] - before[0])
+    rate_during = len(during) / (swap_end - swap_start)
+    gaps = [b - a for a, b in itertools.pairwise(stamps) if swap_start - 0.01 <= a <= swap_end]
+    return {"install_s": round(swap_end - swap_start, 3), "throughput_during_over_before": round(rate_during /
+                                                                                               rate_before, 3),
+            "longest_gap_during_swap_ms": round(max(gaps) * 1000, 3) if gaps else None,
+            "answers_during_swap": len(during)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="wb-bench-deploy-") as tmp:
+        base = Path(tmp)
+        figures = {"swap": swap_figures(base), "rollout": rollout_figures(args.devices, base)}
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
