@@ -134,7 +134,14 @@ def to_samples(data: Any, spec: ModelSpec, *, what: str) -> Samples:
 
 
 def generated_samples(spec: ModelSpec, count: int, *, seed: int = 0) -> Samples:
-    """``count`` samples made from the input spec (one at a time, so fixed batch-1 models work)."""
+    """``count`` samples made from the input spec, stacked on the batch axis.
+
+    A model with a fixed leading axis (a recurrent state ``[layers, batch, hidden]``, say)
+    cannot be stacked that way: it gets one generated sample.
+    """
+    if any(t.shape and isinstance(t.shape[0], int) for t in spec.inputs):
+        return Samples(generated_inputs(spec, batch=1, seed=seed), None,
+                       "generated from the model's input spec (no data given; one sample: fixed leading axes)")
     rows = [generated_inputs(spec, batch=1, seed=seed + i) for i in range(count)]
     inputs = {name: np.concatenate([row[name] for row in rows]) for name in rows[0]}
     return Samples(inputs, None, "generated from the model's input spec (no data given)")

@@ -17,8 +17,10 @@ def _with_outputs(path: Path, names: list[str], dst: Path) -> None:
 
     model = onnx.load(str(path))
     present = {o.name for o in model.graph.output}
+    # The quantizer renames some tensors: probe only those this model computes.
+    computed = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
     for name in names:
-        if name not in present:
+        if name not in present and name in computed:
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     onnx.save(model, str(dst))
 

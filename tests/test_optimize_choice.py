@@ -1,0 +1,67 @@
+"""The choice rule: Pareto front, constraints with by-how-much, never slower than FP32 beyond the noise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workbench.optimize import Constraints, choose, pareto_front
+from workbench.optimize._choice import noise_margin
+from workbench.optimize._preflight import int8_outlook
+
+
+def row(variant: str, quality: float, p50: float, size: float, rounds: list[float] | None = None) -> dict[str, Any]:
+    return {"variant": variant, "quality": quality, "quality_name": "accuracy", "p50_ms": p50, "size_mb": size,
+            "spread": 0.0, "round_p50_ms": rounds}
+
+
+def test_choose_picks_fastest_within_constraints_when_several_are_faster() -> None:
+    rows = [row("fp32", 0.98, 1.0, 1.0), row("int8-a", 0.975, 0.4, 0.3), row("int8-b", 0.90, 0.3, 0.3)]
+    choice = choose(rows, Constraints(max_accuracy_drop=0.01))
+    assert choice.variant == "int8-a"
+    assert any("drop" in f for f in choice.failures["int8-b"])
+
+
+def test_choose_keeps_fp32_when_no_variant_beats_the_noise() -> None:
+    rows = [row("fp32", 0.98, 1.0, 1.0, [1.0, 1.3, 0.9]), row("int8", 0.98, 0.9, 0.3, [0.9, 0.9, 0.9])]
+    choice = choose(rows, Constraints())
+    assert choice.variant == "fp32"
+    assert "noise" in choice.reason and "int8" in choice.reason
+
+
+def test_choose_keeps_fp32_when_variant_is_slower() -> None:
+    rows = [row("fp32", 0.98, 1.0, 1.0), row("int8-dynamic", 0.98, 4.5, 0.3)]
+    assert choose(rows, Constraints()).variant == "fp32"
+
+
+def test_choose_reports_which_constraint_failed_and_by_how_much_when_nothing_fits() -> None:
+    rows = [row("fp32", 0.98, 2.0, 1.0), row("int8", 0.90, 1.0, 0.3)]
+    choice = choose(rows, Constraints(max_accuracy_drop=0.01, latency_budget_ms=0.5))
+    assert choice.variant is None
+    assert "budget 0.5 ms" in choice.reason and "over by 1.500 ms" in choice.reason
+    assert "over by 7.00" in choice.reason  # 8 points dropped, 1 allowed
+
+
+def test_choose_prefers_quality_when_fast_variants_tie_within_noise() -> None:
+    rows = [row("fp32", 0.98, 1.0, 1.0), row("a", 0.97, 0.50, 0.3), row("b", 0.98, 0.51, 0.3)]
+    assert choose(rows, Constraints(max_accuracy_drop=0.02)).variant == "b"
+
+
+def test_pareto_front_excludes_dominated_variants_when_one_is_better_everywhere() -> None:
+    rows = [row("fp32", 0.98, 1.0, 1.0), row("int8", 0.98, 0.5, 0.3), row("slow", 0.97, 2.0, 2.0)]
+    assert pareto_front(rows) == {"int8"}
+
+
+def test_noise_margin_uses_round_by_round_speedups_when_rounds_are_paired() -> None:
+    margin = noise_margin(row("x", 1, 1, 1, [1.0, 1.0, 1.0]), row("fp32", 1, 1, 1, [2.0, 2.0, 2.6]))
+    assert abs(margin - 0.3) < 1e-9
+
+
+def test_int8_outlook_is_positive_when_cpu_has_dot_product() -> None:
+    assert int8_outlook(["neon", "asimddp"], "aarch64")[0] is True
+    assert int8_outlook(["avx2", "avx512_vnni"], "x86_64")[0] is True
+
+
+def test_int8_outlook_is_uncertain_or_negative_when_cpu_lacks_dot_product() -> None:
+    likely, why = int8_outlook(["avx2", "fma"], "x86_64")
+    assert likely is None and "VNNI" in why
+    assert int8_outlook(["neon", "asimd"], "aarch64")[0] is False
