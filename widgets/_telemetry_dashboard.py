@@ -56,6 +56,7 @@ class TelemetryDashboard(w.VBox):
         telemetry.ingestor.watched.update(self.metrics)
         telemetry.ingestor.listeners.append(self._on_points)
         self._task: asyncio.Task[None] | None = None
+        self.refresh()
         if start:
             self.start()
 

@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "workbench.cli._fleet",
     "workbench.cli._optimize",
     "workbench.cli._runs",
+    "workbench.cli._telemetry",
 )
 
 

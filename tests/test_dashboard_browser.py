@@ -1,0 +1,147 @@
+"""The Voila dashboard in Debian's headless Chromium (driven over the DevTools protocol) against a real fleet."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import workbench
+from workbench.telemetry import build_digits_model
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    # Not an HTTP GET: every GET of the Voila page starts a kernel that runs the notebook.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def _wait_http(url: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client: commands and the events seen while waiting."""
+
+    def __init__(self, ws_url: str) -> None:
+        import websocket
+
+        self.ws = websocket.create_connection(ws_url, timeout=120, suppress_origin=True)
+        self.ids = count(1)
+        self.events: list[dict[str, Any]] = []
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        request_id = next(self.ids)
+        self.ws.send(json.dumps({"id": request_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == request_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return dict(message.get("result", {}))
+            self.events.append(message)
+
+    def evaluate(self, expression: str) -> Any:
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def errors(self) -> list[str]:
+        found = []
+        for event in self.events:
+            params = event.get("params", {})
+            if event.get("method") == "Runtime.exceptionThrown":
+                found.append(json.dumps(params.get("exceptionDetails", {}))[:500])
+            elif event.get("method") == "Runtime.consoleAPICalled" and params.get("type") == "error":
+                found.append(json.dumps(params.get("args", []))[:500])
+            elif event.get("method") == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+                if params["entry"].get("source") == "network" and "127.0.0.1" not in params["entry"].get("url", ""):
+                    continue  # Voila's template links a CDN font; this machine has no internet
+                found.append(json.dumps(params["entry"])[:500])
+        return found
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (apt-get install chromium)")
+@pytest.mark.xfail(strict=True, reason="known bug: under Voila the dashboard's asyncio refresh task draws no lines "
+                   "(the health table renders); remove this mark when fixed")
+def test_voila_dashboard_renders_changing_charts_without_console_errors(fleet_factory: Any, tmp_path: Path) -> None:
+    record = fleet_factory(devices=2)
+    model = build_digits_model(tmp_path / "digits.onnx")
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(2)
+        for device in ("sim-01", "sim-02"):
+            fleet[device].call("telemetry.configure", {"source": "digits", "rate_hz": 30, "model": str(model),
+                                                       "publish_interval_s": 0.25})
+    port, debug_port = _free_port(), _free_port()
+    voila = subprocess.Popen([sys.executable, "-m", "workbench.cli", "dashboard", "--port", str(port), "--run-dir",
+                              record["run_dir"], "--no-browser"], cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    browser = None
+    try:
+        _wait_port(port, timeout=90)
+        browser = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                                    "--disable-background-networking", "--disable-dev-shm-usage",
+                                    f"--remote-debugging-port={debug_port}", f"--user-data-dir={tmp_path / 'chrome'}",
+                                    "--window-size=1280,1400", "about:blank"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        targets = json.loads(_wait_http(f"http://127.0.0.1:{debug_port}/json", timeout=30))
+        page = next(t for t in targets if t.get("type") == "page")
+        tools = DevTools(page["webSocketDebuggerUrl"])
+        for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
+            tools.call(domain)
+        tools.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
+        lines = "document.querySelectorAll('.js-plotly-plot .scatterlayer .trace path.js-line')"
+        deadline = time.monotonic() + 60
+        while (tools.evaluate(f"{lines}.length") or 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        first = tools.evaluate(f"Array.from({lines}).map(p => p.getAttribute('d')).join('|')")
+        assert first, "no plotly line was drawn within 60 s; page: " + str(tools.evaluate("document.body.innerText"))[:1500] + str(tools.errors())[:1500]
+        time.sleep(3.0)
+        second = tools.evaluate(f"Array.from({lines}).map(p => p.getAttribute('d')).join('|')")
+        assert second != first, "the charts did not change while telemetry arrived"
+        body = tools.evaluate("document.body.innerText")
+        assert "sim-01" in body and "sync backlog" in body
+        shot = base64.b64decode(tools.call("Page.captureScreenshot", format="png")["data"])
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "dashboard.png").write_bytes(shot)
+        assert tools.errors() == []
+    finally:
+        if browser is not None:
+            browser.terminate()
+            browser.wait(timeout=10)
+        voila.terminate()
+        voila.wait(timeout=20)

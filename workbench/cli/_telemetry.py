@@ -1,0 +1,43 @@
+"""`workbench dashboard`: serve notebooks/dashboard.ipynb with Voila for people who only look."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from workbench.errors import ConfigError
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "dashboard.ipynb"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("dashboard", help="serve the live fleet dashboard (Voila)",
+                            description="Serve notebooks/dashboard.ipynb with Voila: fleet health, live charts "
+                            "and alerts of the local fleet in --run-dir (or $WORKBENCH_RUN_DIR).")
+    parser.add_argument("--port", type=int, default=8866, help="HTTP port (default: %(default)s)")
+    parser.add_argument("--run-dir", help="the local fleet's run directory (default: $WORKBENCH_RUN_DIR)")
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    parser.set_defaults(func=run)
+
+
+def command(args: argparse.Namespace) -> list[str]:
+    """The Voila command line for these arguments."""
+    if not NOTEBOOK.exists():
+        raise ConfigError(f"the dashboard notebook {NOTEBOOK} is missing; restore notebooks/ from the repository")
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be 1-65535, got {args.port}")
+    argv = [sys.executable, "-m", "voila", str(NOTEBOOK), f"--port={args.port}", "--Voila.ip=127.0.0.1",
+            "--VoilaConfiguration.file_allowlist=['.*']"]
+    if args.no_browser:
+        argv.append("--no-browser")
+    return argv
+
+
+def run(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    if args.run_dir:
+        env["WORKBENCH_RUN_DIR"] = str(Path(args.run_dir).resolve())
+    return subprocess.call(command(args), env=env)
