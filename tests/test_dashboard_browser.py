@@ -95,7 +95,7 @@ class DevTools:
         return found
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (apt-get install chromium)")
 @pytest.mark.xfail(strict=True, reason="known bug: under Voila the dashboard's asyncio refresh task draws no lines "
                    "(the health table renders); remove this mark when fixed")
 def test_voila_dashboard_renders_changing_charts_without_console_errors(fleet_factory: Any, tmp_path: Path) -> None:
@@ -129,7 +129,8 @@ def test_voila_dashboard_renders_changing_charts_without_console_errors(fleet_fa
         while (tools.evaluate(f"{lines}.length") or 0) < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
         first = tools.evaluate(f"Array.from({lines}).map(p => p.getAttribute('d')).join('|')")
-        assert first, "no plotly line was drawn within 60 s; page: " + str(tools.evaluate("document.body.innerText"))[:1500] + str(tools.errors())[:1500]
+        page_text = str(tools.evaluate("document.body.innerText"))[:1500]
+        assert first, f"no plotly line was drawn within 60 s; page: {page_text} errors: {tools.errors()}"
         time.sleep(3.0)
         second = tools.evaluate(f"Array.from({lines}).map(p => p.getAttribute('d')).join('|')")
         assert second != first, "the charts did not change while telemetry arrived"
