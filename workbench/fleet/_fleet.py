@@ -138,7 +138,7 @@ class Fleet:
     # -- waiting and events --------------------------------------------------------------
 
     def wait_for(self, count: int, *, timeout: float = 30.0) -> list[Device]:
-        """Block until at least ``count`` devices are online; return them.
+        """Block until at least ``count`` devices are online and have sent their inventory; return them.
 
         Raises :class:`FleetTimeoutError` naming how many came.
 
@@ -149,7 +149,7 @@ class Fleet:
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                online = [d for d in self._devices.values() if d.online]
+                online = [d for d in self._devices.values() if d.online and d.inventory_data]
                 if len(online) >= count:
                     return sorted(online, key=lambda d: d.device_id)
                 remaining = deadline - time.monotonic()
@@ -307,8 +307,10 @@ class Fleet:
             return
         client.subscribe(
             [
-                (topics.device_topic("+", "status"), 1),
+                # Inventory first: brokers send retained messages filter by filter, so a device's
+                # inventory then arrives before its online status.
                 (topics.device_topic("+", "inventory"), 1),
+                (topics.device_topic("+", "status"), 1),
                 (topics.reply_topic("+", self.client_id), 1),
             ]
         )
