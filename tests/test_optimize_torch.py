@@ -56,7 +56,7 @@ def test_export_has_dynamic_batch_and_matches_torch_when_batch_differs(net: Tiny
 
 
 def test_export_raises_when_model_is_not_a_module(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="torch.nn.Module"):
+    with pytest.raises(ConfigError, match=r"torch\.nn\.Module"):
         export_onnx(object(), torch.randn(1, 4), tmp_path / "x.onnx")
 
 

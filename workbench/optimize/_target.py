@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,9 @@ def resolve_target(target: Any) -> Target:
         if not target.online:
             raise DeviceOfflineError(f"device {target.device_id!r} is offline, so nothing can be measured on it; "
                                      "start it (workbench up) or pick another target")
+        deadline = time.monotonic() + 10.0
+        while not target.inventory_data and time.monotonic() < deadline:
+            time.sleep(0.05)  # status and inventory are separate retained messages; the inventory may lag
         inventory = target.inventory_data or {}
         if "benchmark" not in (inventory.get("commands") or []):
             raise ConfigError(f"device {target.device_id!r} runs an agent without the benchmark command "
