@@ -4,8 +4,9 @@ Batch size and the amount in flight adapt to what the link is measured to carry:
 throughput of acknowledged bytes over the last few seconds and the round-trip time
 from send to acknowledgement. A batch holds about a quarter second of the measured
 throughput (16 KiB to 768 KiB before compression); up to two round trips' worth of
-bytes may be unacknowledged, so a long-latency link stays full. Unacknowledged items
-come back after a timeout (a few round trips) and are sent again: the workbench
+bytes (at least four batches, at least 256 KiB) may be unacknowledged, so a
+long-latency link stays full. Unacknowledged items come back after a timeout (a few
+round trips) and are sent again: the workbench
 deduplicates them by sequence number.
 """
 
@@ -105,7 +106,8 @@ class Sender:
     def _window(self) -> int:
         rate, _ = self.throughput()
         rtt = self.srtt or 0.5
-        return int(max(2 * self.batch_bytes * (self.compression_ratio or 1.0), 2 * rate * rtt, 64 * 1024))
+        # Room for a few batches beyond the bandwidth-delay product: the link never idles waiting for acks.
+        return int(max(4 * self.batch_bytes * (self.compression_ratio or 1.0), 2 * rate * rtt, 256 * 1024))
 
     def _ack_timeout(self) -> float:
         rate, _ = self.throughput()

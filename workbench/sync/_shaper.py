@@ -1,9 +1,9 @@
 """The link shaper in the agent's transport: bandwidth, latency, loss, outages and partitions, applied for real.
 
 Every sync message the agent sends passes :meth:`LinkShaper.transmit`, which holds
-the sender for the message's serialization time at the link's bandwidth (a token
-bucket: a busy link queues), loses it with the link's loss probability, and hands it
-to the broker one latency later. Acknowledgements coming back pass
+the sender until the link has finished the previous message (a busy link queues;
+each message takes its size over the bandwidth), loses it with the link's loss
+probability, and hands it to the broker once serialized plus one latency. Acknowledgements coming back pass
 :meth:`LinkShaper.receive` (latency and loss again). While the link is offline, in an
 outage or partitioned, nothing passes either way. This needs no root and no network
 namespaces, so it always works; it shapes the sync traffic, not the agent's control
@@ -91,7 +91,9 @@ class LinkShaper:
             start = max(now, self._free_at)
             self._free_at = start + (nbytes / link.bytes_per_s if link.bytes_per_s > 0 else 0.0)
             done_at = self._free_at
-        delay = done_at - time.monotonic()
+        # Like a NIC's send queue: wait until the link is free to start this message, not until it is out,
+        # so the sender prepares the next message while this one serializes.
+        delay = start - time.monotonic()
         if delay > 0:
             if stop is not None:
                 stop.wait(delay)
@@ -103,7 +105,7 @@ class LinkShaper:
         if link.loss and self._random.random() < link.loss:
             self.lost += 1
             return True
-        self._schedule(link.latency_ms / 1000.0, deliver)
+        self._schedule(done_at - time.monotonic() + link.latency_ms / 1000.0, deliver)
         return True
 
     def receive(self, deliver: Callable[[], None]) -> None:
