@@ -143,7 +143,7 @@ def connect_blocking(
         if not connected.wait(timeout):
             raise BrokerUnreachableError(
                 f"the MQTT broker at {address.url} accepted the TCP connection but sent no CONNACK "
-                f"within {timeout:g} s; is it an MQTT listener (not NATS or HTTP)?"
+                f"within {timeout:g} s; is it an MQTT listener (not NATS or HTTP), or one that needs mqtts:// (TLS)?"
             )
         rc = outcome["rc"]
         if is_auth_failure(rc):

@@ -219,9 +219,10 @@ def status(run_dir: str | os.PathLike[str] | None = None, *, timeout: float = 5.
     seen: dict[str, Any] = {}
     try:
         with connect_record(record, rd, timeout=timeout) as fleet:
-            # Retained status arrives right after subscribing; give it a moment.
+            # Retained status arrives right after subscribing (after the inventory); give it a moment.
             with contextlib.suppress(FleetTimeoutError):
-                fleet.wait_until(lambda f: len(f) >= len(record["devices"]), timeout=min(timeout, 2.0))
+                fleet.wait_until(lambda f: sum(d.online or d.offline_reason is not None for d in f.devices)
+                                 >= len(record["devices"]), timeout=min(timeout, 2.0))
             seen = {d.device_id: d for d in fleet.devices}
     except WorkbenchError as exc:
         result["error"] = str(exc)

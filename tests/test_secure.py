@@ -1,0 +1,194 @@
+"""`workbench up --secure`: TLS with a generated CA, per-device credentials and ACLs, on both brokers."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from conftest import BROKERS, require_broker, run_cli
+
+import workbench
+from workbench.errors import AuthenticationError, BrokerUnreachableError, ConfigError
+from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+from workbench.sim import RunDir, down, up
+from workbench.sim._security import prepare_secure
+
+# Once a control message sent after a forbidden one has arrived, how much longer to wait for a leak.
+_LEAK_GRACE_S = 0.5
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def secure_fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A 2-device secure fleet per broker, shared by the read-only tests of this module."""
+    require_broker(request.param)
+    run_dir = tmp_path_factory.mktemp(f"secure-{request.param}")
+    record = up(devices=2, broker=request.param, run_dir=run_dir, secure=True, keepalive=5)
+    yield record
+    down(run_dir)
+
+
+class Probe:
+    """A raw MQTT client with some fleet user's credentials, recording what it receives."""
+
+    def __init__(self, record: dict[str, Any], username: str | None, password: str | None) -> None:
+        self.address = BrokerAddress.parse(record["broker"]["url"], username=username, password=password,
+                                           ca_file=record["secure"]["ca_file"])
+        self.client = make_client(self.address, new_client_id("probe"))
+        self.received: list[str] = []
+        self._arrived = threading.Condition()
+        self.client.on_message = self._on_message
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with self._arrived:
+            self.received.append(message.topic)
+            self._arrived.notify_all()
+
+    def __enter__(self) -> Probe:
+        connect_blocking(self.client, self.address, keepalive=10, timeout=10)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        # Break the client -> bound method -> probe cycle, so paho's __del__ closes its socket pair
+        # when the probe goes, not in a later gc pass that warns about unclosed sockets.
+        self.client.on_message = None
+
+    def subscribe(self, topic: str) -> None:
+        done = threading.Event()
+        self.client.on_subscribe = lambda *_args: done.set()
+        self.client.subscribe(topic, qos=1)
+        assert done.wait(5), f"no SUBACK for {topic}"
+
+    def publish(self, topic: str) -> None:
+        self.client.publish(topic, json.dumps({"v": 1, "probe": True}), qos=1).wait_for_publish(timeout=5)
+
+    def wait_for(self, topic: str, timeout: float = 10.0) -> None:
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: topic in self.received, timeout), \
+                f"{topic} never arrived; got {self.received}"
+        time.sleep(_LEAK_GRACE_S)
+
+
+def _password(record: dict[str, Any], user: str) -> str:
+    secure = record["secure"]
+    path = Path(secure["controller"]["password_file"]) if user == "workbench" else \
+        Path(secure["credentials_dir"]) / f"{user}.password"
+    return path.read_text().strip()
+
+
+def test_connect_pings_device_over_tls_when_fleet_is_secure(secure_fleet: dict[str, Any]) -> None:
+    assert secure_fleet["broker"]["url"].startswith("mqtts://")
+    with workbench.connect(run_dir=secure_fleet["run_dir"]) as fleet:
+        fleet.wait_for(2, timeout=20)
+        assert fleet.devices[0].ping() > 0
+
+
+def test_connect_is_refused_when_client_is_anonymous(secure_fleet: dict[str, Any]) -> None:
+    url = secure_fleet["broker"]["url"]
+    with pytest.raises((AuthenticationError, BrokerUnreachableError), match=url.replace(".", r"\.")):
+        workbench.connect(url, ca_file=secure_fleet["secure"]["ca_file"], timeout=5)
+
+
+def test_connect_raises_authentication_error_when_password_is_wrong(secure_fleet: dict[str, Any]) -> None:
+    url = secure_fleet["broker"]["url"]
+    for user in ("workbench", "sim-01"):
+        with pytest.raises(AuthenticationError, match=url.replace(".", r"\.")):
+            workbench.connect(url, username=user, password="not-the-password",
+                              ca_file=secure_fleet["secure"]["ca_file"], timeout=5)
+
+
+def test_connect_fails_clearly_when_plain_mqtt_meets_tls_listener(secure_fleet: dict[str, Any]) -> None:
+    plain = secure_fleet["broker"]["url"].replace("mqtts://", "mqtt://")
+    with pytest.raises((BrokerUnreachableError, AuthenticationError), match=plain.replace(".", r"\.")):
+        workbench.connect(plain, username="workbench", password=_password(secure_fleet, "workbench"), timeout=3)
+
+
+def test_device_publish_is_dropped_when_topic_is_another_devices_prefix(secure_fleet: dict[str, Any]) -> None:
+    with Probe(secure_fleet, "workbench", _password(secure_fleet, "workbench")) as watcher, \
+            Probe(secure_fleet, "sim-01", _password(secure_fleet, "sim-01")) as intruder:
+        watcher.subscribe("wb/v1/dev/#")
+        intruder.publish("wb/v1/dev/sim-02/forged")
+        intruder.publish("wb/v1/dev/sim-01/control")
+        watcher.wait_for("wb/v1/dev/sim-01/control")
+        assert "wb/v1/dev/sim-02/forged" not in watcher.received
+
+
+def test_device_publish_is_dropped_when_topic_is_a_command(secure_fleet: dict[str, Any]) -> None:
+    # The target device's own credentials may read its commands: it is the witness.
+    with Probe(secure_fleet, "sim-02", _password(secure_fleet, "sim-02")) as target, \
+            Probe(secure_fleet, "sim-01", _password(secure_fleet, "sim-01")) as intruder, \
+            Probe(secure_fleet, "workbench", _password(secure_fleet, "workbench")) as controller:
+        target.subscribe("wb/v1/cmd/sim-02/#")
+        intruder.publish("wb/v1/cmd/sim-02/forged")
+        intruder.publish("wb/v1/cmd/sim-01/forged")
+        controller.publish("wb/v1/cmd/sim-02/control")
+        target.wait_for("wb/v1/cmd/sim-02/control")
+        assert "wb/v1/cmd/sim-02/forged" not in target.received
+
+
+def test_device_receives_nothing_when_subscribing_to_another_devices_commands(secure_fleet: dict[str, Any]) -> None:
+    with Probe(secure_fleet, "sim-01", _password(secure_fleet, "sim-01")) as snooper, \
+            Probe(secure_fleet, "workbench", _password(secure_fleet, "workbench")) as controller:
+        snooper.subscribe("wb/v1/cmd/sim-02/#")
+        snooper.subscribe("wb/v1/cmd/sim-01/#")
+        controller.publish("wb/v1/cmd/sim-02/secret")
+        controller.publish("wb/v1/cmd/sim-01/control")
+        snooper.wait_for("wb/v1/cmd/sim-01/control")
+        assert "wb/v1/cmd/sim-02/secret" not in snooper.received
+
+
+def test_secret_files_are_private_when_fleet_is_secure(secure_fleet: dict[str, Any]) -> None:
+    secrets_dir = RunDir.resolve(secure_fleet["run_dir"]).secrets
+    files = [p for p in secrets_dir.rglob("*") if p.is_file()]
+    assert {"ca.key", "server.key", "workbench.password", "sim-01.password"} <= {p.name for p in files}
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for directory in [secrets_dir, *(p for p in secrets_dir.rglob("*") if p.is_dir())]:
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+
+
+def test_passwords_stay_out_of_readable_files_when_fleet_is_secure(secure_fleet: dict[str, Any]) -> None:
+    rd = RunDir.resolve(secure_fleet["run_dir"])
+    passwords = [_password(secure_fleet, user) for user in ("workbench", "sim-01", "sim-02")]
+    readable = [rd.record_file, Path(secure_fleet["broker"]["config"]), *rd.logs.glob("*.log")]
+    for path in readable:
+        text = path.read_text(errors="replace")
+        assert not any(pw in text for pw in passwords), f"a password leaked into {path}"
+
+
+def test_prepare_secure_raises_config_error_when_broker_is_external(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="provision"):
+        prepare_secure(RunDir(tmp_path), "mqtt://broker.example:1883", ["sim-01"])
+    assert not RunDir(tmp_path).secrets.exists()
+
+
+def test_prepare_secure_raises_config_error_when_device_id_is_the_controller_user(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="workbench"):
+        prepare_secure(RunDir(tmp_path), "embedded", ["sim-01", "workbench"])
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_cli_up_status_down_work_when_fleet_is_secure(broker: str, tmp_path: Path) -> None:
+    require_broker(broker)
+    run_dir = str(tmp_path / "cli-secure")
+    # Two devices in one agent process: covers --credentials-dir as well as the fleet's own login.
+    try:
+        up_out = run_cli("up", "--secure", "--broker", broker, "--devices", "2", "--per-process", "2",
+                         "--run-dir", run_dir, "--json", check=True)
+        summary = json.loads(up_out.stdout)
+        assert summary["secure"] is True and summary["broker"].startswith("mqtts://")
+        status = json.loads(run_cli("status", "--run-dir", run_dir, "--json", check=True).stdout)
+        assert "error" not in status
+        assert [d["online"] for d in status["devices"]] == [True, True]
+    finally:
+        down_out = run_cli("down", "--run-dir", run_dir)
+    assert down_out.returncode == 0, down_out.stderr
+    assert "stopped 2 processes" in down_out.stdout
