@@ -121,28 +121,34 @@ def test_device_publish_is_dropped_when_topic_is_another_devices_prefix(secure_f
         assert "wb/v1/dev/sim-02/forged" not in watcher.received
 
 
-def test_device_publish_is_dropped_when_topic_is_a_command(secure_fleet: dict[str, Any]) -> None:
-    # The target device's own credentials may read its commands: it is the witness.
+@pytest.mark.parametrize("prefix", ["wb/v1/cmd", "wb/v1/desired"])
+def test_device_publish_is_dropped_when_topic_is_written_only_by_workbench(
+    secure_fleet: dict[str, Any], prefix: str
+) -> None:
+    # The target device's own credentials may read its commands and desired state: it is the witness.
     with Probe(secure_fleet, "sim-02", _password(secure_fleet, "sim-02")) as target, \
             Probe(secure_fleet, "sim-01", _password(secure_fleet, "sim-01")) as intruder, \
             Probe(secure_fleet, "workbench", _password(secure_fleet, "workbench")) as controller:
-        target.subscribe("wb/v1/cmd/sim-02/#")
-        intruder.publish("wb/v1/cmd/sim-02/forged")
-        intruder.publish("wb/v1/cmd/sim-01/forged")
-        controller.publish("wb/v1/cmd/sim-02/control")
-        target.wait_for("wb/v1/cmd/sim-02/control")
-        assert "wb/v1/cmd/sim-02/forged" not in target.received
+        target.subscribe(f"{prefix}/sim-02/#")
+        intruder.publish(f"{prefix}/sim-02/forged")
+        intruder.publish(f"{prefix}/sim-01/forged")
+        controller.publish(f"{prefix}/sim-02/control")
+        target.wait_for(f"{prefix}/sim-02/control")
+        assert f"{prefix}/sim-02/forged" not in target.received
 
 
-def test_device_receives_nothing_when_subscribing_to_another_devices_commands(secure_fleet: dict[str, Any]) -> None:
+@pytest.mark.parametrize("prefix", ["wb/v1/cmd", "wb/v1/desired"])
+def test_device_receives_nothing_when_subscribing_to_another_devices_topics(
+    secure_fleet: dict[str, Any], prefix: str
+) -> None:
     with Probe(secure_fleet, "sim-01", _password(secure_fleet, "sim-01")) as snooper, \
             Probe(secure_fleet, "workbench", _password(secure_fleet, "workbench")) as controller:
-        snooper.subscribe("wb/v1/cmd/sim-02/#")
-        snooper.subscribe("wb/v1/cmd/sim-01/#")
-        controller.publish("wb/v1/cmd/sim-02/secret")
-        controller.publish("wb/v1/cmd/sim-01/control")
-        snooper.wait_for("wb/v1/cmd/sim-01/control")
-        assert "wb/v1/cmd/sim-02/secret" not in snooper.received
+        snooper.subscribe(f"{prefix}/sim-02/#")
+        snooper.subscribe(f"{prefix}/sim-01/#")
+        controller.publish(f"{prefix}/sim-02/secret")
+        controller.publish(f"{prefix}/sim-01/control")
+        snooper.wait_for(f"{prefix}/sim-01/control")
+        assert f"{prefix}/sim-02/secret" not in snooper.received
 
 
 def test_secret_files_are_private_when_fleet_is_secure(secure_fleet: dict[str, Any]) -> None:
