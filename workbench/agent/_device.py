@@ -26,7 +26,7 @@ from workbench.agent._runtime import ModelRuntime
 from workbench.agent._services import AgentService, service_factories
 from workbench.errors import DuplicateDeviceError, PayloadError, WorkbenchError
 from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import BrokerAddress, is_auth_failure, make_client, new_client_id
+from workbench.fleet._mqtt import BrokerAddress, close_client, is_auth_failure, make_client, new_client_id
 from workbench.profiles import HardwareProfile, detect_hardware, get_profile
 
 log = logging.getLogger("workbench.agent")
@@ -165,8 +165,7 @@ class DeviceAgent:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
                 pass  # not connected: the will says offline instead
-        self._client.disconnect()
-        self._client.loop_stop()
+        close_client(self._client)
 
     @property
     def fatal(self) -> str | None:

@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 
 from workbench.errors import PayloadError
 from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
 
 TERMINAL = ("active", "failed", "rejected", "rolled_back")
 Listener = Callable[[str, dict[str, Any]], None]
@@ -110,5 +110,4 @@ class DeployState:
         return True
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        close_client(self._client)

@@ -23,7 +23,7 @@ from workbench.errors import (
 )
 from workbench.fleet import schema, topics
 from workbench.fleet._device import Device
-from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -297,8 +297,7 @@ class Fleet:
                 self._sync.close()
             if getattr(self, "_telemetry", None) is not None:
                 self._telemetry.close()
-            self._client.disconnect()
-            self._client.loop_stop()
+            close_client(self._client)
 
     # -- MQTT callbacks (network thread) ------------------------------------------------------
 

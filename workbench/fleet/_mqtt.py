@@ -106,6 +106,19 @@ def make_client(address: BrokerAddress, client_id: str) -> mqtt.Client:
     return client
 
 
+def close_client(client: mqtt.Client) -> None:
+    """Disconnect, stop the network thread and close paho's wake-up socket pair now.
+
+    Clients whose callbacks are bound methods sit in a reference cycle; left to the garbage
+    collector, paho's socket pair may be finalized before the client closes it (a
+    ResourceWarning, an error under our test settings).
+    """
+    client.disconnect()
+    client.loop_stop()
+    client._reset_sockets()  # paho 2.x; its own __del__ does the same, too late
+    client.on_message = client.on_connect = client.on_disconnect = None
+
+
 def is_auth_failure(reason_code: Any) -> bool:
     """True for a CONNACK that refused the credentials."""
     return int(getattr(reason_code, "value", reason_code)) in _AUTH_FAILURES
@@ -154,8 +167,6 @@ def connect_blocking(
         if getattr(rc, "is_failure", False):
             raise BrokerUnreachableError(f"the MQTT broker at {address.url} refused the connection: {rc}")
     except BaseException:
-        client.on_connect = previous
-        client.loop_stop()
-        client.disconnect()
+        close_client(client)
         raise
     client.on_connect = previous

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.errors import PayloadError
 from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import connect_blocking, make_client, new_client_id
+from workbench.fleet._mqtt import close_client, connect_blocking, make_client, new_client_id
 from workbench.sync._budget import check_budget
 from workbench.sync._links import LinkProfile, link_profile
 from workbench.sync._priority import PRIORITIES
@@ -163,7 +163,6 @@ class Sync:
             self.fleet.call(device, "sync.partition", {"seconds": 0}, timeout=timeout)
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        close_client(self._client)
         if self.receiver is not None:
             self.receiver.close()

@@ -20,7 +20,7 @@ from typing import Any
 
 from workbench.errors import PayloadError
 from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
 from workbench.sync._codec import Codec, WireItem
 from workbench.sync._store import SyncStore
 
@@ -165,8 +165,7 @@ class SyncReceiver:
 
     def close(self, *, close_store: bool = True) -> None:
         if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
+            close_client(self._client)
         self._stop.set()
         self._wake.set()
         self._writer.join(timeout=10)

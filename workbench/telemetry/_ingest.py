@@ -29,7 +29,7 @@ import numpy as np
 
 from workbench.errors import PayloadError
 from workbench.fleet import topics
-from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
 from workbench.telemetry._alerts import AlertEngine
 from workbench.telemetry._wire import MAX_BATCH_BYTES, Batch, decode_batch, problem_kind
 
@@ -292,8 +292,7 @@ class Ingestor:
 
     def close(self) -> None:
         if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
+            close_client(self._client)
         self._stop.set()
         self._wake.set()
         self._writer.join(timeout=10)
