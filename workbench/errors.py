@@ -23,7 +23,14 @@ what to do next.
     │   ├── DeviceOfflineError
     │   └── RemoteCommandError  the device answered with an error
     ├── PayloadError            a message that does not follow the topic schema
-    └── OptimizeError           model optimization and measurement
+    ├── OptimizeError           model optimization and measurement
+    └── DeployError             a deployment could not be prepared or run
+        ├── PackageError        a package is malformed, incomplete or tampered with
+        │   └── SignatureError  the signature is missing, invalid or by an untrusted key
+        ├── ArtifactError       an artifact could not be served, downloaded or verified
+        ├── DeployConflictError another rollout is already deploying to the device
+        ├── RolloutAbortedError a gate or the failure threshold stopped the rollout
+        └── HealthCheckError    a candidate model gave the wrong output or was too slow
 """
 
 from __future__ import annotations
@@ -125,3 +132,31 @@ class PayloadError(WorkbenchError, ValueError):
 
 class OptimizeError(WorkbenchError):
     """Exporting, transforming or measuring a model failed."""
+
+
+class DeployError(WorkbenchError):
+    """A deployment could not be prepared or run."""
+
+
+class PackageError(DeployError, ValueError):
+    """A model package is malformed, incomplete or does not match its manifest."""
+
+
+class SignatureError(PackageError):
+    """A package's signature is missing, invalid, or made by a key the verifier does not trust."""
+
+
+class ArtifactError(DeployError):
+    """An artifact could not be served, downloaded or verified."""
+
+
+class DeployConflictError(DeployError):
+    """Another rollout is deploying to the same device right now."""
+
+
+class RolloutAbortedError(DeployError):
+    """A rollout stopped early: a gate failed or too many devices failed."""
+
+
+class HealthCheckError(DeployError):
+    """A loaded candidate model failed its health check (wrong output, too slow)."""

@@ -7,11 +7,11 @@ import uuid
 from typing import Any
 
 from workbench.deploy._package import MANIFEST, SIGNATURE, Package
-from workbench.deploy.artifacts import ArtifactServer
+from workbench.deploy.artifacts import ArtifactStore
 
 
-def stage_package(package: Package, server: ArtifactServer) -> dict[str, Any]:
-    """Put every file of ``package`` on the artifact server; return the desired-state fields that name it.
+def stage_package(package: Package, server: ArtifactStore) -> dict[str, Any]:
+    """Put every file of ``package`` into the artifact store; return the desired-state fields that name it.
 
     Devices download by content hash, so staging the same package twice costs nothing.
 
@@ -22,11 +22,10 @@ def stage_package(package: Package, server: ArtifactServer) -> dict[str, Any]:
         server.add(package.path / name)
     manifest_sha = server.add(package.path / MANIFEST)
     signature_sha = server.add(package.path / SIGNATURE)
-    host = f"[{server.host}]" if ":" in server.host else server.host
     return {"package_id": manifest_sha, "signature_sha256": signature_sha,
             "manifest_size": (package.path / MANIFEST).stat().st_size,
             "signature_size": (package.path / SIGNATURE).stat().st_size,
-            "base_url": f"http://{host}:{server.port}", "name": package.name, "version": package.version,
+            "base_url": server.base_url, "name": package.name, "version": package.version,
             "size": package.size}
 
 

@@ -28,7 +28,7 @@ from workbench.deploy._package import Package, load_package, sign_package, verif
 from workbench.deploy._preflight import preflight
 from workbench.deploy._state import TERMINAL, DeployState
 from workbench.deploy._strategies import AllAtOnce, Canary, Shadow, Strategy, failure_limit
-from workbench.deploy.artifacts import ArtifactServer
+from workbench.deploy.artifacts import ArtifactServer, ArtifactStore
 from workbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -122,7 +122,14 @@ class _Context:
         self.server: ArtifactServer | None = None
         self.lock = threading.Lock()
 
-    def artifact_server(self, directory: Path | None) -> ArtifactServer:
+    def artifact_store(self, fleet: Fleet, directory: Path | None) -> ArtifactStore:
+        """The local fleet's artifact server (it outlives this process), else one served from this process."""
+        if directory is None and fleet.local_record is not None:
+            from workbench.deploy._serve import store_for_record
+
+            store = store_for_record(fleet.local_record)
+            if store is not None:
+                return store
         with self.lock:
             if self.server is None:
                 folder = directory or Path(os.environ.get("WORKBENCH_ARTIFACTS",
@@ -165,7 +172,7 @@ class Rollout:
 
     def __init__(self, fleet: Fleet, package: Package, targets: list[str], *, strategy: Strategy,
                  gates: Sequence[Gate], metrics: MetricSource | None, max_failures: int | float | None,
-                 device_timeout: float, artifacts: ArtifactServer | None, artifact_dir: Path | None,
+                 device_timeout: float, artifacts: ArtifactStore | None, artifact_dir: Path | None,
                  force: bool) -> None:
         self.fleet = fleet
         self.package = package
@@ -184,7 +191,7 @@ class Rollout:
         self.shadow: dict[str, Any] | None = None
         self.devices = {d: DeviceProgress(d) for d in targets}
         self._ctx = context(fleet)
-        self._server = artifacts or self._ctx.artifact_server(artifact_dir)
+        self._server = artifacts or self._ctx.artifact_store(fleet, artifact_dir)
         self._listeners: list[Callable[[Rollout], None]] = []
         self._lock = threading.RLock()
         self._done = threading.Event()
@@ -473,7 +480,7 @@ def deploy(
     max_failures: int | float | None = None,
     device_timeout: float = 120.0,
     keys_dir: str | os.PathLike[str] | None = None,
-    artifacts: ArtifactServer | None = None,
+    artifacts: ArtifactStore | str | None = None,
     artifact_dir: str | os.PathLike[str] | None = None,
     force: bool = False,
 ) -> Rollout:
@@ -500,6 +507,11 @@ def deploy(
     if not isinstance(strategy, AllAtOnce | Canary | Shadow):
         raise ConfigError(f"unknown strategy {strategy!r}; use workbench.Canary(...), workbench.Shadow(...) "
                           "or leave it out for all at once")
+    if isinstance(artifacts, str):
+        if artifact_dir is None:
+            raise ConfigError(f"artifacts={artifacts!r} names a server; also pass artifact_dir=, the directory it "
+                              "serves as BASE_URL/artifacts/<sha256>, so the package can be put there")
+        artifacts = ArtifactStore(artifact_dir, artifacts)
     signed = prepare_package(package, keys_dir)
     targets = _device_ids(fleet, devices)
     return Rollout(fleet, signed, targets, strategy=strategy, gates=gates, metrics=metrics,

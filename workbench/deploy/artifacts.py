@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.request
 from http import HTTPStatus
@@ -20,15 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import ConfigError, WorkbenchError
+from workbench.errors import ArtifactError, ConfigError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CHUNK = 1 << 16
-
-
-class ArtifactError(WorkbenchError):
-    """An artifact could not be served, downloaded or verified."""
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -47,54 +44,26 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-class ArtifactServer:
-    """Serve files by sha256 over HTTP, with Range support, from one directory.
+class ArtifactStore:
+    """A directory of files named by their sha256, served by some HTTP server at ``base_url``.
 
-    Files are stored (copied) under ``directory/<sha256>`` and served at
-    ``http://host:port/artifacts/<sha256>``. ``port=0`` picks a free port.
+    ``base_url/artifacts/<sha256>`` must serve ``directory/<sha256>``: the artifact server that
+    ``workbench up`` starts, an :class:`ArtifactServer` in this process, or any static file
+    server or object store laid out that way. Adding writes to a temporary file and renames it,
+    so a server never serves a half-written artifact.
 
     Example:
-        >>> with ArtifactServer("/tmp/wb-artifacts") as server:     # doctest: +SKIP
-        ...     sha = server.add("model.onnx")
-        ...     fetch(server.url(sha), sha, "/tmp/copy.onnx")
+        >>> store = ArtifactStore("/tmp/wb-store", "http://127.0.0.1:8765")
+        >>> store.url("0" * 64)
+        'http://127.0.0.1:8765/artifacts/0000000000000000000000000000000000000000000000000000000000000000'
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, directory: str | os.PathLike[str], base_url: str) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.requests = 0  # served requests and body bytes: tests and benchmarks read them
-        self.bytes_served = 0
-        handler = _make_handler(self)
-        try:
-            self._httpd = ThreadingHTTPServer((host, port), handler)
-        except OSError as exc:
-            raise ArtifactError(f"cannot serve artifacts on {host}:{port}: {exc}; choose another host or port "
-                                "(port 0 picks a free one)") from exc
-        self._httpd.daemon_threads = True
-        self.host = host
-        self.port = int(self._httpd.server_address[1])
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> ArtifactServer:
-        """Start serving in a background thread; returns self."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._httpd.serve_forever, name="artifact-server", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._httpd.server_close()
-
-    def __enter__(self) -> ArtifactServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"artifact base URL {base_url!r} must start with http:// or https://")
+        self.base_url = base_url.rstrip("/")
 
     def add(self, path: str | os.PathLike[str]) -> str:
         """Copy a file into the store (if not there yet) and return its sha256."""
@@ -104,7 +73,7 @@ class ArtifactServer:
         sha = sha256_file(source)
         target = self.directory / sha
         if not target.exists():
-            tmp = target.with_suffix(f".tmp{os.getpid()}")
+            tmp = target.with_name(f".{sha}.tmp{os.getpid()}")
             shutil.copyfile(source, tmp)
             os.replace(tmp, target)
         return sha
@@ -117,11 +86,78 @@ class ArtifactServer:
         return target if target.is_file() else None
 
     def url(self, sha256: str) -> str:
-        """The download URL of a stored artifact."""
+        """The download URL of an artifact."""
+        return f"{self.base_url}/artifacts/{sha256}"
+
+
+class ArtifactServer(ArtifactStore):
+    """Serve files by sha256 over HTTP, with Range support, from one directory.
+
+    Files are stored (copied) under ``directory/<sha256>`` and served at
+    ``http://host:port/artifacts/<sha256>``. ``port=0`` picks a free port. ``rate`` caps each
+    response at that many bytes per second (a slow link, for tests); ``log`` prints one line
+    per request (the server process of ``workbench up`` logs them).
+
+    Example:
+        >>> with ArtifactServer("/tmp/wb-artifacts") as server:     # doctest: +SKIP
+        ...     sha = server.add("model.onnx")
+        ...     fetch(server.url(sha), sha, "/tmp/copy.onnx")
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 0,
+                 rate: float | None = None, log: bool = False) -> None:
+        self.requests = 0  # served requests and body bytes: tests and benchmarks read them
+        self.bytes_served = 0
+        self.rate = rate
+        self.log = log
+        handler = _make_handler(self)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise ArtifactError(f"cannot serve artifacts on {host}:{port}: {exc}; choose another host or port "
+                                "(port 0 picks a free one)") from exc
+        self._httpd.daemon_threads = True
+        self.host = host
+        self.port = int(self._httpd.server_address[1])
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(directory, f"http://{shown}:{self.port}")
+        self._thread: threading.Thread | None = None
+        self._foreground = False
+
+    def start(self) -> ArtifactServer:
+        """Start serving in a background thread; returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._httpd.serve_forever, name="artifact-server", daemon=True)
+            self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until :meth:`stop` is called from another one (or a signal ends the process)."""
+        self._foreground = True
+        self._httpd.serve_forever()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        elif self._foreground:
+            self._httpd.shutdown()
+            self._foreground = False
+        self._httpd.server_close()
+
+    def __enter__(self) -> ArtifactServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def url(self, sha256: str) -> str:
+        """The download URL of a stored artifact; raises :class:`ConfigError` for one not stored."""
         if self.path(sha256) is None:
             raise ConfigError(f"artifact {sha256[:12]} is not in {self.directory}; add() it first")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/artifacts/{sha256}"
+        return super().url(sha256)
 
 
 def _make_handler(server: ArtifactServer) -> type[BaseHTTPRequestHandler]:
@@ -173,19 +209,26 @@ def _make_handler(server: ArtifactServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if not body:
                 return
+            sent = 0
+            began = time.monotonic()
             with open(target, "rb") as handle:
                 handle.seek(start)
                 remaining = length
                 while remaining > 0:
+                    if server.rate:  # pace to the rate: sleep until the bytes sent so far are due
+                        time.sleep(max(0.0, began + sent / server.rate - time.monotonic()))
                     block = handle.read(min(_CHUNK, remaining))
                     if not block:
                         break
                     try:
                         self.wfile.write(block)
                     except (BrokenPipeError, ConnectionResetError):
-                        return  # the client went away; it resumes with a Range request
+                        break  # the client went away; it resumes with a Range request
                     remaining -= len(block)
+                    sent += len(block)
                     server.bytes_served += len(block)
+            if server.log:
+                print(f"GET {name[:12]} range={header or '-'} status={int(status)} bytes={sent}", flush=True)
 
         def _error(self, status: HTTPStatus, message: str, size: int | None = None) -> None:
             data = message.encode()
@@ -231,6 +274,8 @@ def fetch(
         try:
             _download(url, part, size=size, timeout=timeout, max_bytes=max_bytes)
             break
+        except _LocalWriteError as exc:
+            raise exc.error from None  # a full disk is not the server's fault, and retrying does not help
         except (OSError, urllib.error.URLError) as exc:
             last_error = exc  # keep the partial file: the next attempt resumes
     else:
@@ -243,6 +288,14 @@ def fetch(
                             "the partial file was discarded, retry the download")
     os.replace(part, target)
     return target
+
+
+class _LocalWriteError(Exception):
+    """Writing the partial file failed (disk full, file too large): kept apart from network errors."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _download(url: str, part: Path, *, size: int | None, timeout: float, max_bytes: int | None) -> None:
@@ -268,7 +321,11 @@ def _download(url: str, part: Path, *, size: int | None, timeout: float, max_byt
         resumed = response.status == HTTPStatus.PARTIAL_CONTENT
         mode = "ab" if resumed else "wb"  # a server without Range support sends it all again
         written = have if resumed else 0
-        with open(part, mode) as handle:
+        try:
+            handle = open(part, mode)  # noqa: SIM115  (closed by the with below; only open errors are local here)
+        except OSError as exc:
+            raise _LocalWriteError(exc) from exc
+        with handle:
             while True:
                 block = response.read(_CHUNK)
                 if not block:
@@ -276,6 +333,10 @@ def _download(url: str, part: Path, *, size: int | None, timeout: float, max_byt
                 written += len(block)
                 if max_bytes is not None and written > max_bytes:
                     raise ArtifactError(f"artifact at {url} exceeds the {max_bytes}-byte limit")
-                handle.write(block)
+                try:
+                    handle.write(block)
+                    handle.flush()  # a full disk shows here, not later when closing
+                except OSError as exc:
+                    raise _LocalWriteError(exc) from exc
     if size is not None and written < size:
         raise ConnectionError(f"download of {url} stopped at {written} of {size} bytes")

@@ -63,4 +63,6 @@ def connect_record(record: dict[str, Any], rd: Any, *, timeout: float = 10.0, ke
         password=password,
         ca_file=secure.get("ca_file"),
     )
-    return Fleet(address, timeout=timeout, keepalive=keepalive)
+    fleet = Fleet(address, timeout=timeout, keepalive=keepalive)
+    fleet.local_record = record  # deployments find the fleet's artifact server here
+    return fleet

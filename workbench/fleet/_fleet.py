@@ -56,6 +56,8 @@ class Fleet:
         >>> fleet.inventory()[["device_id", "online", "profile"]]   # doctest: +SKIP
     """
 
+    local_record: dict[str, Any] | None = None  # the fleet.json of a local fleet (set by connect)
+
     def __init__(
         self,
         address: BrokerAddress,

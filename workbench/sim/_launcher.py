@@ -69,7 +69,9 @@ def _locked(run_dir: RunDir) -> Iterator[None]:
 def _record_alive(record: dict[str, Any]) -> bool:
     broker = record.get("broker") or {}
     own_broker = broker.get("pid") is not None
-    return (own_broker and _procs.is_alive(broker)) or any(_procs.is_alive(a) for a in record.get("agents", []))
+    artifacts = record.get("artifacts")
+    return ((own_broker and _procs.is_alive(broker)) or bool(artifacts and _procs.is_alive(artifacts))
+            or any(_procs.is_alive(a) for a in record.get("agents", [])))
 
 
 def up(
@@ -134,6 +136,9 @@ def _start(record: dict[str, Any], rd: RunDir, plan: list[list[tuple[str, str]]]
         address = BrokerAddress.parse(broker)  # an external broker: the fleet only uses it
         record["broker"] = {"kind": "external", "url": address.url, "host": address.host, "port": address.port}
     url = record["broker"]["url"]
+    from workbench.deploy._serve import spawn_artifact_server  # devices fetch packages here, whoever deploys
+
+    record["artifacts"] = spawn_artifact_server(rd.path / "artifacts", rd.logs / "artifacts.log")
     from workbench.deploy._keys import enroll_local_fleet  # devices trust only packages the workbench's key signed
 
     enroll_local_fleet(rd.data, [d for group in plan for d, _ in group])
@@ -174,6 +179,8 @@ def _wait_online(record: dict[str, Any], rd: RunDir, expected: list[str], *, tim
 def _stop_record(record: dict[str, Any]) -> None:
     # Agents first, so they announce a clean shutdown while the broker still runs.
     _procs.stop(record.get("agents", []))
+    if record.get("artifacts"):
+        _procs.stop([record["artifacts"]])
     broker = record.get("broker") or {}
     if broker.get("pid") is not None:
         _procs.stop([broker])
@@ -194,7 +201,8 @@ def down(run_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         _stop_record(record)
         rd.clear()
     return {"run_dir": str(rd.path), "stopped_devices": len(record.get("devices", [])),
-            "stopped_processes": len(record.get("agents", [])) + (1 if record["broker"].get("pid") else 0)}
+            "stopped_processes": len(record.get("agents", [])) + (1 if record["broker"].get("pid") else 0)
+            + (1 if record.get("artifacts") else 0)}
 
 
 def status(run_dir: str | os.PathLike[str] | None = None, *, timeout: float = 5.0) -> dict[str, Any]:
