@@ -28,3 +28,23 @@ def test_dashboard_draws_a_line_per_device_that_grows_when_telemetry_arrives(sha
         assert "no alerts" in dashboard.alert_list.value
         dashboard.stop()
         fleet.telemetry.configure("all", publish_interval_s=1.0)
+
+
+def test_dashboard_synced_state_holds_traces_and_layout_when_a_page_connects_after_drawing(
+    shared_fleet: dict[str, Any],
+) -> None:
+    # Voila runs the notebook before the browser attaches: the page builds the figure from the synced
+    # state alone, so the traces drawn before it attached must be in that state.
+    with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
+        fleet.wait_for(3)
+        fleet.telemetry.wait_for("cpu_percent", devices=["sim-01", "sim-02", "sim-03"], count=1, timeout=20)
+        dashboard = widgets.TelemetryDashboard(fleet, metrics=["cpu_percent", "uptime_s"], start=False)
+        dashboard.refresh()
+        synced = dashboard.figure._widget_data
+        assert sorted({trace["name"] for trace in synced}) == ["sim-01", "sim-02", "sim-03"] and len(synced) == 6
+        assert dashboard.figure._widget_layout["height"] == dashboard.figure.layout.height
+        colors = {trace["name"]: set() for trace in synced}
+        for trace in synced:
+            colors[trace["name"]].add(trace["line"]["color"])
+        assert all(len(found) == 1 for found in colors.values()) and len(set.union(*colors.values())) == 3
+        dashboard.stop()

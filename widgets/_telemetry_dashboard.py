@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import threading
 import time
 from collections import deque
@@ -18,10 +19,13 @@ import ipywidgets as w
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from widgets._alert_list import AlertList
 from widgets._health_table import FleetHealthTable
+
+PALETTE: list[str] = list(qualitative.Plotly) + list(qualitative.D3)
 
 
 class TelemetryDashboard(w.VBox):
@@ -43,10 +47,13 @@ class TelemetryDashboard(w.VBox):
         self._lock = threading.Lock()
         self._dirty = True
         self._traces: dict[tuple[str, str], int] = {}
-        self.figure = go.FigureWidget(make_subplots(rows=len(self.metrics), cols=1, shared_xaxes=True,
-                                                    subplot_titles=self.metrics, vertical_spacing=0.08))
-        self.figure.update_layout(height=220 * len(self.metrics) + 60, margin={"l": 50, "r": 10, "t": 40, "b": 30},
-                                  legend={"orientation": "h"}, uirevision="keep")
+        self._colors: dict[str, str] = {}
+        layout = make_subplots(rows=len(self.metrics), cols=1, shared_xaxes=True, subplot_titles=self.metrics,
+                               vertical_spacing=0.08)
+        # Laid out before wrapping: a FigureWidget's synced state keeps only what it was built with (see _add_traces).
+        layout.update_layout(height=220 * len(self.metrics) + 60, margin={"l": 50, "r": 10, "t": 40, "b": 30},
+                             legend={"orientation": "h"}, uirevision="keep")
+        self.figure = go.FigureWidget(layout)
         self.health = FleetHealthTable(fleet)
         self.alert_list = AlertList(fleet)
         super().__init__([self.health, self.figure, self.alert_list])
@@ -87,12 +94,7 @@ class TelemetryDashboard(w.VBox):
             dirty, self._dirty = self._dirty, False
             snapshot = {key: list(buffer) for key, buffer in self._buffers.items()} if dirty else {}
         if snapshot:
-            for key in sorted(k for k in snapshot if k not in self._traces):
-                device, metric = key
-                row = self.metrics.index(metric) + 1
-                self.figure.add_scatter(x=[], y=[], mode="lines", name=device, legendgroup=device,
-                                        showlegend=row == 1, row=row, col=1)
-                self._traces[key] = len(self.figure.data) - 1
+            self._add_traces(sorted(k for k in snapshot if k not in self._traces))
             with self.figure.batch_update():
                 for key, points in snapshot.items():
                     trace = self.figure.data[self._traces[key]]
@@ -100,6 +102,21 @@ class TelemetryDashboard(w.VBox):
                     trace.y = [v for _, v in points]
         self.refreshes += 1
         return (time.perf_counter() - start) * 1000.0
+
+    def _add_traces(self, keys: list[tuple[str, str]]) -> None:
+        if not keys:
+            return
+        for device, metric in keys:
+            row = self.metrics.index(metric) + 1
+            # One colour per device across all charts, so a device reads the same in every row.
+            color = self._colors.setdefault(device, PALETTE[len(self._colors) % len(PALETTE)])
+            self.figure.add_scatter(x=[], y=[], mode="lines", name=device, legendgroup=device, line={"color": color},
+                                    showlegend=row == 1, row=row, col=1)
+            self._traces[(device, metric)] = len(self.figure.data) - 1
+        # plotly sends new traces as one-shot messages and never updates the synced `_widget_data`, so a page that
+        # connects later (Voila runs the notebook before the browser attaches) gets no traces and every restyle
+        # then points at a trace it does not have. Live views ignore this state change; late ones build from it.
+        self.figure._widget_data = copy.deepcopy(self.figure._data)
 
     async def _run(self) -> None:
         tick = 0
