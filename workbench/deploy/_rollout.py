@@ -178,6 +178,10 @@ class Rollout:
         self.package = package
         self.strategy = strategy
         self.gates = list(gates)
+        if metrics is None and gates:
+            from workbench.deploy._telemetry_gates import GateMetrics
+
+            metrics = GateMetrics(fleet, model_sha256=str(package.describe()["model_sha256"]))
         self.metrics: MetricSource = metrics or ProbeMetrics(fleet)
         self.device_timeout = device_timeout
         self.id = uuid.uuid4().hex[:10]
@@ -354,6 +358,8 @@ class Rollout:
                     progress.model = f"{active.get('name')} {active.get('version')}" if active else None
                     if progress.state in TERMINAL:
                         progress.finished = time.time()
+                    if progress.state == "active" and hasattr(self.metrics, "activated"):
+                        self.metrics.activated(device_id, float(report.get("finished") or time.time()))
                     self._changed()
                 if progress.state in TERMINAL or progress.state == "pending_offline":
                     continue
@@ -379,29 +385,40 @@ class Rollout:
         if not self.gates or not updated:
             return None
         soak = max(self.strategy.soak_s, 0.0)
-        if isinstance(self.metrics, ProbeMetrics):
-            self.metrics.invalidate()
+        invalidate = getattr(self.metrics, "invalidate", None)
+        read = getattr(self.metrics, "read", None)
+        if invalidate is not None:
+            invalidate()
+        settle = getattr(self.metrics, "settle", None)
+        if settle is not None:
+            settle(updated)
         end = time.monotonic() + soak
         while True:
             for gate in self.gates:
-                values = {d: self.metrics(d, gate.metric, gate.window_s) for d in updated}
+                if read is not None:
+                    readings = {d: read(d, gate.metric, gate.window_s) for d in updated}
+                    values = {d: v for d, (v, _) in readings.items()}
+                    sources = {d: s for d, (_, s) in readings.items()}
+                else:
+                    values = {d: self.metrics(d, gate.metric, gate.window_s) for d in updated}
+                    sources = {d: type(self.metrics).__name__ for d in updated}
                 failing = {d: v for d, v in values.items() if not gate.passes(v)}
                 numbers = [v for v in values.values() if v is not None]
                 worst = max(numbers) if gate.op in ("<=", "<") and numbers else min(numbers) if numbers else None
                 entry = {"ts": time.time(), "wave": self.current_wave, "gate": str(gate), "metric": gate.metric,
-                         "value": worst, "passed": not failing, "devices": values}
+                         "value": worst, "passed": not failing, "devices": values, "sources": sources}
                 with self._lock:
                     self.gate_values.append(entry)
                 self._changed()
                 if failing:
                     device, value = next(iter(failing.items()))
                     shown = "no data" if value is None else f"{value:.4g}"
-                    return f"gate {gate} failed on {device} ({gate.metric} = {shown})"
+                    return f"gate {gate} failed on {device} ({gate.metric} = {shown}, from {sources[device]})"
             if time.monotonic() >= end:
                 return None
             time.sleep(min(1.0, max(0.05, end - time.monotonic())))
-            if isinstance(self.metrics, ProbeMetrics):
-                self.metrics.invalidate()
+            if invalidate is not None:
+                invalidate()
 
     def _abort(self, updated: list[str], reason: str) -> None:
         self.status, self.reason = "aborted", reason
