@@ -47,7 +47,14 @@ def _check_deploy(figures: dict[str, Figure]) -> None:
     assert figures["devices_on_good_version"].value == FLEET_DEVICES
 
 
+def _check_optimize(figures: dict[str, Figure]) -> None:
+    assert figures["test_accuracy"].value >= 0.97
+    assert str(figures["device_measured_on"].value).startswith("simulated device")
+    assert all(figures[name].value != "none" for name in figures if name.startswith("chosen_"))
+
+
 NOTEBOOKS: dict[str, Entry] = {
+    "02_optimize_model.ipynb": Entry({"smoke": True, "out_dir": "/tmp/wb-test-optimized"}, _check_optimize),
     "03_deploy.ipynb": Entry({"expected_devices": FLEET_DEVICES, "timeout": 120, "smoke": True}, _check_deploy),
     "01_connect_fleet.ipynb": Entry({"expected_devices": FLEET_DEVICES, "timeout": 60, "smoke": True},
                                     _check_connect_fleet),

@@ -167,3 +167,12 @@ def test_optimize_runs_recurrent_model_when_it_has_state_inputs(tmp_path: Path) 
     result = optimize(path, "generic-arm64", metric="agreement", passes=[], use_cache=False, **FAST)
     assert result.best.variant in ("fp32", "graph-opt")
     assert result.row("fp32")["p50_ms"] > 0
+
+
+def test_workbench_optimize_is_callable_when_package_was_imported_first(mlp: Path) -> None:
+    import workbench
+    import workbench.optimize  # sets the attribute workbench.optimize to the package
+
+    x, y = labelled(mlp)
+    result = workbench.optimize(mlp, "x86-server", eval_data=(x, y), passes=[], use_cache=False, **FAST)
+    assert result.row("fp32")["accuracy"] == 1.0

@@ -10,6 +10,8 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 # optimize() pulls in onnx, torch and pandas; the agent imports only the light _timing and _spec modules.
@@ -41,3 +43,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = sorted(_LAZY)
+
+
+class _CallableModule(types.ModuleType):
+    # Importing this package sets the attribute `workbench.optimize` to the package itself, shadowing the
+    # lazily exported function of the same name: calling the package calls the function, so both spellings work.
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.optimize(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
