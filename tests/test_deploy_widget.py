@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import FleetFactory
 
 import workbench
-from conftest import FleetFactory
-from workbench.deploy import DeployError, build_package, load_signing_key
+from workbench.deploy import build_package, load_signing_key
 from workbench.deploy._examples import tiny_model
 
 
@@ -34,5 +34,3 @@ def test_rollout_progress_shows_each_device_state_when_rollout_finishes(tmp_path
         assert "succeeded" in markup
         assert markup.count(">active<") == 2
         assert "error_rate &lt;= 0" in markup
-        with pytest.raises(DeployError, match="shadow"):
-            fleet.deploy(package.path, strategy=workbench.Shadow(duration=1))

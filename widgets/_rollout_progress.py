@@ -97,7 +97,17 @@ def render_html(rollout: Rollout) -> str:
     if latest:
         parts.append("<div>gates: " + ", ".join(
             f"{html.escape(name)}: {_cell(entry['value'])} {'✔' if entry['passed'] else '✘'}"
+            f" <small>({html.escape(', '.join(sorted(set((entry.get('sources') or {}).values()))))})</small>"
             for name, entry in latest.items()) + "</div>")
+    shadow = rollout.shadow
+    if shadow:
+        parts.append(f"<div>shadow: {_cell(shadow.get('decision', 'running'))}</div><table><tr><th>device</th>"
+                     "<th>inputs</th><th>agreement</th><th>active p95 ms</th><th>candidate p95 ms</th></tr>")
+        for device, stats in (shadow.get("devices") or {}).items():
+            parts.append(f"<tr><td>{html.escape(device)}</td><td>{_cell(stats.get('samples'))}</td>"
+                         f"<td>{_cell(stats.get('agreement'))}</td><td>{_cell(stats.get('active_p95_ms'))}</td>"
+                         f"<td>{_cell(stats.get('candidate_p95_ms'))}</td></tr>")
+        parts.append("</table>")
     return "".join(parts)
 
 

@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("workbench.agent")
 
-TERMINAL = ("active", "failed", "rejected", "rolled_back")
-STATES = ("pending", "downloading", "verifying", "loading", "health_checking", "activating", *TERMINAL)
+TERMINAL = ("active", "failed", "rejected", "rolled_back", "shadowed")
+STATES = ("pending", "downloading", "verifying", "loading", "health_checking", "activating", "shadowing", *TERMINAL)
 Reporter = Callable[..., None]
 
 
@@ -150,6 +150,37 @@ class Installer:
                 raise DeployError(f"cannot write {dest.name} to {dest.parent}: {exc}; free disk space on the "
                                   "device and deploy again (the download resumes)") from None
 
+    def _prepare(self, desired: dict[str, Any], slot: str, report: Reporter) -> tuple[Package, LoadedModel,
+                                                                                       dict[str, Any]]:
+        """Download, verify, load and health-check ``desired`` into ``slot``; raise on any failure."""
+        package_id = str(desired.get("package_id", ""))
+        base_url = str(desired.get("base_url", ""))
+        report("downloading", slot=slot)
+        needed = int(desired.get("size") or 0)
+        free = shutil.disk_usage(self.store.root).free
+        if needed and free < needed:
+            raise DeployError(f"not enough disk: the package needs {needed} bytes, {free} are free on the "
+                              "device; free space and deploy again")
+        folder = self.store.prepare(slot, package_id)
+        self._fetch(base_url, package_id, folder / MANIFEST, desired.get("manifest_size"), report)
+        self._fetch(base_url, str(desired.get("signature_sha256")), folder / SIGNATURE,
+                    desired.get("signature_size"), report)
+        report("verifying", slot=slot, detail="signature")
+        package = load_package(folder)
+        verify_signature(package, self.trusted_keys())
+        report("downloading", slot=slot, detail="files")
+        for name, entry in sorted(package.files.items()):
+            if "/" in name or name.startswith("."):
+                raise PackageError(f"the manifest lists {name!r}; packages may only hold plain file names")
+            self._fetch(base_url, str(entry["sha256"]), folder / name, int(entry["size"]), report)
+        report("verifying", slot=slot, detail="files")
+        verify_files(package)
+        report("loading", slot=slot)
+        loaded = self.runtime.load(package.model_file, sha256=package.describe()["model_sha256"],
+                                   name=package.name, version=package.version)
+        report("health_checking", slot=slot)
+        return package, loaded, health_check(loaded, package)
+
     def install(self, desired: dict[str, Any], report: Reporter) -> dict[str, Any]:
         """Download, verify, load, health-check and activate ``desired``; return the final report fields.
 
@@ -157,47 +188,46 @@ class Installer:
         the returned state (``failed`` or ``rejected``) says why.
         """
         package_id = str(desired.get("package_id", ""))
-        base_url = str(desired.get("base_url", ""))
         if self.package is not None and self.package.id == package_id:
             return {"state": "active", "detail": "already running this package"}
         slot = self.store.inactive()
         try:
-            report("downloading", slot=slot)
-            needed = int(desired.get("size") or 0)
-            free = shutil.disk_usage(self.store.root).free
-            if needed and free < needed:
-                raise DeployError(f"not enough disk: the package needs {needed} bytes, {free} are free on the "
-                                  "device; free space and deploy again")
-            folder = self.store.prepare(slot, package_id)
-            self._fetch(base_url, package_id, folder / MANIFEST, desired.get("manifest_size"), report)
-            self._fetch(base_url, str(desired.get("signature_sha256")), folder / SIGNATURE,
-                        desired.get("signature_size"), report)
-            report("verifying", slot=slot, detail="signature")
-            package = load_package(folder)
-            verify_signature(package, self.trusted_keys())
-            report("downloading", slot=slot, detail="files")
-            for name, entry in sorted(package.files.items()):
-                if "/" in name or name.startswith("."):
-                    raise PackageError(f"the manifest lists {name!r}; packages may only hold plain file names")
-                self._fetch(base_url, str(entry["sha256"]), folder / name, int(entry["size"]), report)
-            report("verifying", slot=slot, detail="files")
-            verify_files(package)
-            report("loading", slot=slot)
-            loaded = self.runtime.load(package.model_file, sha256=package.describe()["model_sha256"],
-                                       name=package.name, version=package.version)
-            report("health_checking", slot=slot)
-            health = health_check(loaded, package)
+            package, loaded, health = self._prepare(desired, slot, report)
             report("activating", slot=slot, health=health)
             self.store.commit(slot)
             self.runtime.activate(loaded)
             self.package = package
             return {"state": "active", "slot": slot, "health": health}
-        except (PackageError, WorkbenchError) as exc:
+        except Exception as exc:  # every failure is reported; the old model keeps serving
+            return self._failure(exc, slot)
+
+    def shadow(self, desired: dict[str, Any], report: Reporter, duration: float) -> dict[str, Any]:
+        """Run ``desired``'s model next to the active one for ``duration`` s; never activates it.
+
+        The candidate stays in the inactive slot (a later install of the same package downloads
+        nothing); the result's ``shadow`` holds agreement and both models' latency.
+        """
+        from workbench.agent._shadow import ShadowRun
+
+        slot = self.store.inactive()
+        try:
+            if self.runtime.active is None:
+                raise DeployError("shadow mode needs an active model to compare with; deploy one first")
+            package, loaded, health = self._prepare(desired, slot, report)
+            report("shadowing", slot=slot, health=health, detail=f"{duration:g} s next to the active model")
+            atol, rtol = float(package.health.get("atol", 1e-4)), float(package.health.get("rtol", 1e-3))
+            stats = ShadowRun(self.runtime, loaded, atol=atol, rtol=rtol).run(duration)
+            return {"state": "shadowed", "slot": slot, "health": health, "shadow": stats}
+        except Exception as exc:  # every failure is reported; the active model keeps serving
+            return self._failure(exc, slot)
+
+    @staticmethod
+    def _failure(exc: Exception, slot: str) -> dict[str, Any]:
+        if isinstance(exc, WorkbenchError):
             state = "rejected" if isinstance(exc, PackageError) else "failed"
             return {"state": state, "reason": str(exc), "slot": slot}
-        except Exception as exc:  # an unexpected bug must still leave a report and the old model serving
-            log.exception("install failed")
-            return {"state": "failed", "reason": f"{type(exc).__name__}: {exc}", "slot": slot}
+        log.exception("install failed")  # an unexpected bug must still leave a report and the old model serving
+        return {"state": "failed", "reason": f"{type(exc).__name__}: {exc}", "slot": slot}
 
     def rollback(self, report: Reporter) -> dict[str, Any]:
         """Serve the previous slot's package again (or the model the device started with)."""
@@ -318,6 +348,8 @@ class DeployService:
         report("pending")
         if desired.get("action") == "rollback":
             result = self.installer.rollback(report)
+        elif desired.get("action") == "shadow":
+            result = self.installer.shadow(desired, report, float(desired.get("duration") or 10.0))
         else:
             result = self.installer.install(desired, report)
         self._record_active()

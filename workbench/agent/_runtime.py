@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,8 @@ class ModelRuntime:
         self.limits = limits
         self._lock = threading.Lock()
         self._active: LoadedModel | None = None
+        # observer(feeds, outputs, latency_ms) after each answer (shadow mode); must be quick.
+        self.observers: list[Callable[[dict[str, np.ndarray], list[np.ndarray], float], None]] = []
 
     @property
     def active(self) -> LoadedModel | None:
@@ -118,4 +121,8 @@ class ModelRuntime:
         model = self.active
         if model is None:
             raise ModelLoadError("no model is active on this device; deploy one first")
-        return list(model.session.run(None, feeds))
+        start = time.perf_counter()
+        outputs = list(model.session.run(None, feeds))
+        for observer in list(self.observers):
+            observer(feeds, outputs, (time.perf_counter() - start) * 1000)
+        return outputs

@@ -264,7 +264,7 @@ class Rollout:
             if not force:
                 for device in self.devices:
                     desired, reported = state.desired(device), state.reported(device)
-                    pending = desired.get("action") == "install" and not (
+                    pending = desired.get("action") in ("install", "shadow") and not (
                         reported.get("deployment_id") == desired.get("deployment_id")
                         and reported.get("state") in TERMINAL)
                     fresh = time.time() - float(desired.get("set_at") or 0) < CONFLICT_LEASE_S
@@ -306,6 +306,9 @@ class Rollout:
             self.status, self.reason = "failed", "no device passed preflight"
             return
         staged = stage_package(self.package, self._server)
+        if isinstance(self.strategy, Shadow):
+            self._shadow(self.strategy, eligible, staged)
+            return
         waves = self.strategy.plan(eligible)
         updated: list[str] = []
         for index, wave in enumerate(waves):
@@ -320,8 +323,6 @@ class Rollout:
             if self._failure_limit is not None and len(failed) > self._failure_limit:
                 self._abort(updated, f"{len(failed)} device(s) failed, over the limit of {self._failure_limit}")
                 return
-            if isinstance(self.strategy, Shadow):
-                continue
             problem = self._soak(updated)
             if problem:
                 self._abort(updated, problem)
@@ -332,20 +333,74 @@ class Rollout:
         if failed or pending:
             self.reason = f"{len(failed)} failed, {len(pending)} offline (they install when back online)"
 
-    def _deploy_wave(self, index: int, wave: list[str], staged: dict[str, Any]) -> None:
+    def _shadow(self, strategy: Shadow, devices: list[str], staged: dict[str, Any]) -> None:
+        """Shadow on every device; then promote (install) if every device agreed and ``promote``, else discard."""
+        self.current_wave = 0
+        wave_info: dict[str, Any] = {"index": 0, "devices": devices, "started": time.time(), "shadow": True}
+        self.waves.append(wave_info)
+        self._deploy_wave(0, devices, staged, extra={"action": "shadow", "duration": strategy.duration},
+                          timeout=self.device_timeout + strategy.duration)
+        wave_info["finished"] = time.time()
+        wave_info["seconds"] = time.time() - float(wave_info["started"])
+        results: dict[str, dict[str, Any]] = {}
+        problems = []
+        for device_id in devices:
+            progress, report = self.devices[device_id], self._ctx.state.reported(device_id)
+            if report.get("deployment_id") != progress.deployment_id or report.get("state") != "shadowed":
+                problems.append(f"{device_id}: {progress.state} ({progress.reason or 'no shadow result'})")
+                continue
+            stats = results[device_id] = dict(report.get("shadow") or {})
+            if not stats.get("samples"):
+                problems.append(f"{device_id}: no inputs reached the active model during the shadow; send it "
+                                "traffic (e.g. a telemetry source) or shadow longer")
+            elif float(stats.get("agreement") or 0.0) < strategy.min_agreement:
+                problems.append(f"{device_id}: agreement {stats['agreement']:.4g} below {strategy.min_agreement:g}")
+        self.shadow = {"duration_s": strategy.duration, "min_agreement": strategy.min_agreement,
+                       "promote": strategy.promote, "devices": results}
+        if problems:
+            self.shadow["decision"] = "discarded"
+            self.status = "aborted"
+            self.reason = f"shadow: {'; '.join(problems)}; the candidate was discarded, the active model kept serving"
+        elif not strategy.promote:
+            self.shadow["decision"] = "discarded"
+            self.status, self.reason = "succeeded", ("shadow only (promote=False): the candidate agreed; deploy "
+                                                     "it again without Shadow, or with Shadow(promote=True), to "
+                                                     "promote it")
+        else:
+            self.shadow["decision"] = "promoted"
+            self.current_wave = 1
+            promote_info: dict[str, Any] = {"index": 1, "devices": devices, "started": time.time()}
+            self.waves.append(promote_info)
+            self._deploy_wave(1, devices, staged)
+            promote_info["finished"] = time.time()
+            promote_info["seconds"] = time.time() - float(promote_info["started"])
+            updated = [d for d in devices if self.devices[d].state == "active"]
+            problem = self._soak(updated)
+            if problem:
+                self._abort(updated, problem)
+                return
+            failed = [d for d in devices if self.devices[d].state != "active"]
+            self.status = "partial" if failed else "succeeded"
+            if failed:
+                self.reason = f"{len(failed)} device(s) did not activate the promoted candidate"
+        self._changed()
+
+    def _deploy_wave(self, index: int, wave: list[str], staged: dict[str, Any], *,
+                     extra: dict[str, Any] | None = None, timeout: float | None = None) -> None:
         state = self._ctx.state
         for device_id in wave:
             progress = self.devices[device_id]
-            desired = desired_install(staged, rollout_id=self.id)
+            desired = {**desired_install(staged, rollout_id=self.id), **(extra or {})}
             progress.wave, progress.deployment_id, progress.started = index, desired["deployment_id"], time.time()
             progress.state = "sent"
             state.set_desired(device_id, desired)
         self._changed()
-        self._await(wave)
+        self._await(wave, timeout)
 
-    def _await(self, wave: list[str]) -> None:
+    def _await(self, wave: list[str], timeout: float | None = None) -> None:
         state = self._ctx.state
-        deadline = time.monotonic() + self.device_timeout
+        limit = self.device_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         while True:
             waiting = []
             for device_id in wave:
@@ -375,7 +430,7 @@ class Rollout:
             if time.monotonic() > deadline:
                 for device_id in waiting:
                     progress = self.devices[device_id]
-                    progress.reason = f"no final state within {self.device_timeout:g} s (last: {progress.state})"
+                    progress.reason = f"no final state within {limit:g} s (last: {progress.state})"
                     progress.state = "failed"
                 self._changed()
                 return
@@ -518,9 +573,6 @@ def deploy(
         'succeeded'
     """
     strategy = strategy or AllAtOnce()
-    if isinstance(strategy, Shadow):
-        raise DeployError("shadow rollouts are not available yet in this workbench; deploy with "
-                          "workbench.Canary(...) and gates, which stops and rolls back on a bad candidate")
     if not isinstance(strategy, AllAtOnce | Canary | Shadow):
         raise ConfigError(f"unknown strategy {strategy!r}; use workbench.Canary(...), workbench.Shadow(...) "
                           "or leave it out for all at once")

@@ -18,7 +18,7 @@ from workbench.errors import PayloadError
 from workbench.fleet import schema, topics
 from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
 
-TERMINAL = ("active", "failed", "rejected", "rolled_back")
+TERMINAL = ("active", "failed", "rejected", "rolled_back", "shadowed")
 Listener = Callable[[str, dict[str, Any]], None]
 
 

@@ -61,6 +61,11 @@ class Canary:
 class Shadow:
     """Run the candidate next to the active model on the same inputs for ``duration`` seconds, then decide.
 
+    Each device loads the candidate beside its active model (which keeps answering unchanged),
+    runs it on every input the active model serves, and reports agreement and both models'
+    latency. With ``promote=True`` the candidate is installed where every device agreed at
+    least ``min_agreement`` (on at least one input); otherwise it is discarded.
+
     Example:
         >>> Shadow(duration=10).duration
         10
