@@ -67,6 +67,9 @@ def test_optimize_measures_every_planned_variant_when_given_onnx_path(mlp: Path)
     assert result.best.variant in set(frame["variant"]) and result.best.reason
     assert frame["chosen"].sum() == 1
     assert "fp16" in result.skipped and "FP16" in result.skipped["fp16"]
+    if result.target["threads"] > 1:  # the thread sweep tries 1 and the target's count for the chosen variant
+        assert set(result.threads["tried"]) == {1, result.target["threads"]}
+        assert result.threads["best"] in result.threads["tried"]
 
 
 def test_save_writes_package_with_hashes_recipe_and_spec_when_variant_chosen(mlp: Path, tmp_path: Path) -> None:
@@ -80,6 +83,7 @@ def test_save_writes_package_with_hashes_recipe_and_spec_when_variant_chosen(mlp
     assert manifest["target"]["profile"] == "raspberry-pi-5"
     assert manifest["inputs"][0]["name"] == "x" and manifest["outputs"][0]["name"] == "logits"
     assert manifest["metrics"]["p50_ms"] > 0
+    assert manifest["recipe"]["threads"] in (1, result.target["threads"])
     assert "plotly" in (out / "report.html").read_text()
     assert json.loads((out / "report.json").read_text())["best"]["variant"] == result.best.variant
 

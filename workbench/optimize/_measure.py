@@ -18,9 +18,9 @@ _MAX_INLINE_INPUT_BYTES = 64 * 1024
 
 
 def measure_on_host(paths: dict[str, Path], feeds: dict[str, np.ndarray], target: Target, *, warmup: int,
-                    iterations: int, rounds: int) -> dict[str, dict[str, Any]]:
-    """Interleaved timing of every candidate on this host, with the target's thread count."""
-    timings = time_models({k: str(v) for k, v in paths.items()}, feeds, threads=target.threads,
+                    iterations: int, rounds: int, threads: int | None = None) -> dict[str, dict[str, Any]]:
+    """Interleaved timing of every candidate on this host, with the target's thread count (or ``threads``)."""
+    timings = time_models({k: str(v) for k, v in paths.items()}, feeds, threads=threads or target.threads,
                           providers=list(target.providers), warmup=warmup, iterations=iterations, rounds=rounds)
     return {name: {**t.to_dict(), "measured_on": "host", "provider": target.providers[0]}
             for name, t in timings.items()}
@@ -28,7 +28,8 @@ def measure_on_host(paths: dict[str, Path], feeds: dict[str, np.ndarray], target
 
 def measure_on_device(paths: dict[str, Path], feeds: dict[str, np.ndarray], spec: ModelSpec, target: Target, *,
                       warmup: int, iterations: int, rounds: int, artifact_host: str = "127.0.0.1",
-                      artifact_port: int = 0, timeout: float = 300.0, seed: int = 0) -> dict[str, dict[str, Any]]:
+                      artifact_port: int = 0, timeout: float = 300.0, seed: int = 0,
+                      threads: int | None = None) -> dict[str, dict[str, Any]]:
     """Serve each candidate over HTTP and have the device fetch and time them under its own limits.
 
     Example:
@@ -44,7 +45,7 @@ def measure_on_device(paths: dict[str, Path], feeds: dict[str, np.ndarray], spec
             sha = server.add(path)
             models.append({"name": name, "url": server.url(sha), "sha256": sha, "size": path.stat().st_size})
         args: dict[str, Any] = {"models": models, "warmup": warmup, "iterations": iterations, "rounds": rounds,
-                                "threads": target.threads}
+                                "threads": threads or target.threads}
         if sum(a.nbytes for a in feeds.values()) <= _MAX_INLINE_INPUT_BYTES:
             args["inputs"] = {k: {"dtype": v.dtype.name, "shape": list(v.shape), "data": v.ravel().tolist()}
                               for k, v in feeds.items()}
@@ -59,3 +60,25 @@ def measure_on_device(paths: dict[str, Path], feeds: dict[str, np.ndarray], spec
             f"({reply.get('profile')}, {reply.get('threads')} threads)"
     return {name: {**timing, "measured_on": where, "provider": "CPUExecutionProvider"}
             for name, timing in reply["results"].items()}
+
+
+def sweep_threads(paths: dict[str, Path], feeds: dict[str, np.ndarray], spec: ModelSpec, target: Target, *,
+                  warmup: int, iterations: int, rounds: int, artifact_host: str = "127.0.0.1",
+                  timeout: float = 300.0) -> dict[int, dict[str, float]]:
+    """p50 latency of the given models at each thread count worth trying (1 and the target's), where measured.
+
+    Example:
+        >>> sweep_threads({"fp32": path}, feeds, spec, target, warmup=2, iterations=20, rounds=2)  # doctest: +SKIP
+        {1: {'fp32': 0.41}, 4: {'fp32': 0.18}}
+    """
+    counts = sorted({1, target.threads})
+    out: dict[int, dict[str, float]] = {}
+    for count in counts:
+        if target.device is not None:
+            timings = measure_on_device(paths, feeds, spec, target, warmup=warmup, iterations=iterations,
+                                        rounds=rounds, artifact_host=artifact_host, timeout=timeout, threads=count)
+        else:
+            timings = measure_on_host(paths, feeds, target, warmup=warmup, iterations=iterations, rounds=rounds,
+                                      threads=count)
+        out[count] = {name: float(t["p50_ms"]) for name, t in timings.items()}
+    return out

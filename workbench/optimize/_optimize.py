@@ -19,7 +19,7 @@ from workbench.optimize._choice import BASELINE, Constraints, choose, constraint
 from workbench.optimize._data import Samples, generated_samples, to_samples
 from workbench.optimize._exclude import rank_layers
 from workbench.optimize._export import export_onnx
-from workbench.optimize._measure import measure_on_device, measure_on_host
+from workbench.optimize._measure import measure_on_device, measure_on_host, sweep_threads
 from workbench.optimize._metrics import agreement, run_outputs, score
 from workbench.optimize._passes import DEFAULT_CALIBRATION_MEMORY_MB, PassContext, apply_recipe, get_pass
 from workbench.optimize._preflight import int8_outlook
@@ -127,6 +127,7 @@ def optimize(
     finetune_data: Any = None,
     finetune_steps: int = 0,
     exclude_layers: bool = True,
+    sweep: bool = True,
     passes: Sequence[str] | None = None,
     batch: int = 1,
     warmup: int = 5,
@@ -146,7 +147,8 @@ def optimize(
     command). ``eval_data`` is ``(inputs, labels)``, a dict of arrays, or an iterable of batches;
     without labels pass ``metric="agreement"`` or a callable ``metric(outputs, labels)``.
     The choice is never slower than the FP32 model beyond the measured noise; see
-    ``result.best.reason``.
+    ``result.best.reason``. With ``sweep`` the chosen variant is also timed with 1 thread and the
+    target's thread count, and the faster count goes into its package's recipe.
 
     Example:
         >>> result = workbench.optimize(model, target="raspberry-pi-5", example_input=x,  # doctest: +SKIP
@@ -310,11 +312,22 @@ def optimize(
     for row in row_list:
         row["pareto"] = row["variant"] in front
         row["chosen"] = row["variant"] == choice.variant
+    threads: dict[str, Any] = {}
+    if sweep and resolved.threads > 1 and not all_hit:
+        # The thread count is part of the recipe: fewer threads can win on a busy or small CPU.
+        picked = {v: files[v] for v in {BASELINE, choice.variant or BASELINE}}
+        tried = sweep_threads(picked, feeds, spec, resolved, warmup=warmup, iterations=iterations,
+                              rounds=rounds, artifact_host=artifact_host, timeout=timeout)
+        best_variant = choice.variant or BASELINE
+        best_count = min(tried, key=lambda n: tried[n][best_variant])
+        threads = {"tried": tried, "best": best_count, "variant": best_variant}
+        notes.append(f"thread counts tried for {best_variant}: " + ", ".join(
+            f"{n}: {tried[n][best_variant]:.3f} ms" for n in sorted(tried)) + f"; fastest with {best_count}")
     result = OptimizeResult(
         rows=row_list, best=choice, files=files, target=resolved.to_dict(), constraints=constraints,
         spec=spec.to_dict(), source={"name": source_name, "sha256": source_sha,
                                      "size_mb": source_path.stat().st_size / 2**20},
-        preflight=preflight, skipped=skipped, layers=layers, notes=notes,
+        preflight=preflight, skipped=skipped, layers=layers, notes=notes, threads=threads,
         data={"eval": samples.origin, "eval_samples": samples.count, "calibration": calibration.origin,
               "calibration_samples": calibration.count, "quality": row_list[0]["quality_name"]},
         cache={"enabled": cache.enabled, "hit": all_hit, "directory": str(cache.directory) if cache.directory

@@ -43,6 +43,7 @@ class OptimizeResult:
     skipped: dict[str, str] = field(default_factory=dict)
     layers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    threads: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
@@ -70,6 +71,7 @@ class OptimizeResult:
             "best": self.best.to_dict(), "candidates": self.rows, "skipped": self.skipped, "target": self.target,
             "constraints": self.constraints.to_dict(), "model": {**self.source, **self.spec},
             "preflight": self.preflight, "layers": self.layers, "notes": self.notes, "data": self.data,
+            "threads": self.threads,
             "cache": self.cache, "tool_versions": self.tool_versions,
         })
 
@@ -77,7 +79,7 @@ class OptimizeResult:
         row = self.row(variant)
         return _clean({
             "name": f"{Path(str(self.source.get('name', 'model'))).stem}-{variant}",
-            "variant": variant, "recipe": row["recipe"],
+            "variant": variant, "recipe": {**row["recipe"], "threads": self._threads_for(variant, row)},
             "metrics": {k: row.get(k) for k in ("quality", "quality_name", "accuracy", "agreement_top1", "cosine",
                                                 "sqnr_db", "p50_ms", "p95_ms", "p99_ms", "load_ms", "rss_growth_mb",
                                                 "size_mb", "speedup", "measured_on", "threads", "provider")},
@@ -85,6 +87,11 @@ class OptimizeResult:
             "target": self.target, "inputs": self.spec.get("inputs"), "outputs": self.spec.get("outputs"),
             "opset": self.spec.get("opset"), "source_model": self.source, "tool_versions": self.tool_versions,
         })
+
+    def _threads_for(self, variant: str, row: dict[str, Any]) -> Any:
+        if self.threads.get("variant") == variant:
+            return self.threads.get("best")
+        return row.get("threads")
 
     def save(self, out_dir: str | os.PathLike[str], variant: str | None = None, *,
              report: bool = False) -> Path:
