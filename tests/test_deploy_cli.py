@@ -39,7 +39,8 @@ def test_package_then_export_k8s_writes_manifests_when_model_given(tmp_path: Pat
     pod = daemonset["spec"]["template"]["spec"]
     assert pod["nodeSelector"]["workbench.io/profile"] == "raspberry-pi-5"
     assert pod["containers"][0]["resources"]["limits"]["cpu"] == "4"
-    assert "livenessProbe" in pod["containers"][0]
+    assert pod["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "--health-port" in pod["containers"][0]["args"] and "--trusted-keys" in pod["containers"][0]["args"]
     assert daemonset["metadata"]["annotations"]["workbench.io/package-id"] == info["package_id"]
 
 

@@ -7,6 +7,7 @@ Example:
 from workbench.agent import (
     _benchmark,  # noqa: F401  (registers the command)
     _deploy_service,  # noqa: F401  (registers the deploy service and its commands)
+    _health,  # noqa: F401  (registers each device with the health endpoint)
     _sync_service,  # noqa: F401  (registers the sync service and its commands)
     _telemetry_service,  # noqa: F401  (registers the service)
 )

@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="directory with DEVICE_ID.password files (several devices in one process)")
     parser.add_argument("--ca-file", help="CA certificate to verify the broker's TLS certificate")
     parser.add_argument("--model", type=Path, help="an ONNX model to serve from the start")
+    parser.add_argument("--trusted-keys", type=Path, help="directory of the public keys whose signed packages this "
+                        "device installs (default: $WORKBENCH_TRUSTED_KEYS or DATA_DIR/trusted_keys)")
+    parser.add_argument("--health-port", type=int, help="serve GET /healthz on this port (0: a free one)")
+    parser.add_argument("--health-host", default="0.0.0.0", help="address of the health endpoint (default: all)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.set_defaults(func=run)
 
@@ -60,4 +64,12 @@ def run(args: argparse.Namespace) -> int:
         data_dir = args.data_dir / device_id if len(ids) > 1 or args.simulated else args.data_dir
         configs.append(AgentConfig(device_id, address, data_dir, profile=profile, simulated=args.simulated,
                                    keepalive=args.keepalive, model=args.model))
+    if args.trusted_keys is not None:
+        from workbench.agent._deploy_service import use_trusted_keys
+
+        use_trusted_keys(args.trusted_keys)
+    if args.health_port is not None:
+        from workbench.agent._health import serve_health
+
+        serve_health(args.health_port, args.health_host)
     return run_agents(configs)

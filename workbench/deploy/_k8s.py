@@ -19,6 +19,7 @@ from workbench.deploy._package import load_package
 from workbench.profiles import get_profile
 
 PROFILE_LABEL = "workbench.io/profile"
+HEALTH_PORT = 8081  # the agent's /healthz, probed by the kubelet
 
 
 def manifests(package_dir: str | os.PathLike[str], *, broker: str, profile: str | None = None,
@@ -43,15 +44,15 @@ def manifests(package_dir: str | os.PathLike[str], *, broker: str, profile: str 
         "name": "agent",
         "image": image,
         "args": ["agent", "--device-id", "$(NODE_NAME)", "--broker", broker, "--profile", spec.name,
-                 "--data-dir", "/var/lib/workbench"],
-        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-                {"name": "WORKBENCH_TRUSTED_KEYS", "value": "/etc/workbench/trusted_keys"}],
+                 "--data-dir", "/var/lib/workbench", "--trusted-keys", "/etc/workbench/trusted_keys",
+                 "--health-port", str(HEALTH_PORT)],
+        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+        "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
         "resources": {"limits": {"cpu": str(spec.cores), "memory": f"{memory_mb}Mi"},
                       "requests": {"cpu": "250m", "memory": f"{min(256, memory_mb)}Mi"}},
-        # The agent rewrites state.json atomically after every deployment; its presence means the
-        # data volume is mounted and the agent got through start-up.
-        "livenessProbe": {"exec": {"command": ["test", "-s", "/var/lib/workbench/state.json"]},
-                          "initialDelaySeconds": 30, "periodSeconds": 30},
+        # 200 only while the agent is connected and serves a verified model (or needs none).
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"},
+                          "initialDelaySeconds": 30, "periodSeconds": 15, "failureThreshold": 4},
         "volumeMounts": [{"name": "data", "mountPath": "/var/lib/workbench"},
                          {"name": "trusted-keys", "mountPath": "/etc/workbench/trusted_keys", "readOnly": True}],
     }
