@@ -102,8 +102,9 @@ class Installer:
     """
 
     def __init__(self, store: SlotStore, runtime: ModelRuntime, *, trusted_keys: Callable[[], dict[str, Any]],
-                 download_attempts: int = 3, retry_delay: float = 0.5) -> None:
+                 download_attempts: int = 3, retry_delay: float = 0.5, background: bool = True) -> None:
         self.store = store
+        self.background = background  # download, verify and load in a low-priority thread (serving comes first)
         self.runtime = runtime
         self.trusted_keys = trusted_keys
         self.download_attempts = download_attempts
@@ -152,7 +153,21 @@ class Installer:
 
     def _prepare(self, desired: dict[str, Any], slot: str, report: Reporter) -> tuple[Package, LoadedModel,
                                                                                        dict[str, Any]]:
-        """Download, verify, load and health-check ``desired`` into ``slot``; raise on any failure."""
+        """Download, verify, load and health-check ``desired`` into ``slot``; raise on any failure.
+
+        The heavy part runs behind the serving threads (see :mod:`workbench.agent._priority`);
+        the health check runs at normal priority, so its latency is not inflated by that.
+        """
+        from workbench.agent._priority import run_in_background
+
+        def stage() -> tuple[Package, LoadedModel]:
+            return self._stage(desired, slot, report)
+
+        package, loaded = run_in_background(stage) if self.background else stage()
+        report("health_checking", slot=slot)
+        return package, loaded, health_check(loaded, package)
+
+    def _stage(self, desired: dict[str, Any], slot: str, report: Reporter) -> tuple[Package, LoadedModel]:
         package_id = str(desired.get("package_id", ""))
         base_url = str(desired.get("base_url", ""))
         report("downloading", slot=slot)
@@ -178,8 +193,7 @@ class Installer:
         report("loading", slot=slot)
         loaded = self.runtime.load(package.model_file, sha256=package.describe()["model_sha256"],
                                    name=package.name, version=package.version)
-        report("health_checking", slot=slot)
-        return package, loaded, health_check(loaded, package)
+        return package, loaded
 
     def install(self, desired: dict[str, Any], report: Reporter) -> dict[str, Any]:
         """Download, verify, load, health-check and activate ``desired``; return the final report fields.
