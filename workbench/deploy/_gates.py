@@ -2,11 +2,12 @@
 
 Gates read metrics through a small interface, :class:`MetricSource`: a callable
 ``source(device_id, metric, window_s) -> float | None`` giving the metric's current value on
-one device over the last ``window_s`` seconds. Today the workbench feeds it with
-:class:`ProbeMetrics`, which measures for real on the device (the agent's ``probe`` command
-runs N inferences of the active model on its package's sample input and returns latency
-percentiles and the error rate). The live telemetry store plugs in here later: any object
-with the same call signature, passed as ``fleet.deploy(..., metrics=store_source)``.
+one device over the last ``window_s`` seconds. By default a rollout with gates uses
+:class:`~workbench.deploy._telemetry_gates.GateMetrics`: live telemetry of the deployed model
+where devices send it, else :class:`ProbeMetrics`, which measures for real on the device (the
+agent's ``probe`` command runs N inferences of the active model on its package's sample input
+and returns latency percentiles and the error rate). Any object with the same call signature
+can be passed as ``fleet.deploy(..., metrics=source)``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ METRICS = ("p50_latency_ms", "p95_latency_ms", "mean_latency_ms", "error_rate", 
 
 
 class MetricSource(Protocol):
-    """Where gates read metrics: the probe today, the telemetry store later."""
+    """Where gates read metrics: telemetry, a probe, or anything else with this signature."""
 
     def __call__(self, device_id: str, metric: str, window_s: float) -> float | None:
         """The metric's value on ``device_id`` over the last ``window_s`` seconds (None: no data)."""
@@ -77,7 +78,7 @@ class ProbeMetrics:
     """A :class:`MetricSource` measuring on the device itself with the agent's ``probe`` command.
 
     One probe (``n`` real inferences) answers every metric of a device for ``window_s`` seconds.
-    This stands in for the telemetry store until that is wired in.
+    Gates fall back to it for devices that send no telemetry.
 
     Example:
         >>> ProbeMetrics(fleet)("sim-01", "p95_latency_ms", 5.0)   # doctest: +SKIP

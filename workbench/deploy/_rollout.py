@@ -559,9 +559,13 @@ def deploy(
     """Deploy a model package to devices of ``fleet``; returns the running :class:`Rollout`.
 
     The package is signed with the workbench key if it is not yet (an optimizer's output),
-    verified, served by hash from the artifact server, and set as each device's desired
-    model wave by wave. ``metrics`` is where gates read live values (default: a real probe
-    on the device; pass the telemetry store's source once it exists).
+    verified, put into the artifact store and set as each device's desired model wave by
+    wave. The store is, in order: ``artifacts`` (an :class:`ArtifactStore`, or a base URL
+    together with ``artifact_dir``, the directory that server serves), the artifact server
+    process of a local fleet (``workbench up``), or a server in this process. ``metrics`` is
+    where gates read live values (default: the deployed devices' telemetry where it flows,
+    a real probe on the device otherwise). ``strategy=workbench.Shadow(...)`` runs the
+    candidate beside the active model instead, then promotes or discards it.
 
     Raises :class:`DeployConflictError` when another rollout is deploying to one of the devices.
 

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 import urllib.error
@@ -26,6 +27,7 @@ from workbench.errors import ArtifactError, ConfigError
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CHUNK = 1 << 16
+_LOG_LOCK = threading.Lock()
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -228,7 +230,10 @@ def _make_handler(server: ArtifactServer) -> type[BaseHTTPRequestHandler]:
                     sent += len(block)
                     server.bytes_served += len(block)
             if server.log:
-                print(f"GET {name[:12]} range={header or '-'} status={int(status)} bytes={sent}", flush=True)
+                # One write per line: print() writes the newline separately, so threads would interleave.
+                with _LOG_LOCK:
+                    sys.stdout.write(f"GET {name[:12]} range={header or '-'} status={int(status)} bytes={sent}\n")
+                    sys.stdout.flush()
 
         def _error(self, status: HTTPStatus, message: str, size: int | None = None) -> None:
             data = message.encode()
