@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--latency-budget-ms", type=float)
     parser.add_argument("--max-size-mb", type=float)
     parser.add_argument("--passes", help="comma-separated variants to build (default: all worth building)")
-    parser.add_argument("--iterations", type=int, default=100, help="timed runs per candidate (default 100)")
+    parser.add_argument("--iterations", type=int, default=200, help="timed runs per candidate (default 200)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the optimize cache")
     parser.add_argument("--cache-dir", help="optimize cache directory (default ~/.cache/workbench/optimize)")
     parser.add_argument("--run-dir", help="local fleet run dir, for a device target")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from statistics import median
 from typing import Any
 
 # The smallest speed-up that counts as real even when the measured spread is lower: timings on a
@@ -76,20 +78,44 @@ def pareto_front(rows: list[dict[str, Any]]) -> set[str]:
     return front
 
 
+def _ratios(row: dict[str, Any], baseline: dict[str, Any]) -> list[float] | None:
+    mine, base = row.get("round_p50_ms"), baseline.get("round_p50_ms")
+    if mine and base and len(mine) == len(base) and len(mine) >= 3:
+        return [b / max(m, 1e-12) for m, b in zip(mine, base, strict=True)]
+    return None
+
+
+def speedup(row: dict[str, Any], baseline: dict[str, Any]) -> float:
+    """How much faster than FP32 a variant is: the median of its round-by-round speed-ups where the
+    rounds were interleaved (load that comes and goes hits both alike), else the ratio of p50s.
+
+    Example:
+        >>> speedup({"round_p50_ms": [1.0, 1.0, 2.0]}, {"round_p50_ms": [2.0, 2.2, 2.0]})
+        2.0
+    """
+    ratios = _ratios(row, baseline)
+    if ratios:
+        return float(median(ratios))
+    return float(baseline["p50_ms"]) / max(float(row["p50_ms"]), 1e-12)
+
+
 def noise_margin(row: dict[str, Any], baseline: dict[str, Any]) -> float:
     """How much faster than FP32 a variant must be to count: at least 5%, more where timing was noisy.
 
-    With per-round medians from interleaved rounds, the noise is the spread of the round-by-round
-    speed-ups ((max - min) / 2); otherwise the larger of the two models' own spreads.
+    With paired rounds, the noise is a 95% half-width of the median speed-up, from the rounds'
+    median absolute deviation (robust to a round hit by a burst of other load); otherwise the
+    larger of the two models' own spreads.
 
     Example:
-        >>> round(noise_margin({"round_p50_ms": [1.0, 1.0]}, {"round_p50_ms": [2.0, 2.4]}), 3)
-        0.2
+        >>> base = {"round_p50_ms": [2.0, 2.0, 2.0, 2.0, 2.0]}
+        >>> round(noise_margin({"round_p50_ms": [2.0, 2.0 / 1.2, 2.0 / 1.4, 2.0 / 1.1, 2.0 / 1.3]}, base), 3)
+        0.133
     """
-    mine, base = row.get("round_p50_ms"), baseline.get("round_p50_ms")
-    if mine and base and len(mine) == len(base):
-        ratios = [b / max(m, 1e-12) for m, b in zip(mine, base, strict=True)]
-        return max(MIN_NOISE_MARGIN, (max(ratios) - min(ratios)) / 2.0)
+    ratios = _ratios(row, baseline)
+    if ratios:
+        center = median(ratios)
+        mad = median([abs(r - center) for r in ratios])
+        return max(MIN_NOISE_MARGIN, 1.4826 * mad * 2.0 / math.sqrt(len(ratios)))
     return max(MIN_NOISE_MARGIN, float(row.get("spread") or 0.0), float(baseline.get("spread") or 0.0))
 
 
@@ -133,22 +159,22 @@ def choose(rows: list[dict[str, Any]], constraints: Constraints) -> Choice:
     for row in rows:
         if row["variant"] == BASELINE or failures[row["variant"]]:
             continue
-        speedup = baseline["p50_ms"] / max(row["p50_ms"], 1e-12)
+        gain = speedup(row, baseline)
         margin = noise_margin(row, baseline)
-        if speedup > 1.0 + margin:
-            eligible.append((row, speedup, margin))
+        if gain > 1.0 + margin:
+            eligible.append((row, gain, margin))
         else:
-            slower.append(f"{row['variant']} {speedup:.2f}x (needs > {1 + margin:.2f}x)")
+            slower.append(f"{row['variant']} {gain:.2f}x (needs > {1 + margin:.2f}x)")
             failures[row["variant"]].append(
-                f"not faster than FP32 beyond the noise: {speedup:.2f}x, needs more than {1 + margin:.2f}x")
+                f"not faster than FP32 beyond the noise: {gain:.2f}x, needs more than {1 + margin:.2f}x")
     if eligible:
         # Among the fast ones, latencies within the noise of the fastest tie: prefer quality, then size.
         fastest = min(r["p50_ms"] for r, _, _ in eligible)
         tied = [e for e in eligible if e[0]["p50_ms"] <= fastest * (1.0 + e[2])]
-        row, speedup, margin = max(tied, key=lambda e: (e[0]["quality"], -e[0]["size_mb"], -e[0]["p50_ms"]))
+        row, gain, margin = max(tied, key=lambda e: (e[0]["quality"], -e[0]["size_mb"], -e[0]["p50_ms"]))
         drop = (baseline["quality"] - row["quality"]) * 100
         return Choice(row["variant"],
-                      f"{speedup:.2f}x faster than FP32 at p50 ({row['p50_ms']:.3f} vs {baseline['p50_ms']:.3f} ms, "
+                      f"{gain:.2f}x faster than FP32 at p50 ({row['p50_ms']:.3f} vs {baseline['p50_ms']:.3f} ms, "
                       f"beyond the {margin * 100:.0f}% noise margin), {row['quality_name']} drop {drop:.2f} points, "
                       f"{row['size_mb']:.3f} MB; meets every constraint", failures)
     if failures[BASELINE]:

@@ -15,7 +15,7 @@ import numpy as np
 from workbench.errors import ConfigError
 from workbench.optimize import _prune
 from workbench.optimize._cache import OptimizeCache, default_cache_dir, key_of, tool_versions
-from workbench.optimize._choice import BASELINE, Constraints, choose, constraint_failures, pareto_front
+from workbench.optimize._choice import BASELINE, Constraints, choose, constraint_failures, pareto_front, speedup
 from workbench.optimize._data import Samples, generated_samples, to_samples
 from workbench.optimize._exclude import rank_layers
 from workbench.optimize._export import export_onnx
@@ -131,8 +131,8 @@ def optimize(
     passes: Sequence[str] | None = None,
     batch: int = 1,
     warmup: int = 5,
-    iterations: int = 100,
-    rounds: int = 5,
+    iterations: int = 200,
+    rounds: int = 7,
     calibration_memory_mb: int = DEFAULT_CALIBRATION_MEMORY_MB,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
@@ -300,7 +300,7 @@ def optimize(
         cache.put_row(row_keys[variant], row)
     base = rows[BASELINE]
     for row in rows.values():
-        row["speedup"] = base["p50_ms"] / max(row["p50_ms"], 1e-12)
+        row["speedup"] = speedup(row, base)
     parts = {v: {"recipe": recipes[v], "versions": versions, "target": fingerprint, "measure": measure_settings}
              for v in rows}
     diff = cache.diff_against_last(key_of({"source": source_sha, "target": resolved.name}), parts)

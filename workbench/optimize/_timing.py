@@ -54,7 +54,7 @@ def time_models(
     warmup: int = 5,
     iterations: int = 50,
     rounds: int = 5,
-    min_round_ms: float = 30.0,
+    min_round_ms: float = 50.0,
     session_options: Any = None,
     memory_check: Any = None,
 ) -> dict[str, Timing]:
