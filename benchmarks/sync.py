@@ -1,9 +1,11 @@
 """Sync benchmark: backlog drain, bytes on the wire vs plain JSON, and link utilisation on lte and satellite.
 
 Runs the real sync parts in one process: a SQLite outbox on disk, the sender with
-its codec and adaptive batching, the link shaper, and the receiver storing into a
-SQLite store on disk and acknowledging (the MQTT broker is left out: it would add
-the same hop to both sides of every ratio). Points are real telemetry batches
+its codec and adaptive batching, the link shaper, and the receiver handing the
+telemetry batches to the telemetry ingestor, which inserts them into DuckDB on disk
+(the store ``fleet.telemetry.query`` reads) and acknowledges each batch once its
+insert has committed (the MQTT broker is left out: it would add the same hop to both
+sides of every ratio). Points are real telemetry batches
 (``workbench.telemetry._wire``) of synthetic sensor-like readings: 10 metrics, a
 random walk each, at 10 ms steps.
 
@@ -30,6 +32,8 @@ import numpy as np
 from workbench.sync import Codec, LinkShaper, Outbox, Sender, link_profile
 from workbench.sync._receiver import SyncReceiver, decode_ack
 from workbench.sync._store import SyncStore
+from workbench.telemetry._ingest import Ingestor
+from workbench.telemetry._store import DuckDBStore
 from workbench.telemetry._wire import encode_batch
 
 NAMES = [f"sensor_{i}" for i in range(10)]
@@ -59,13 +63,15 @@ def make_batches(points: int, per_batch: int = 1000, seed: int = 0) -> list[tupl
 
 
 class Rig:
-    """Outbox -> sender -> shaper -> receiver -> store, and acks back through the shaper."""
+    """Outbox -> sender -> shaper -> receiver -> ingestor -> DuckDB, and acks back through the shaper."""
 
     def __init__(self, directory: Path, link: str) -> None:
         self.outbox = Outbox(directory / "outbox.db", max_bytes=2**31)
         self.shaper = LinkShaper(link_profile(link), seed=1)
         self.store = SyncStore(directory / "store.db", keep_payloads=True)
-        self.receiver = SyncReceiver(None, self.store, send_ack=self._ack)
+        self.telemetry = DuckDBStore(directory / "telemetry.duckdb")
+        self.ingestor = Ingestor(self.telemetry, retention_every_s=3600)  # the points are from 2023: keep them
+        self.receiver = SyncReceiver(None, self.store, telemetry=self.ingestor, send_ack=self._ack)
         self.sender = Sender(self.outbox, Codec(), self.shaper, self._publish, overhead_bytes=TOPIC_BYTES)
 
     def _publish(self, message: bytes) -> bool:
@@ -79,6 +85,8 @@ class Rig:
     def close(self) -> None:
         self.sender.stop()
         self.receiver.close()
+        self.ingestor.close()
+        self.telemetry.close()
         self.shaper.close()
         self.outbox.close()
 
@@ -97,10 +105,12 @@ def drain(points: int, directory: Path) -> dict[str, float]:
         time.sleep(0.01)
     rig.receiver.wait_idle(30)
     elapsed = time.perf_counter() - start
-    stored = len(rig.store.seqs("sim-01"))
+    stored = len(rig.telemetry.seen_batches().get("sim-01", ()))
+    stored_points = rig.telemetry.count()
     wire = rig.sender.wire_bytes
     rig.close()
     assert stored == len(batches), f"{stored} of {len(batches)} batches stored"
+    assert stored_points == points, f"{stored_points} of {points} points stored"
     return {"points": points, "batches": len(batches), "drain_s": elapsed, "points_per_s": points / elapsed,
             "wire_bytes": wire, "binary_bytes": raw_bytes, "json_bytes": json_bytes,
             "wire_vs_json": wire / json_bytes}

@@ -23,11 +23,17 @@ DEVICE = "sim-01"
 
 
 @pytest.fixture
-def synced(fleet_factory: FleetFactory, tmp_path: Path) -> Iterator[tuple[dict[str, Any], Fleet, Path]]:
+def synced(fleet_factory: FleetFactory, tmp_path: Path) -> Iterator[tuple[dict[str, Any], Fleet, Path, int]]:
+    """A one-device fleet with its telemetry stopped, and how many items its outbox had produced by then.
+
+    Telemetry batches share the outbox (sequence numbers 1..base here): these tests count only their own items.
+    """
     record = fleet_factory(devices=1, keepalive=2)
     with workbench.connect(run_dir=record["run_dir"]) as fleet:
         fleet.wait_for(1, timeout=30)
-        yield record, fleet, tmp_path / "sync.db"
+        fleet.call(DEVICE, "telemetry.configure", {"enabled": False}, timeout=15)
+        time.sleep(0.3)  # a batch being queued as it was switched off
+        yield record, fleet, tmp_path / "sync.db", _status(fleet)["counters"].get("produced", 0)
 
 
 def _status(fleet: Fleet) -> dict[str, Any]:
@@ -45,8 +51,9 @@ def _settle(fleet: Fleet, store: SyncStore, *, produced: int | None = None, time
         if status is not None:
             counters = status["counters"]
             dropped = sum(counters.get(f"dropped_{p}", 0) for p in PRIORITIES)
-            done = produced is None or counters.get("produced", 0) == produced
-            if done and status["outbox_bytes"] == 0 and len(store.seqs(DEVICE)) == counters["produced"] - dropped:
+            made = counters.get("produced", 0)
+            done = produced is None or made == produced
+            if done and status["outbox_bytes"] == 0 and len(store.seqs(DEVICE)) == made - dropped:
                 return status
         if time.monotonic() > deadline:
             raise AssertionError(f"sync did not settle: {status and status['counters']}, "
@@ -66,8 +73,8 @@ def _produce(fleet: Fleet, count: int, priority: str = "normal", rate_hz: float 
     fleet.call(DEVICE, "sync.produce", {"count": count, "priority": priority, "rate_hz": rate_hz, "size": 200})
 
 
-def test_sync_stores_every_item_once_when_broker_restarts(synced: tuple[dict[str, Any], Fleet, Path]) -> None:
-    record, fleet, db = synced
+def test_sync_stores_every_item_once_when_broker_restarts(synced: tuple[dict[str, Any], Fleet, Path, int]) -> None:
+    record, fleet, db, base = synced
     receiver = SyncReceiver(fleet.address, SyncStore(db))
     try:
         _produce(fleet, 1500, rate_hz=300)
@@ -78,7 +85,7 @@ def test_sync_stores_every_item_once_when_broker_restarts(synced: tuple[dict[str
         try:
             assert _procs.wait_port("127.0.0.1", record["broker"]["port"], timeout=20)
             fleet.wait_until(lambda f: f[DEVICE].online, timeout=30)
-            status = _settle(fleet, receiver.store, produced=1500)
+            status = _settle(fleet, receiver.store, produced=base + 1500)
             _assert_exact(receiver.store, status)
         finally:
             _procs.stop([restarted])
@@ -86,8 +93,9 @@ def test_sync_stores_every_item_once_when_broker_restarts(synced: tuple[dict[str
         receiver.close()
 
 
-def test_sync_stores_every_item_once_when_agent_killed_repeatedly(synced: tuple[dict[str, Any], Fleet, Path]) -> None:
-    record, fleet, db = synced
+def test_sync_stores_every_item_once_when_agent_killed_repeatedly(
+        synced: tuple[dict[str, Any], Fleet, Path, int]) -> None:
+    record, fleet, db, base = synced
     receiver = SyncReceiver(fleet.address, SyncStore(db))
     agent = record["agents"][0]
     spawned: list[Any] = []
@@ -104,7 +112,7 @@ def test_sync_stores_every_item_once_when_agent_killed_repeatedly(synced: tuple[
             pid = process["pid"]
         fleet.wait_until(lambda f: f[DEVICE].online, timeout=30)
         status = _settle(fleet, receiver.store)
-        assert status["counters"]["produced"] > 1000  # every kill interrupted real work
+        assert status["counters"]["produced"] - base > 1000  # every kill interrupted real work
         _assert_exact(receiver.store, status)
     finally:
         _procs.stop(spawned)
@@ -112,8 +120,8 @@ def test_sync_stores_every_item_once_when_agent_killed_repeatedly(synced: tuple[
 
 
 def test_sync_drains_critical_first_and_exactly_once_after_partition(
-        synced: tuple[dict[str, Any], Fleet, Path]) -> None:
-    _, fleet, db = synced
+        synced: tuple[dict[str, Any], Fleet, Path, int]) -> None:
+    _, fleet, db, base = synced
     receiver = SyncReceiver(fleet.address, SyncStore(db))
     try:
         fleet.call(DEVICE, "sync.partition", {"seconds": 30})
@@ -123,9 +131,9 @@ def test_sync_drains_critical_first_and_exactly_once_after_partition(
         during = _status(fleet)
         assert not during["link_up"]
         assert during["backlog"]["critical"]["items"] == 300 and during["backlog"]["bulk"]["items"] == 300
-        assert receiver.store.seqs(DEVICE) == []
+        assert [seq for seq in receiver.store.seqs(DEVICE) if seq > base] == []
         fleet.call(DEVICE, "sync.partition", {"seconds": 0})
-        status = _settle(fleet, receiver.store, produced=600)
+        status = _settle(fleet, receiver.store, produced=base + 600)
         _assert_exact(receiver.store, status)
         rows = receiver.store.rows(DEVICE)
         last_critical = max(i for i, row in enumerate(rows) if row[1] == "critical")
@@ -135,8 +143,9 @@ def test_sync_drains_critical_first_and_exactly_once_after_partition(
         receiver.close()
 
 
-def test_sync_stores_every_item_once_when_ingestion_restarts(synced: tuple[dict[str, Any], Fleet, Path]) -> None:
-    _, fleet, db = synced
+def test_sync_stores_every_item_once_when_ingestion_restarts(
+        synced: tuple[dict[str, Any], Fleet, Path, int]) -> None:
+    _, fleet, db, base = synced
     receiver = SyncReceiver(fleet.address, SyncStore(db))
     try:
         _produce(fleet, 1500, rate_hz=300)
@@ -144,33 +153,34 @@ def test_sync_stores_every_item_once_when_ingestion_restarts(synced: tuple[dict[
         receiver.close()  # what was published meanwhile reaches no one and is never acknowledged
         time.sleep(2.0)
         receiver = SyncReceiver(fleet.address, SyncStore(db))
-        status = _settle(fleet, receiver.store, produced=1500)
+        status = _settle(fleet, receiver.store, produced=base + 1500)
         _assert_exact(receiver.store, status)
     finally:
         receiver.close()
 
 
 def test_sync_drops_only_counted_bulk_when_outbox_disk_bound_reached(
-        synced: tuple[dict[str, Any], Fleet, Path]) -> None:
-    _, fleet, db = synced
+        synced: tuple[dict[str, Any], Fleet, Path, int]) -> None:
+    _, fleet, db, base = synced
     receiver = SyncReceiver(fleet.address, SyncStore(db))
     try:
+        _settle(fleet, receiver.store, produced=base)  # the telemetry batches leave first: an empty outbox
         fleet.call(DEVICE, "sync.configure", {"max_mb": 0.05})  # 50 kB: 250 items of 200 bytes
         fleet.call(DEVICE, "sync.partition", {"seconds": 30})
-        _produce(fleet, 400, priority="bulk", rate_hz=2000)  # seqs 1-400
+        _produce(fleet, 400, priority="bulk", rate_hz=2000)  # seqs base + 1-400
         time.sleep(1.0)  # 400 items at 2000/s: all queued before the critical ones
-        _produce(fleet, 100, priority="critical", rate_hz=2000)  # seqs 401-500
+        _produce(fleet, 100, priority="critical", rate_hz=2000)  # seqs base + 401-500
         time.sleep(1.0)
         fleet.call(DEVICE, "sync.partition", {"seconds": 0})
-        status = _settle(fleet, receiver.store, produced=500)
+        status = _settle(fleet, receiver.store, produced=base + 500)
         counters = status["counters"]
         assert counters["dropped_bulk"] == 250  # 400 + 100 items, room for 250: the 250 oldest bulk go
         assert counters.get("dropped_critical", 0) == 0
         stored = receiver.store.seqs(DEVICE)
-        dropped = set(range(1, 501)) - set(stored)
+        dropped = set(range(1, base + 501)) - set(stored)
         assert len(dropped) == counters["dropped_bulk"]
-        assert dropped <= set(range(1, 401))  # only bulk
-        assert set(range(401, 501)) <= set(stored)
+        assert dropped <= set(range(base + 1, base + 401))  # only bulk
+        assert set(range(base + 401, base + 501)) <= set(stored)
         _assert_exact(receiver.store, status, dropped)
     finally:
         receiver.close()

@@ -47,7 +47,7 @@ def test_query_returns_each_devices_inference_metrics_when_models_serve_replayed
         assert dropped > 0  # a 0.99 threshold drops some logistic-regression answers
         health = telemetry.health().set_index("device_id")
         assert health.loc["sim-01", "model"] == "digits" and health.loc["sim-02", "model"] == "anomaly"
-        assert health["sync_backlog"].isna().all()
+        assert (health["sync_backlog"] >= 0).all()  # both devices reported their outbox (telemetry goes through it)
         stats = telemetry.stats().set_index("device_id")
         assert (stats[["duplicates", "malformed", "truncated"]] == 0).all().all()
 

@@ -25,7 +25,7 @@ def _raw(device: str, seq: int, *, n: int = 10, t0: float | None = None, sent: f
 
 @pytest.fixture
 def ingestor() -> Ingestor:
-    ingest = Ingestor(None, DuckDBStore(), flush_interval_s=0.01)
+    ingest = Ingestor(DuckDBStore(), flush_interval_s=0.01)
     yield ingest
     ingest.close()
 
@@ -51,12 +51,12 @@ def test_ingestor_counts_gaps_and_late_arrivals_when_sequences_skip_and_reorder(
 
 def test_ingestor_does_not_store_a_duplicate_when_restarted_on_the_same_file(tmp_path: Path) -> None:
     path = tmp_path / "t.duckdb"
-    first = Ingestor(None, DuckDBStore(path), flush_interval_s=0.01)
+    first = Ingestor(DuckDBStore(path), flush_interval_s=0.01)
     first.feed(_raw("sim-01", 7), TOPIC.format("sim-01"))
     assert first.wait_idle()
     first.close()
     first.store.close()  # type: ignore[attr-defined]
-    second = Ingestor(None, DuckDBStore(path), flush_interval_s=0.01)
+    second = Ingestor(DuckDBStore(path), flush_interval_s=0.01)
     second.feed(_raw("sim-01", 7), TOPIC.format("sim-01"))
     second.feed(_raw("sim-01", 8), TOPIC.format("sim-01"))
     assert second.wait_idle()

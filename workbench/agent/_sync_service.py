@@ -114,6 +114,11 @@ class SyncService:
                                               daemon=True)
         self._state_thread.start()
 
+    @property
+    def stopped(self) -> bool:
+        """True once the agent is shutting the service down: :meth:`put` is refused from then on."""
+        return self._stop.is_set()
+
     def stop(self) -> None:
         self._stop.set()
         for thread in self._producers:
@@ -129,6 +134,8 @@ class SyncService:
 
     def put(self, payload: bytes, *, priority: str | int = "normal", kind: str = "event") -> int | None:
         """Queue an item durably; returns its sequence number (None: dropped by the disk bound, counted)."""
+        if self._stop.is_set():
+            raise ConfigError(f"sync on {self.agent.device_id} is shutting down; the item was not queued")
         seq = self.outbox.put(payload, priority=priority, kind=kind)
         self.sender.wake()
         return seq

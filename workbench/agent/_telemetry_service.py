@@ -1,4 +1,4 @@
-"""The agent's telemetry service: runs inference on a source and publishes metrics in binary batches.
+"""The agent's telemetry service: runs inference on a source and queues metrics in binary batches.
 
 Configured per device by the ``telemetry.configure`` command or the retained desired
 state ``wb/v1/desired/{device}/telemetry`` (both take the same keys, see
@@ -6,9 +6,13 @@ state ``wb/v1/desired/{device}/telemetry`` (both take the same keys, see
 
 Every ``publish_interval_s`` the publisher drains the window's points, adds the
 device metrics (CPU, memory, disk, temperature where a sensor exists, uptime) and
-publishes them in batches of at most ``batch_size`` points, each with the next
-sequence number. Sequence numbers start at ``boot << 32`` with a boot counter kept in
-the device's state, so they only ever grow, across restarts too.
+queues them in batches of at most ``batch_size`` points, each with the next sequence
+number, in the device's sync outbox (kind ``telemetry``, priority ``priority``). The
+outbox is the one way to the workbench: a batch is on disk when queued, survives a
+broker outage, a partition or ``kill -9``, and leaves the device only once the
+workbench has committed it to its telemetry store. It keeps being produced while the
+device is offline. Sequence numbers start at ``boot << 32`` with a boot counter kept
+in the device's state, so they only ever grow, across restarts too.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import psutil
 from workbench.agent._commands import register_command
 from workbench.agent._inference import SOURCES, InferenceLoop, Metrics, Point
 from workbench.agent._services import register_service
+from workbench.agent._sync_service import SyncService, sync_service
 from workbench.errors import ConfigError, PayloadError
 from workbench.fleet import topics
+from workbench.sync._priority import PRIORITIES
 from workbench.telemetry._wire import encode_batch
 
 if TYPE_CHECKING:
@@ -40,7 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "publish_interval_s": 1.0,
     "batch_size": 500,
-    "qos": 1,
+    "qos": 1,                   # unused: the outbox always sends at QoS 1 (kept so old configs still apply)
+    "priority": "normal",       # the outbox priority of telemetry batches (evictable under the disk bound)
     "source": "none",           # digits | sensors | synthetic | http | none
     "rate_hz": 10.0,
     "confidence_threshold": 0.5,
@@ -73,6 +80,8 @@ def validate_config(changes: dict[str, Any], current: dict[str, Any] | None = No
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                 raise ConfigError(f"telemetry setting {key} must be a number from {low} to {high}, got {value!r}")
             value = kind(value)
+        elif key == "priority" and value not in PRIORITIES:
+            raise ConfigError(f"telemetry priority must be one of {', '.join(PRIORITIES)}, got {value!r}")
         elif key == "source" and value not in SOURCES:
             raise ConfigError(f"unknown telemetry source {value!r}; choose one of {', '.join(SOURCES)}")
         elif key == "enabled" and not isinstance(value, bool):
@@ -89,8 +98,9 @@ class TelemetryService:
         self.config = validate_config({}, {**DEFAULTS, **(agent.state.get("telemetry") or {})})
         self.metrics = Metrics()
         self.loop: InferenceLoop | None = None
-        self.batches_sent = 0
+        self.batches_sent = 0  # queued in the outbox
         self.points_sent = 0
+        self.batches_dropped = 0  # refused by the outbox's disk bound (counted there too)
         self._seq = 0
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -177,7 +187,8 @@ class TelemetryService:
     def status(self) -> dict[str, Any]:
         loop = self.loop
         return {"config": dict(self.config), "seq": self._seq, "batches_sent": self.batches_sent,
-                "points_sent": self.points_sent, "http_port": loop.http_port if loop else None,
+                "points_sent": self.points_sent, "batches_dropped": self.batches_dropped,
+                "http_port": loop.http_port if loop else None,
                 "queued_results": len(loop.results) if loop else 0}
 
     # -- publishing -----------------------------------------------------------------------------------
@@ -214,8 +225,8 @@ class TelemetryService:
             interval = float(self.config["publish_interval_s"])
             self._wake.wait(interval)
             self._wake.clear()
-            if not self.config["enabled"] or not self.agent.online:
-                continue
+            if not self.config["enabled"]:
+                continue  # offline is fine: the outbox keeps the batches until the link is back
             now = time.time()
             points, summary = self.metrics.drain()
             points += [(now, name, value) for name, value in summary.items()]
@@ -234,9 +245,22 @@ class TelemetryService:
         self._seq += 1
         return self._seq
 
+    def _outbox(self) -> SyncService:
+        return sync_service(self.agent)
+
+    def _queue(self, raw: bytes, points: int) -> None:
+        outbox = self._outbox()
+        if outbox.stopped:  # the agent is shutting down (sync stops first); the points end with the process
+            return
+        seq = outbox.put(raw, priority=str(self.config["priority"]), kind="telemetry")
+        if seq is None:
+            self.batches_dropped += 1
+            return
+        self.batches_sent += 1
+        self.points_sent += points
+
     def _publish(self, points: list[Point]) -> None:
         size = int(self.config["batch_size"])
-        topic = topics.telemetry_topic(self.agent.device_id)
         tags = self._tags()
         for start in range(0, len(points), size):
             chunk = points[start:start + size]
@@ -245,15 +269,12 @@ class TelemetryService:
             ts = np.fromiter((p[0] for p in chunk), dtype=np.float64, count=len(chunk))
             values = np.fromiter((p[2] for p in chunk), dtype=np.float64, count=len(chunk))
             raw = encode_batch(self.agent.device_id, self._next_seq(), ts, list(names), index, values, tags=tags)
-            self.agent.publish(topic, raw, qos=int(self.config["qos"]))
-            self.batches_sent += 1
-            self.points_sent += len(chunk)
+            self._queue(raw, len(chunk))
 
     def _publish_synthetic(self, count: int, now: float) -> None:
         # A load generator for benchmarks: columns are built with numpy, not point by point.
         size = int(self.config["batch_size"])
         names = [f"synthetic_{i}" for i in range(10)]
-        topic = topics.telemetry_topic(self.agent.device_id)
         tags = {"source": "synthetic"}
         index = (np.arange(size) % len(names)).astype(np.uint16)
         values = np.random.default_rng(self._seq & 0xFFFF).normal(size=size)
@@ -262,9 +283,7 @@ class TelemetryService:
             ts = now + np.arange(n) * 1e-6
             raw = encode_batch(self.agent.device_id, self._next_seq(), ts, names, index[:n], values[:n],
                                sent=time.time(), tags=tags)
-            self.agent.publish(topic, raw, qos=int(self.config["qos"]))
-            self.batches_sent += 1
-            self.points_sent += n
+            self._queue(raw, n)
 
 
 def _service(agent: DeviceAgent) -> TelemetryService:

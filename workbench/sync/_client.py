@@ -1,4 +1,10 @@
-"""`fleet.sync`: the workbench's receiver, every device's reported sync state, and the sync controls."""
+"""`fleet.sync`: the workbench's receiver, every device's reported sync state, and the sync controls.
+
+A fleet has one receiving end: the receiver of ``fleet.sync`` stores events, results
+and state in its SQLite store and hands telemetry batches to the ingestor of
+``fleet.telemetry`` (DuckDB). Using either starts both, so a notebook that only
+queries telemetry still receives it, and telemetry is never stored twice.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from workbench.fleet._fleet import Fleet
+    from workbench.telemetry._client import Telemetry
 
 STATE_COLUMNS = ["device_id", "priority", "queued_items", "queued_bytes", "oldest_unsent_age_s", "last_sync",
                  "throughput_bps", "compression_ratio", "dropped", "deduplicated", "link", "link_up"]
@@ -31,18 +38,24 @@ STATE_COLUMNS = ["device_id", "priority", "queued_items", "queued_bytes", "oldes
 class Sync:
     """The fleet's sync: stores what devices send (``store``), and shows their reported state.
 
-    Made on first use of ``fleet.sync`` with an in-memory store, or
-    ``Sync(fleet, path="sync.db")`` for a file (``$WORKBENCH_SYNC_DB`` sets the default).
+    Made on first use of ``fleet.sync`` (or of ``fleet.telemetry``) with an in-memory store,
+    or ``Sync(fleet, path="sync.db")`` for a file (``$WORKBENCH_SYNC_DB`` sets the default).
+    Its receiver's telemetry goes to ``telemetry`` (by default the fleet's, started here
+    if it is not yet).
 
     Example:
         >>> fleet.sync_state()                          # doctest: +SKIP
         >>> fleet["sim-02"].set_link("satellite")      # doctest: +SKIP
     """
 
-    def __init__(self, fleet: Fleet, *, path: str | os.PathLike[str] | None = None, receive: bool = True) -> None:
+    def __init__(self, fleet: Fleet, *, path: str | os.PathLike[str] | None = None, receive: bool = True,
+                 telemetry: Telemetry | None = None) -> None:
         self.fleet = fleet
         path = path if path is not None else os.environ.get("WORKBENCH_SYNC_DB")
-        self.receiver = SyncReceiver(fleet.address, SyncStore(path)) if receive else None
+        if receive and telemetry is None:
+            telemetry = _fleet_telemetry(fleet)
+        self.receiver = SyncReceiver(fleet.address, SyncStore(path), telemetry=telemetry.ingestor if telemetry
+                                     else None) if receive else None
         self.states: dict[str, dict[str, Any]] = {}
         self.revision = 0
         self._desired_docs: dict[str, dict[str, Any]] = {}
@@ -166,3 +179,32 @@ class Sync:
         close_client(self._client)
         if self.receiver is not None:
             self.receiver.close()
+
+
+def _fleet_telemetry(fleet: Fleet) -> Telemetry:
+    # The fleet's telemetry without a receiver of its own: this Sync's receiver feeds it.
+    telemetry: Telemetry | None = getattr(fleet, "_telemetry", None)
+    if telemetry is None:
+        from workbench.telemetry._client import Telemetry
+
+        telemetry = Telemetry(fleet, receive=False)
+        fleet._telemetry = telemetry  # what the fleet.telemetry property returns from now on
+    return telemetry
+
+
+def receive_telemetry(fleet: Fleet, telemetry: Telemetry) -> Sync:
+    """Route the fleet's synced telemetry into ``telemetry``, starting the fleet's sync if it is not running.
+
+    Example:
+        >>> receive_telemetry(fleet, Telemetry(fleet, path="t.duckdb", receive=False))   # doctest: +SKIP
+    """
+    sync: Sync | None = getattr(fleet, "_sync", None)
+    if sync is None:
+        sync = Sync(fleet, telemetry=telemetry)
+        fleet._sync = sync  # what the fleet.sync property returns from now on
+    elif sync.receiver is not None:
+        sync.receiver.telemetry = telemetry.ingestor
+    else:
+        sync.receiver = SyncReceiver(fleet.address, SyncStore(os.environ.get("WORKBENCH_SYNC_DB")),
+                                     telemetry=telemetry.ingestor)
+    return sync

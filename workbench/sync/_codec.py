@@ -2,7 +2,7 @@
 
 Layout (little-endian)::
 
-    b"WBS"  version:u8  dict_id:u32  raw_len:u32  zstd(frame)
+    b"WBS"  version:u8  dict_id:u32  raw_len:u32  sent:f64  zstd(frame)
     frame = item*   item = seq:u64  priority:u8  kind_len:u8  kind  payload_len:u32  payload
 
 Telemetry batches (``kind == "telemetry"``, the ``WBT`` columns of
@@ -10,12 +10,16 @@ Telemetry batches (``kind == "telemetry"``, the ``WBT`` columns of
 timestamps as deltas, and the float columns byte-shuffled, so that zstd sees the
 slowly changing high bytes together. The transform is exact (bit for bit) and is
 undone on decode. A dictionary (``dict_id`` not 0) helps small items; both sides must
-hold it (the agent sends it first as an item of kind ``zstd-dict``).
+hold it (the agent sends it first as an item of kind ``zstd-dict``). ``sent`` is the
+device's clock when the message was made: arrival minus ``sent`` is the device's clock
+offset plus the link's delay, where an item's own timestamps also count the time it
+waited in the outbox.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +28,8 @@ import zstandard
 from workbench.errors import PayloadError
 
 MAGIC = b"WBS"
-VERSION = 1
-_HEAD = struct.Struct("<3sBII")
+VERSION = 2
+_HEAD = struct.Struct("<3sBIId")
 _ITEM = struct.Struct("<QBB")
 _LEN = struct.Struct("<I")
 MAX_MESSAGE_BYTES = 4 * 2**20
@@ -102,7 +106,7 @@ class Codec:
         self.dict_id = self.add_dictionary(raw)
         return self.dict_id
 
-    def encode(self, items: list[WireItem]) -> bytes:
+    def encode(self, items: list[WireItem], *, sent: float | None = None) -> bytes:
         parts: list[bytes] = []
         for item in items:
             kind = item.kind.encode()
@@ -112,7 +116,21 @@ class Codec:
         dictionary = self.dictionaries.get(self.dict_id) if self.dict_id else None
         compressor = zstandard.ZstdCompressor(level=self.level, dict_data=dictionary) if dictionary else \
             zstandard.ZstdCompressor(level=self.level)
-        return _HEAD.pack(MAGIC, VERSION, self.dict_id if dictionary else 0, len(raw)) + compressor.compress(raw)
+        head = _HEAD.pack(MAGIC, VERSION, self.dict_id if dictionary else 0, len(raw),
+                          time.time() if sent is None else sent)
+        return head + compressor.compress(raw)
+
+    @staticmethod
+    def sent_at(message: bytes) -> float | None:
+        """The device clock when ``message`` was made (None if the header is not readable).
+
+        Example:
+            >>> Codec.sent_at(Codec().encode([], sent=12.5))
+            12.5
+        """
+        if len(message) < _HEAD.size or message[:3] != MAGIC or message[3] != VERSION:
+            return None
+        return float(_HEAD.unpack_from(message)[4])
 
     def decode(self, message: bytes) -> list[WireItem]:
         """Decode one message; raise :class:`PayloadError` saying what is wrong with it."""
@@ -121,7 +139,7 @@ class Codec:
                                kind="oversized")
         if len(message) < _HEAD.size:
             raise PayloadError(f"malformed sync message: {len(message)} bytes is shorter than its header")
-        magic, version, dict_id, raw_len = _HEAD.unpack_from(message)
+        magic, version, dict_id, raw_len, _sent = _HEAD.unpack_from(message)
         if magic != MAGIC:
             raise PayloadError(f"malformed sync message: starts with {magic!r}, not {MAGIC!r}")
         if version != VERSION:

@@ -1,11 +1,20 @@
 """The workbench side of sync: store what devices send, then acknowledge it.
 
-paho's network thread only queues ``(device, message)``; one writer thread decodes,
-stores each message's items in one committed transaction, and only then publishes
-the acknowledgement (``wb/v1/desired/{device}/ack``), so an item leaves a device's
-outbox only once it is on the workbench's disk. A message that cannot be stored is
-not acknowledged: the device sends it again. Duplicates are acknowledged too (they
-are stored already), and counted.
+paho's network thread only queues ``(device, message)``; one writer thread decodes
+each message and sends its items where the user will read them:
+
+* telemetry batches (``kind == "telemetry"``), when a telemetry ingestor is attached,
+  go to it and only to it (:class:`workbench.telemetry.Ingestor`, the DuckDB store
+  that ``fleet.telemetry.query`` reads); they are acknowledged when the ingestor hands
+  their receipts back, that is once its batched insert has committed. Its dedup by
+  (device, batch sequence number) makes a resent batch a duplicate, acknowledged again;
+* everything else (events, results, state deltas, zstd dictionaries), and telemetry
+  when no ingestor is attached, is stored in the :class:`SyncStore` in one committed
+  transaction per message, then acknowledged.
+
+So an item leaves a device's outbox only once it is committed where it is queried. An
+item that cannot be stored is not acknowledged: the device sends it again. Duplicates
+are acknowledged too (they are stored already), and counted.
 
 Acknowledgements carry sequence numbers as ranges: ``{"v": 1, "ranges": [[1, 500]]}``.
 """
@@ -14,15 +23,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter, deque
+import time
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.errors import PayloadError
 from workbench.fleet import schema, topics
 from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
 from workbench.sync._codec import Codec, WireItem
 from workbench.sync._store import SyncStore
+
+if TYPE_CHECKING:
+    from workbench.telemetry._ingest import Ingestor
 
 log = logging.getLogger("workbench.sync")
 
@@ -68,7 +81,8 @@ class SyncReceiver:
     """Subscribe to every device's outbox, store the items exactly once, acknowledge them.
 
     With ``address=None`` nothing is subscribed: call :meth:`feed` and pass ``send_ack``
-    (the benchmark wires a sender to a receiver in one process this way).
+    (the benchmark wires a sender to a receiver in one process this way). ``telemetry``
+    (or setting :attr:`telemetry` later) routes telemetry items into that ingestor.
 
     Example:
         >>> receiver = SyncReceiver(fleet.address, SyncStore("sync.db"))   # doctest: +SKIP
@@ -77,7 +91,8 @@ class SyncReceiver:
     """
 
     def __init__(self, address: BrokerAddress | None, store: SyncStore | None = None, *,
-                 send_ack: Callable[[str, bytes], None] | None = None, timeout: float = 10.0) -> None:
+                 telemetry: Ingestor | None = None, send_ack: Callable[[str, bytes], None] | None = None,
+                 timeout: float = 10.0) -> None:
         self.store = store or SyncStore()
         self.codec = Codec()
         self.listeners: list[ItemsListener] = []
@@ -89,6 +104,8 @@ class SyncReceiver:
         self._idle = threading.Event()
         self._send_ack = send_ack
         self._client: Any = None
+        self._telemetry: Ingestor | None = None
+        self.telemetry = telemetry
         self._writer = threading.Thread(target=self._write_loop, name="wb-sync-receiver", daemon=True)
         self._writer.start()
         if address is not None:
@@ -109,6 +126,28 @@ class SyncReceiver:
             self.counters["bad_topic"] += 1
             return
         self.feed(device, bytes(message.payload))
+
+    @property
+    def telemetry(self) -> Ingestor | None:
+        """The ingestor telemetry items go to (None: they are stored in :attr:`store` like any item)."""
+        return self._telemetry
+
+    @telemetry.setter
+    def telemetry(self, ingestor: Ingestor | None) -> None:
+        previous, self._telemetry = self._telemetry, ingestor
+        if previous is not None and previous is not ingestor:
+            previous.on_stored = None
+        if ingestor is not None:
+            ingestor.on_stored = self._telemetry_stored
+
+    def _telemetry_stored(self, receipts: list[Any]) -> None:
+        # On the ingestor's writer thread, after its insert committed: one acknowledgement per device.
+        by_device: dict[str, list[int]] = defaultdict(list)
+        for device, seq in receipts:
+            by_device[device].append(seq)
+        for device, seqs in by_device.items():
+            self._ack(device, seqs)
+        self.counters["telemetry_acked"] += len(receipts)
 
     def feed(self, device: str, message: bytes) -> None:
         """Queue one outbox message from ``device`` (the subscriber's path)."""
@@ -131,6 +170,7 @@ class SyncReceiver:
                 self._wake.clear()
                 continue
             device, message = self._inbox.popleft()
+            arrived = time.time()
             try:
                 items = self.codec.decode(message)
             except PayloadError as exc:
@@ -140,15 +180,27 @@ class SyncReceiver:
             for item in items:
                 if item.kind == "zstd-dict":
                     self.codec.add_dictionary(item.payload)
-            try:
-                self.store.store(device, items)
-            except Exception:  # not acknowledged, so the device sends it again
-                log.exception("sync store failed for %s; the device will resend", device)
-                self.counters["store_errors"] += 1
-                continue
             self.wire_bytes[device] += len(message)
             self.counters["messages"] += 1
-            self._ack(device, [item.seq for item in items])
+            telemetry = self._telemetry
+            batches = [item for item in items if item.kind == "telemetry"] if telemetry is not None else []
+            others = [item for item in items if item.kind != "telemetry"] if telemetry is not None else items
+            if telemetry is not None and batches:
+                sent = Codec.sent_at(message)
+                # Measured on the message, not the batch: a batch's own "sent" also counts its time in the outbox.
+                offset = arrived - sent if sent is not None else None
+                topic = topics.telemetry_topic(device)
+                for item in batches:
+                    telemetry.feed(item.payload, topic, arrived, receipt=(device, item.seq), clock_offset_s=offset)
+                self.counters["telemetry_items"] += len(batches)
+            if others:
+                try:
+                    self.store.store(device, others)
+                except Exception:  # not acknowledged, so the device sends it again
+                    log.exception("sync store failed for %s; the device will resend", device)
+                    self.counters["store_errors"] += 1
+                    continue
+                self._ack(device, [item.seq for item in others])
             for listener in list(self.listeners):
                 try:
                     listener(device, items)
@@ -157,11 +209,23 @@ class SyncReceiver:
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until everything received so far is stored and acknowledged."""
-        return self._idle.wait(timeout) and not self._inbox
+        deadline = time.monotonic() + timeout
+        if not (self._idle.wait(timeout) and not self._inbox):
+            return False
+        telemetry = self._telemetry
+        return telemetry is None or telemetry.wait_idle(max(deadline - time.monotonic(), 0.0))
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per device: items stored and duplicates (from the store, so they survive restarts)."""
-        return self.store.counters()
+        """Per device: items stored and duplicates, telemetry batches included (dedup survives restarts,
+        the telemetry counts are since the ingestor started)."""
+        result = self.store.counters()
+        telemetry = self._telemetry
+        if telemetry is not None:
+            for device, feed in telemetry.stats().items():
+                row = result.setdefault(device, {"stored": 0, "duplicates": 0})
+                row["stored"] += int(feed["batches"])
+                row["duplicates"] += int(feed["duplicates"])
+        return result
 
     def close(self, *, close_store: bool = True) -> None:
         if self._client is not None:
@@ -169,6 +233,7 @@ class SyncReceiver:
         self._stop.set()
         self._wake.set()
         self._writer.join(timeout=10)
+        self.telemetry = None  # what the ingestor still commits is acknowledged by the next receiver
         if close_store:
             self.store.close()
 

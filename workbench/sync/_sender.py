@@ -111,7 +111,10 @@ class Sender:
 
     def _ack_timeout(self) -> float:
         rate, _ = self.throughput()
-        queued = self._inflight_bytes() / rate if rate else 0.0
+        # The acknowledged rate is low when little is produced (a trickle of telemetry), not only when the link is
+        # slow: half the link's bandwidth bounds the wait, or a few unacknowledged batches would wait minutes.
+        capacity = max(rate, 0.5 * self.shaper.link.bytes_per_s)
+        queued = self._inflight_bytes() / capacity if capacity else 0.0
         return 3.0 + 4 * (self.srtt or 1.0) + queued
 
     def _adapt(self) -> None:

@@ -43,11 +43,16 @@ def open_store(path: str | os.PathLike[str] | None = None, *, backend: str = "du
 
 
 class Telemetry:
-    """The fleet's telemetry: a subscriber storing every device's batches, and queries over them.
+    """The fleet's telemetry: an ingestor storing every device's batches, and queries over them.
 
     Made on first use of ``fleet.telemetry`` with an in-memory DuckDB store, or by
     ``Telemetry(fleet, path=...)`` for a file (``$WORKBENCH_TELEMETRY_DB`` sets the
     default path) or ``backend="postgres", dsn=...``.
+
+    Devices send telemetry through their sync outbox; the fleet's sync receiver (started
+    here if needed, see :mod:`workbench.sync`) hands each batch to :attr:`ingestor` and
+    acknowledges it once its insert has committed. The newest ``Telemetry`` made for a
+    fleet is the one that receives; ``receive=False`` leaves that to the caller.
 
     Example:
         >>> fleet.telemetry.query("latency_p95_ms", devices="all", since="10m", every="5s")   # doctest: +SKIP
@@ -56,14 +61,21 @@ class Telemetry:
     """
 
     def __init__(self, fleet: Fleet, *, path: str | os.PathLike[str] | None = None, backend: str = "duckdb",
-                 dsn: str | None = None, store: Store | None = None, **ingest_options: Any) -> None:
+                 dsn: str | None = None, store: Store | None = None, receive: bool = True,
+                 **ingest_options: Any) -> None:
         self.fleet = fleet
         if store is None:
             store = open_store(path if path is not None else os.environ.get("WORKBENCH_TELEMETRY_DB"),
                                backend=backend, dsn=dsn)
         self.store: Any = store
         self.engine = AlertEngine()
-        self.ingestor = Ingestor(fleet.address, store, alerts=self.engine, **ingest_options)
+        self.ingestor = Ingestor(store, alerts=self.engine, **ingest_options)
+        if receive:
+            from workbench.sync._client import receive_telemetry
+
+            if getattr(fleet, "_telemetry", None) is None:
+                fleet._telemetry = self  # so the sync started below finds this one, not a second
+            receive_telemetry(fleet, self)
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -107,11 +119,14 @@ class Telemetry:
     def health(self) -> pd.DataFrame:
         """The fleet health table: online, model version, p95 latency, errors, and the sync backlog.
 
-        ``sync_backlog`` stays empty until the sync capability reports it.
+        ``sync_backlog`` is the device's queued outbox items (all priorities) as it last reported
+        them; empty until its first report.
         """
         import pandas as pd
 
         feeds = dict(self.ingestor.feeds)
+        sync = getattr(self.fleet, "_sync", None)  # running whenever this telemetry receives
+        backlog = sync.backlog() if sync is not None else {}
         rows = []
         for device in self.fleet.devices:
             feed = feeds.get(device.device_id)
@@ -130,7 +145,7 @@ class Telemetry:
                 "errors": latest.get("errors", (None, np.nan))[1],
                 "cpu_percent": latest.get("cpu_percent", (None, np.nan))[1],
                 "missing_batches": feed.counters["missing"] if feed else 0,
-                "sync_backlog": None,  # filled by the sync issue
+                "sync_backlog": backlog.get(device.device_id),
                 "last_telemetry": feed.last_received if feed else None,
             })
         frame = pd.DataFrame(rows)

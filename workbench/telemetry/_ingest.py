@@ -1,9 +1,17 @@
-"""Ingestion: a subscriber that decodes telemetry batches and appends them to the store in big inserts.
+"""Ingestion: decode telemetry batches and append them to the store in big inserts.
 
-paho's network thread only queues ``(payload, topic, received)``; one writer thread
-decodes, checks and dedups, buffers columns and inserts ~10k rows at a time (DuckDB
-pays ~1.3 ms per insert, so one insert per 500-point batch would cap ingestion near
-0.25 M points/s). Problems are counted per device, never raised:
+Batches reach the store one way: devices queue them in their sync outbox, and the
+workbench's sync receiver hands each one to :meth:`Ingestor.feed` with a ``receipt``.
+Feeding only queues; one writer thread decodes, checks and dedups, buffers columns and
+inserts ~10k rows at a time (DuckDB pays ~1.3 ms per insert, so one insert per
+500-point batch would cap ingestion near 0.25 M points/s). Once an insert has
+committed, ``on_stored`` gets the receipts of its batches (the receiver acknowledges
+them then, so a device forgets a batch only once it can be queried). A batch counts
+as seen, for dedup by (device, sequence number), only once its insert committed: a
+batch whose insert failed is not acknowledged, comes again, and is stored then.
+Duplicates and batches that can never be stored (malformed, spoofed) are settled too,
+so their receipts come back without an insert. Problems are counted per device, never
+raised:
 
 * malformed, truncated, oversized, unknown_version batches, and batches whose header
   names another device than the topic (``spoofed``);
@@ -11,8 +19,12 @@ pays ~1.3 ms per insert, so one insert per 500-point batch would cap ingestion n
   newest seen), ``gaps`` (sequence numbers skipped: the broker dropped them, or they
   are still on the way; a late arrival reduces ``missing``);
 * ``clock_skew`` batches whose device clock is off by more than ``clock_tolerance_s``:
-  their timestamps are shifted onto the workbench's clock (by the difference between
-  the batch's ``sent`` and its arrival), so a device minutes off still plots in place.
+  their timestamps are shifted onto the workbench's clock, so a device minutes off
+  still plots in place. The offset is the difference between the batch's ``sent`` and
+  its arrival, or the ``clock_offset_s`` the caller measured (the sync receiver does:
+  a batch that waited in an outbox through a partition is late, not off-clock);
+* ``store_errors``: inserts that failed; their batches are not marked seen, and
+  counted in ``missing`` until they come again.
 """
 
 from __future__ import annotations
@@ -29,7 +41,6 @@ import numpy as np
 
 from workbench.errors import PayloadError
 from workbench.fleet import topics
-from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
 from workbench.telemetry._alerts import AlertEngine
 from workbench.telemetry._wire import MAX_BATCH_BYTES, Batch, decode_batch, problem_kind
 
@@ -54,7 +65,9 @@ class DeviceFeed:
     """What ingestion knows about one device's stream."""
 
     counters: Counter[str] = field(default_factory=Counter)
-    seen: set[int] = field(default_factory=set)
+    seen: set[int] = field(default_factory=set)  # committed in the store
+    storing: dict[int, list[Any]] = field(default_factory=dict)  # seq -> receipts waiting for its insert
+    failed: set[int] = field(default_factory=set)  # inserts that failed: counted missing until they come again
     newest: int = -1
     tags: dict[str, Any] = field(default_factory=dict)
     last_received: float | None = None
@@ -63,20 +76,21 @@ class DeviceFeed:
 
 
 PointsListener = Callable[[str, str, np.ndarray, np.ndarray], None]
+StoredListener = Callable[[list[Any]], None]
 
 
 class Ingestor:
-    """Subscribe to ``wb/v1/dev/+/telemetry`` and store every valid, new point.
+    """Store every valid, new point of the batches fed to it; hand back receipts once committed.
 
     Example:
-        >>> ingestor = Ingestor(fleet.address, DuckDBStore())   # doctest: +SKIP
-        >>> ingestor.stats()["sim-01"]["points"]                # doctest: +SKIP
-        1200
+        >>> ingestor = Ingestor(DuckDBStore())                                   # doctest: +SKIP
+        >>> ingestor.on_stored = lambda receipts: print(receipts)                # doctest: +SKIP
+        >>> ingestor.feed(raw, "wb/v1/dev/sim-01/telemetry", receipt=("sim-01", 7))   # doctest: +SKIP
+        [('sim-01', 7)]
     """
 
     def __init__(
         self,
-        address: BrokerAddress | None,
         store: Store,
         *,
         alerts: AlertEngine | None = None,
@@ -85,7 +99,7 @@ class Ingestor:
         clock_tolerance_s: float = 5.0,
         retention_every_s: float = 60.0,
         max_bytes: int = MAX_BATCH_BYTES,
-        timeout: float = 10.0,
+        on_stored: StoredListener | None = None,
     ) -> None:
         self.store = store
         self.alerts = alerts or AlertEngine()
@@ -99,7 +113,10 @@ class Ingestor:
         self.latencies_ms: deque[float] = deque(maxlen=100_000)  # batch sent -> queryable, same-host clocks
         self.listeners: list[PointsListener] = []
         self.watched: set[str] = set()
-        self._inbox: deque[tuple[bytes, str, float]] = deque()
+        # Called on the writer thread with the receipts of batches now settled: keep it short.
+        self.on_stored: StoredListener | None = on_stored
+        self._inbox: deque[tuple[bytes, str, float, Any, float | None]] = deque()
+        self._settled: list[Any] = []
         self._buffered = 0  # messages taken from the inbox but not yet stored (the writer's)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -110,27 +127,21 @@ class Ingestor:
             feed.seen, feed.newest = seqs, max(seqs, default=-1)
         self._writer = threading.Thread(target=self._write_loop, name="wb-telemetry-writer", daemon=True)
         self._writer.start()
-        self._client = None
-        if address is not None:
-            self._client = make_client(address, new_client_id("wb-ingest"))
-            self._client.on_connect = self._on_connect
-            self._client.on_message = self._on_message
-            # A burst of batches must queue here, not be dropped by paho.
-            self._client.max_queued_messages_set(0)
-            connect_blocking(self._client, address, keepalive=10, timeout=timeout)
 
     # -- input ------------------------------------------------------------------------------------
 
-    def _on_connect(self, client: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
-        if not getattr(reason_code, "is_failure", False):
-            client.subscribe(topics.telemetry_topic("+"), qos=1)
+    def feed(self, payload: bytes, topic: str, received: float | None = None, *, receipt: Any = None,
+             clock_offset_s: float | None = None) -> None:
+        """Queue one raw batch from the device its ``topic`` names (``wb/v1/dev/{device}/telemetry``).
 
-    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
-        self.feed(bytes(message.payload), message.topic)
+        ``receipt`` comes back through ``on_stored`` once the batch is settled: committed,
+        a duplicate of a committed one, or rejected for good. ``clock_offset_s`` is the
+        workbench clock minus the device clock, where the caller measured it.
 
-    def feed(self, payload: bytes, topic: str, received: float | None = None) -> None:
-        """Queue one raw batch as if it came from the broker (the subscriber's path; tests use it too)."""
-        self._inbox.append((payload, topic, time.time() if received is None else received))
+        Example:
+            >>> ingestor.feed(raw, "wb/v1/dev/sim-01/telemetry", receipt=("sim-01", 7))   # doctest: +SKIP
+        """
+        self._inbox.append((payload, topic, time.time() if received is None else received, receipt, clock_offset_s))
         self._wake.set()
 
     @property
@@ -147,11 +158,17 @@ class Ingestor:
                 feed = self.feeds.setdefault(device, DeviceFeed())
         return feed
 
-    def _accept(self, payload: bytes, topic: str, received: float) -> Batch | None:
+    def _settle(self, receipt: Any) -> None:
+        if receipt is not None:
+            self._settled.append(receipt)
+
+    def _accept(self, payload: bytes, topic: str, received: float, receipt: Any,
+                clock_offset_s: float | None) -> Batch | None:
         try:
             device, _kind, _ = topics.parse_device_topic(topic)
         except ValueError:
             self.totals["bad_topic"] += 1
+            self._settle(receipt)
             return None
         feed = self._feed(device)
         feed.counters["messages"] += 1
@@ -162,30 +179,39 @@ class Ingestor:
             feed.counters[problem_kind(exc)] += 1
             self.totals["rejected"] += 1
             log.debug("rejected telemetry from %s: %s", device, exc)
+            self._settle(receipt)  # it would be as bad the next time: do not have it sent again
             return None
         if batch.device != device:
             feed.counters["spoofed"] += 1
+            self._settle(receipt)
             return None
         if batch.seq in feed.seen:
             feed.counters["duplicates"] += 1
+            self._settle(receipt)
             return None
-        if batch.seq < feed.newest:
+        if batch.seq in feed.storing:  # the same batch is in the insert being prepared: settle with it
+            feed.counters["duplicates"] += 1
+            if receipt is not None:
+                feed.storing[batch.seq].append(receipt)
+            return None
+        if batch.seq in feed.failed:  # its earlier insert failed: this is the retry
+            feed.failed.discard(batch.seq)
+            feed.counters["missing"] -= 1
+        elif batch.seq < feed.newest:
             feed.counters["out_of_order"] += 1
             feed.counters["missing"] -= 1  # it was counted missing when the newer one came
         elif feed.newest >= 0 and batch.seq >> 32 == feed.newest >> 32 and batch.seq > feed.newest + 1:
             skipped = batch.seq - feed.newest - 1
             feed.counters["gaps"] += skipped
             feed.counters["missing"] += skipped
-        feed.seen.add(batch.seq)
+        feed.storing[batch.seq] = [] if receipt is None else [receipt]
         feed.newest = max(feed.newest, batch.seq)
-        offset = received - batch.sent
+        offset = received - batch.sent if clock_offset_s is None else clock_offset_s
         if abs(offset) > self.clock_tolerance_s:
             feed.counters["clock_skew"] += 1
             batch.ts = batch.ts + offset
         feed.clock_offset_s = offset
         feed.tags = batch.tags
-        feed.counters["batches"] += 1
-        feed.counters["points"] += batch.n
         return batch
 
     def _write_loop(self) -> None:
@@ -199,22 +225,32 @@ class Ingestor:
                 self._wake.clear()
             while self._inbox and rows < self.flush_rows:
                 self._buffered += 1
-                payload, topic, received = self._inbox.popleft()
-                batch = self._accept(payload, topic, received)
-                if batch is not None and batch.n:
-                    if not pending:
-                        first_at = time.monotonic()
-                    pending.append((batch, received))
-                    rows += batch.n
+                payload, topic, received, receipt, offset = self._inbox.popleft()
+                batch = self._accept(payload, topic, received, receipt, offset)
+                if batch is None:
+                    continue
+                if not batch.n:  # nothing to insert: settled as it is
+                    self._committed([(batch, received)])
+                    continue
+                if not pending:
+                    first_at = time.monotonic()
+                pending.append((batch, received))
+                rows += batch.n
             if pending and (rows >= self.flush_rows or time.monotonic() - first_at >= self.flush_interval_s
                             or self._stop.is_set()):
                 try:
                     self._flush(pending)
-                except Exception:  # a store failure must not end ingestion; the points are lost and counted
-                    log.exception("telemetry store insert failed; %d points dropped", rows)
-                    self.totals["store_errors"] += 1
-                    self.totals["points_lost"] += rows
+                except Exception:  # a store failure must not end ingestion; the batches stay unseen
+                    log.exception("telemetry store insert failed; %d points not stored", rows)
+                    self._failed(pending, rows)
+                else:
+                    self._committed(pending)
+                    try:
+                        self._after_flush(pending)
+                    except Exception:  # an alert rule or a listener failing must not end ingestion
+                        log.exception("telemetry alerts or listeners failed")
                 pending, rows = [], 0
+            self._hand_back()
             if not pending:
                 self._buffered = 0
                 with self._flushed:
@@ -225,6 +261,37 @@ class Ingestor:
                     self.store.apply_retention()
                 except Exception:
                     log.exception("telemetry retention failed")
+
+    def _committed(self, batches: list[tuple[Batch, float]]) -> None:
+        for batch, _ in batches:
+            feed = self.feeds[batch.device]
+            feed.seen.add(batch.seq)
+            self._settled.extend(feed.storing.pop(batch.seq, []))
+            feed.counters["batches"] += 1
+            feed.counters["points"] += batch.n
+
+    def _failed(self, batches: list[tuple[Batch, float]], rows: int) -> None:
+        # Not seen and not settled: a batch with a receipt is sent again and stored then.
+        self.totals["store_errors"] += 1
+        self.totals["points_not_stored"] += rows
+        for batch, _ in batches:
+            feed = self.feeds[batch.device]
+            if not feed.storing.pop(batch.seq, None):
+                self.totals["points_lost"] += batch.n  # nobody will send it again
+            feed.failed.add(batch.seq)
+            feed.counters["store_errors"] += 1
+            feed.counters["missing"] += 1
+
+    def _hand_back(self) -> None:
+        if not self._settled:
+            return
+        settled, self._settled = self._settled, []
+        listener = self.on_stored
+        if listener is not None:
+            try:
+                listener(settled)
+            except Exception:  # the receiver not acknowledging only means the device sends them again
+                log.exception("telemetry on_stored callback failed")
 
     def _flush(self, pending: list[tuple[Batch, float]]) -> None:
         devices = self.store.device_ids([b.device for b, _ in pending])
@@ -238,14 +305,17 @@ class Ingestor:
             ids = np.asarray(self.store.metric_ids(batch.names), dtype=np.int32)
             metric_parts.append(ids[batch.metric])
         metric = np.concatenate(metric_parts)
-        self.store.insert(ts, device, metric, value, seq)
-        self.store.record_batches(devices, [b.seq for b, _ in pending], [r for _, r in pending],
-                                  counts.tolist())
+        batches = (devices, [b.seq for b, _ in pending], [r for _, r in pending], counts.tolist())
+        insert_batches = getattr(self.store, "insert_batches", None)
+        if insert_batches is not None:  # points and dedup records in one transaction
+            insert_batches(ts, device, metric, value, seq, *batches)
+        else:
+            self.store.insert(ts, device, metric, value, seq)
+            self.store.record_batches(*batches)
         done = time.time()
         self.latencies_ms.extend((done - b.sent) * 1000.0 for b, _ in pending)
         self.totals["points"] += int(counts.sum())
         self.totals["batches"] += len(pending)
-        self._after_flush(pending)
 
     def _after_flush(self, pending: list[tuple[Batch, float]]) -> None:
         interesting = self.alerts.metrics() | self.watched
@@ -285,14 +355,13 @@ class Ingestor:
             feeds = dict(self.feeds)
         return {device: {**{k: 0 for k in ("batches", "points", "duplicates", "out_of_order", "gaps", "missing",
                                            "clock_skew", "malformed", "truncated", "oversized", "unknown_version",
-                                           "spoofed")},
+                                           "spoofed", "store_errors")},
                          **feed.counters, "newest_seq": feed.newest, "clock_offset_s": feed.clock_offset_s,
                          "last_received": feed.last_received, **{f"tag_{k}": v for k, v in feed.tags.items()}}
                 for device, feed in sorted(feeds.items())}
 
     def close(self) -> None:
-        if self._client is not None:
-            close_client(self._client)
+        """Store what was fed so far, then stop the writer thread."""
         self._stop.set()
         self._wake.set()
         self._writer.join(timeout=10)

@@ -131,6 +131,37 @@ class DuckDBStore:
             finally:
                 self._con.unregister("_wb_batches")
 
+    def insert_batches(self, ts: np.ndarray, device: np.ndarray, metric: np.ndarray, value: np.ndarray,
+                       seq: np.ndarray, batch_device: list[int], batch_seq: list[int], received: list[float],
+                       n: list[int]) -> None:
+        """:meth:`insert` and :meth:`record_batches` in one transaction: both commit, or neither does.
+
+        A batch acknowledged to its device must never be half in the store (points without the
+        dedup record would be stored again when resent).
+        """
+        import pandas as pd
+
+        points = pd.DataFrame({"ts": ts, "device": device.astype(np.int32, copy=False),
+                               "metric": metric.astype(np.int32, copy=False), "value": value,
+                               "seq": seq.astype(np.uint64, copy=False)}, copy=False)
+        batches = pd.DataFrame({"device": np.asarray(batch_device, np.int32), "seq": np.asarray(batch_seq, np.uint64),
+                                "received": np.asarray(received, np.float64), "n": np.asarray(n, np.int32)})
+        with self._lock:
+            self._con.register("_wb_points", points)
+            self._con.register("_wb_batches", batches)
+            try:
+                self._con.execute("BEGIN TRANSACTION").fetchall()
+                try:
+                    self._con.execute("INSERT INTO points SELECT * FROM _wb_points").fetchall()
+                    self._con.execute("INSERT INTO batches SELECT * FROM _wb_batches").fetchall()
+                    self._con.execute("COMMIT").fetchall()
+                except BaseException:
+                    self._con.execute("ROLLBACK").fetchall()
+                    raise
+            finally:
+                self._con.unregister("_wb_points")
+                self._con.unregister("_wb_batches")
+
     def seen_batches(self) -> dict[str, set[int]]:
         """Sequence numbers already stored, per device name (dedup survives a restart)."""
         names = {i: n for n, i in self._devices.items()}
@@ -157,10 +188,10 @@ class DuckDBStore:
             cutoff = float(np.floor(cutoff / every) * every)
             rolled = self._con.execute(
                 "INSERT INTO rollup SELECT floor(ts / ?) * ?, device, metric, avg(value), min(value), max(value), "
-                "count(*) FROM points WHERE ts < ? GROUP BY ALL", [every, every, cutoff]).fetchone()
-            deleted = self._con.execute("DELETE FROM points WHERE ts < ?", [cutoff]).fetchone()
+                "count(*) FROM points WHERE ts < ? GROUP BY ALL", [every, every, cutoff]).fetchall()[0]
+            deleted = self._con.execute("DELETE FROM points WHERE ts < ?", [cutoff]).fetchall()[0]
             expired = self._con.execute("DELETE FROM rollup WHERE bucket < ?",
-                                        [now - self.rollup_retention]).fetchone()
+                                        [now - self.rollup_retention]).fetchall()[0]
             self._con.execute("DELETE FROM batches WHERE received < ?", [now - self.rollup_retention]).fetchall()
         return {"rolled_up": int(rolled[0]) if rolled else 0, "deleted": int(deleted[0]) if deleted else 0,
                 "expired_rollups": int(expired[0]) if expired else 0}
@@ -169,8 +200,9 @@ class DuckDBStore:
 
     def count(self) -> int:
         with self._lock:
-            row = self._con.execute("SELECT count(*) FROM points").fetchone()
-        return int(row[0]) if row else 0
+            # fetchall, not fetchone: DuckDB 2 refuses register() while a result is left unfinished.
+            row = self._con.execute("SELECT count(*) FROM points").fetchall()[0]
+        return int(row[0])
 
     def query(self, metric: str | list[str], devices: list[str] | None, since: float | None, until: float | None,
               every: float | None, agg: str = "mean") -> pd.DataFrame:
