@@ -17,7 +17,7 @@ from workbench import ConfigError, Device, Fleet
 
 log = logging.getLogger("widgets.fleet_panel")
 
-# (row key, header). p95 latency and sync backlog are filled by telemetry and sync through set_metric().
+# (row key, header). p95 latency and sync backlog come from fleet.telemetry and fleet.sync (or set_metric()).
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("device_id", "device"),
     ("online", "state"),
@@ -40,6 +40,11 @@ class FleetPanel(ipywidgets.VBox):
     ``tick`` seconds so "last seen" ages. Made outside a running loop (a plain script), the
     panel updates only when :meth:`refresh` is called. :meth:`close` stops the task and
     removes the listener.
+
+    Once the fleet's telemetry (and with it its sync) is in use, every redraw reads each
+    device's newest ``latency_p95_ms`` and its reported sync backlog into the p95 and
+    backlog columns; the panel does not start them itself. The reading happens in the
+    redraw, on the kernel's loop, never on a background thread.
 
     Example:
         >>> fleet = workbench.connect()              # doctest: +SKIP
@@ -105,12 +110,30 @@ class FleetPanel(ipywidgets.VBox):
         Example:
             >>> panel.refresh()   # doctest: +SKIP
         """
+        self._read_metrics()
         rows = self.rows()
         markup = render_html(rows, self.fleet.address.url, now=time.time())
         with self.hold_sync():
             self._view.value = markup
         self.shown_rows = rows
         self.renders += 1
+
+    def _read_metrics(self) -> None:
+        found: dict[str, dict[str, Any]] = {}
+        telemetry = getattr(self.fleet, "_telemetry", None)
+        if telemetry is not None:
+            for device_id, feed in list(telemetry.ingestor.feeds.items()):
+                latest = feed.latest.get("latency_p95_ms")
+                if latest is not None:
+                    found.setdefault(device_id, {})["p95_ms"] = latest[1]
+        sync = getattr(self.fleet, "_sync", None)
+        if sync is not None:
+            for device_id, items in sync.backlog().items():
+                found.setdefault(device_id, {})["sync_backlog"] = items
+        if found:
+            with self._metrics_lock:
+                for device_id, values in found.items():
+                    self._metrics.setdefault(device_id, {}).update(values)
 
     async def _follow(self) -> None:
         assert self._wake is not None

@@ -26,7 +26,7 @@ def _cell(value: Any) -> str:
 class FleetHealthTable(w.HTML):
     """The fleet health table as HTML, re-rendered by :meth:`refresh`.
 
-    The sync backlog column stays "—" until the sync capability fills it.
+    The sync backlog column is each device's queued outbox items as last reported ("—" before its first report).
 
     Example:
         >>> table = FleetHealthTable(fleet)   # doctest: +SKIP
