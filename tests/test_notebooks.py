@@ -53,11 +53,20 @@ def _check_optimize(figures: dict[str, Figure]) -> None:
     assert all(figures[name].value != "none" for name in figures if name.startswith("chosen_"))
 
 
+def _check_live_telemetry(figures: dict[str, Figure]) -> None:
+    assert figures["devices_reporting"].value == FLEET_DEVICES
+    assert figures["alerts_fired"].value == 1 and figures["alerted_device"].value == "sim-02"
+    points = figures["points_stored"].value
+    assert isinstance(points, int) and points > 0
+
+
 NOTEBOOKS: dict[str, Entry] = {
     "02_optimize_model.ipynb": Entry({"smoke": True, "out_dir": "/tmp/wb-test-optimized"}, _check_optimize),
     "03_deploy.ipynb": Entry({"expected_devices": FLEET_DEVICES, "timeout": 120, "smoke": True}, _check_deploy),
     "01_connect_fleet.ipynb": Entry({"expected_devices": FLEET_DEVICES, "timeout": 60, "smoke": True},
                                     _check_connect_fleet),
+    "04_live_telemetry.ipynb": Entry({"expected_devices": FLEET_DEVICES, "duration_s": 3.0, "smoke": True},
+                                     _check_live_telemetry),
 }
 
 
