@@ -64,18 +64,19 @@ class GateMetrics:
         yet and probe a device that does send it.
         """
         deadline = time.monotonic() + timeout
-        waiting = [d for d in devices if self._flowing(d)]
+        # Right after the swap the newest batch may still carry the old model's tag: any live source counts here.
+        waiting = [d for d in devices if self._flowing(d, any_model=True)]
         while waiting and time.monotonic() < deadline:
             waiting = [d for d in waiting if self._from_telemetry(d, "p95_latency_ms", timeout) is None]
             if waiting:
                 time.sleep(0.1)
 
-    def _flowing(self, device_id: str) -> bool:
+    def _flowing(self, device_id: str, *, any_model: bool = False) -> bool:
         telemetry = self._telemetry
         feed = telemetry.ingestor.feeds.get(device_id) if telemetry is not None else None
         return bool(feed is not None and feed.last_received is not None
                     and time.time() - feed.last_received <= FRESH_S and feed.tags.get("source") not in (None, "none")
-                    and feed.tags.get("model_sha256") == self.model_tag)
+                    and (any_model or feed.tags.get("model_sha256") == self.model_tag))
 
     def invalidate(self) -> None:
         self.probe.invalidate()
