@@ -77,6 +77,7 @@ def test_save_writes_package_with_hashes_recipe_and_spec_when_variant_chosen(mlp
     result = optimize(mlp, "raspberry-pi-5", eval_data=(x, y), calibration_data=x, passes=["int8-dynamic"],
                       use_cache=False, **FAST)
     out = result.save(tmp_path / "package", variant="int8-dynamic", report=True)
+    assert out.stat().st_mode & 0o755 == 0o755
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["files"]["model.onnx"]["sha256"] == sha256_file(out / "model.onnx")
     assert manifest["recipe"]["steps"][0]["pass"] == "int8-dynamic"

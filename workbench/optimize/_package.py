@@ -31,6 +31,7 @@ def write_directory_atomically(out_dir: str | os.PathLike[str], fill: Callable[[
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; a package is meant to be read and served
         fill(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old{os.getpid()}")
