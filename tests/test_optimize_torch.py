@@ -101,3 +101,38 @@ def test_optimize_builds_pruned_variants_when_given_torch_module(net: TinyCnn) -
     assert {"fp32", "pruned-structured-50", "pruned-structured-50+int8-static-minmax"} <= variants
     assert result.row("pruned-structured-50")["recipe"]["prune"] == {"kind": "structured", "amount": 0.5}
     assert any("removed" in note for note in result.notes)
+
+
+class SeparableNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pw1 = torch.nn.Conv2d(3, 8, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(8)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(8)
+        self.pw2 = torch.nn.Conv2d(8, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.pw1(x)))
+        x = torch.clamp(self.bn2(self.dw(x)), 0.0, 6.0)  # ReLU6, as in MobileNets
+        return self.pw2(x).mean(dim=(2, 3))
+
+
+def test_remove_zero_channels_folds_depthwise_bias_when_pruned_channel_feeds_depthwise(tmp_path: Path) -> None:
+    from workbench.optimize._passes import PassContext, apply_recipe
+
+    torch.manual_seed(0)
+    net = SeparableNet().eval()
+    with torch.no_grad():  # depthwise BatchNorm with a real shift, so the folded constant is not zero
+        net.bn2.bias.uniform_(0.5, 1.0)
+        net.bn2.running_mean.uniform_(-0.2, 0.2)
+    pruned = prune_module(net, "structured", 0.5)
+    exported = export_onnx(pruned, torch.randn(1, 3, 8, 8), tmp_path / "sep.onnx")
+    folded = tmp_path / "folded.onnx"
+    apply_recipe(exported, [{"pass": "graph-opt", "level": "basic"}], folded, PassContext(tmp_path))
+    slim = tmp_path / "slim.onnx"
+    assert remove_zero_channels(folded, slim) == 4
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(slim, x), _run(exported, x), rtol=1e-4, atol=1e-5)
+    weights = [numpy_helper.to_array(i) for i in onnx.load(str(slim)).graph.initializer]
+    assert sorted(w.shape for w in weights if w.ndim == 4) == [(4, 1, 3, 3), (4, 3, 1, 1), (6, 4, 1, 1)]

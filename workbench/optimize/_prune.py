@@ -21,6 +21,42 @@ from workbench.optimize._passes import Pass, PassContext, register_pass
 
 # Ops that map an all-zero channel to an all-zero channel, channel by channel.
 _ZERO_PRESERVING = {"Relu", "MaxPool", "AveragePool", "LeakyRelu", "Identity", "Dropout"}
+# Ops that map a constant channel to a constant channel (pooling pads with -inf, so MaxPool qualifies).
+_CONSTANT_PRESERVING = {"Relu", "Clip", "LeakyRelu", "Identity", "Dropout", "MaxPool"}
+
+
+def _is_depthwise(node: Any, channels: int, inits: dict[str, Any], group: Any) -> bool:
+    if node.op_type != "Conv" or node.input[1] not in inits or group(node) != channels:
+        return False
+    return tuple(inits[node.input[1]].dims[:2]) == (channels, 1)
+
+
+def _padded(node: Any) -> bool:
+    for attribute in node.attribute:
+        if attribute.name == "pads" and any(attribute.ints):
+            return True
+        if attribute.name == "auto_pad" and attribute.s not in (b"", b"NOTSET", b"VALID"):
+            return True
+    return False
+
+
+def _through(ops: list[Any], values: np.ndarray, inits: dict[str, Any], numpy_helper: Any) -> np.ndarray:
+    """The constant that comes out of ``ops`` for constant channels of ``values``."""
+    for op in ops:
+        if op.op_type == "Relu":
+            values = np.maximum(values, 0.0)
+        elif op.op_type == "LeakyRelu":
+            alpha = next((a.f for a in op.attribute if a.name == "alpha"), 0.01)
+            values = np.where(values >= 0, values, values * alpha)
+        elif op.op_type == "Clip":
+            low = next((a.f for a in op.attribute if a.name == "min"), -np.inf)
+            high = next((a.f for a in op.attribute if a.name == "max"), np.inf)
+            if len(op.input) > 1 and op.input[1] in inits:
+                low = float(numpy_helper.to_array(inits[op.input[1]]))
+            if len(op.input) > 2 and op.input[2] in inits:
+                high = float(numpy_helper.to_array(inits[op.input[2]]))
+            values = np.clip(values, low, high)
+    return values
 
 
 def prune_module(module: Any, kind: str, amount: float, *, finetune: Samples | None = None,
@@ -142,16 +178,53 @@ def remove_zero_channels(src: Path, dst: Path) -> int:
                 consumers[tensor][0].op_type in _ZERO_PRESERVING:
             tensor = consumers[tensor][0].output[0]
         nexts = consumers.get(tensor, [])
-        if tensor in outputs or not nexts or any(
-                n.op_type != "Conv" or group(n) != 1 or n.input[0] != tensor or n.input[1] not in inits
-                for n in nexts):
+        if tensor in outputs or not nexts:
             continue
-        if any(len(consumers.get(n.input[1], [])) > 1 for n in [node, *nexts]):
+        depthwise = None
+        if len(nexts) == 1 and _is_depthwise(nexts[0], weight.shape[0], inits, group):
+            # A zero channel into a depthwise conv comes out as that channel's bias, a constant, which a
+            # following unpadded convolution can fold into its own bias.
+            depthwise = nexts[0]
+            tensor = depthwise.output[0]
+            const_ops = []
+            while tensor not in outputs and len(consumers.get(tensor, [])) == 1 and \
+                    consumers[tensor][0].op_type in _CONSTANT_PRESERVING and \
+                    all(not name or name in inits for name in consumers[tensor][0].input[1:]):
+                const_ops.append(consumers[tensor][0])
+                tensor = consumers[tensor][0].output[0]
+            nexts = consumers.get(tensor, [])
+            if tensor in outputs or not nexts or any(_padded(n) for n in nexts):
+                continue
+        if any(n.op_type != "Conv" or group(n) != 1 or n.input[0] != tensor or n.input[1] not in inits
+               for n in nexts):
+            continue
+        weights_used = [node, *nexts] + ([depthwise] if depthwise is not None else [])
+        if any(len(consumers.get(n.input[1], [])) > 1 for n in weights_used):
             continue  # a shared weight: slicing it would change another node
         keep = ~zero
         arrays[node.input[1]] = weight[keep]
         if bias is not None:
             arrays[node.input[2]] = bias[keep]
+        if depthwise is not None:
+            dw_bias_name = depthwise.input[2] if len(depthwise.input) > 2 and depthwise.input[2] else None
+            dw_bias = array(dw_bias_name) if dw_bias_name else np.zeros(weight.shape[0], np.float32)
+            constant = _through(const_ops, dw_bias[zero].astype(np.float64), inits, numpy_helper)
+            arrays[depthwise.input[1]] = array(depthwise.input[1])[keep]
+            if dw_bias_name:
+                arrays[dw_bias_name] = dw_bias[keep]
+            for attribute in depthwise.attribute:
+                if attribute.name == "group":
+                    attribute.i = int(keep.sum())
+            for follower in nexts:
+                w = array(follower.input[1])
+                folded = (w[:, zero].sum(axis=(2, 3)) * constant).sum(axis=1).astype(np.float32)
+                if len(follower.input) > 2 and follower.input[2]:
+                    arrays[follower.input[2]] = array(follower.input[2]) + folded
+                elif np.any(folded != 0):
+                    name = f"{follower.name or follower.output[0]}_folded_bias"
+                    graph.initializer.append(numpy_helper.from_array(folded, name))
+                    inits[name] = graph.initializer[-1]
+                    follower.input.append(name)
         for follower in nexts:
             arrays[follower.input[1]] = array(follower.input[1])[:, keep]
         removed += int(zero.sum())
