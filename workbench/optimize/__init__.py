@@ -33,6 +33,12 @@ _LAZY = {
     "prune_module": "workbench.optimize._prune",
     "time_models": "workbench.optimize._timing",
     "resolve_target": "workbench.optimize._target",
+    "DigitsData": "workbench.optimize._examples",
+    "TrainedDigits": "workbench.optimize._examples",
+    "load_digits": "workbench.optimize._examples",
+    "digits_cnn": "workbench.optimize._examples",
+    "train_digits_cnn": "workbench.optimize._examples",
+    "digits_example_input": "workbench.optimize._examples",
 }
 
 

@@ -1,0 +1,149 @@
+"""The digits example: the shipped data set and a small CNN trained on it in seconds (for notebooks and demos)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+_ARRAYS = ("x_train", "y_train", "x_calib", "y_calib", "x_test", "y_test")
+
+
+@dataclass(frozen=True)
+class DigitsData:
+    """The 8x8 handwritten digits, split into train, calibration and test sets (images float32 [N, 1, 8, 8]).
+
+    Example:
+        >>> data = load_digits()
+        >>> data.x_test.shape
+        (360, 1, 8, 8)
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_calib: np.ndarray
+    y_calib: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def test(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(inputs, labels)`` of the test set, the shape ``workbench.optimize(eval_data=...)`` takes."""
+        return self.x_test, self.y_test
+
+
+@dataclass
+class TrainedDigits:
+    """A trained digits CNN, its accuracy on the test set and how long training took here (seconds)."""
+
+    model: torch.nn.Module
+    test_accuracy: float
+    train_seconds: float
+
+
+def load_digits(path: str | os.PathLike[str] | None = None) -> DigitsData:
+    """The digits data set shipped in ``datasets/digits/digits.npz`` (or ``path``).
+
+    Raises :class:`~workbench.errors.ConfigError` when the file is missing or lacks a split.
+
+    Example:
+        >>> load_digits().x_train.shape[1:]
+        (1, 8, 8)
+    """
+    from workbench.telemetry._datasets import datasets_dir
+
+    file = Path(path) if path is not None else datasets_dir() / "digits" / "digits.npz"
+    if not file.is_file():
+        raise ConfigError(f"digits data set {file} is missing; restore datasets/digits/ from the repository "
+                          "(python datasets/digits/make_digits.py rebuilds it) or set WORKBENCH_DATASETS")
+    with np.load(file) as npz:
+        missing = [name for name in _ARRAYS if name not in npz.files]
+        if missing:
+            raise ConfigError(f"{file} lacks the arrays {missing}; rebuild it with datasets/digits/make_digits.py")
+        arrays = {name: np.asarray(npz[name]) for name in _ARRAYS}
+    return DigitsData(**arrays)
+
+
+def digits_cnn() -> torch.nn.Module:
+    """The untrained CNN of the examples: two 3x3 convolutions, a max-pool and two dense layers (about 40k weights).
+
+    Example:
+        >>> sum(p.numel() for p in digits_cnn().parameters()) > 10_000
+        True
+    """
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(32 * 4 * 4, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10),
+    )
+
+
+def train_digits_cnn(data: DigitsData | None = None, *, epochs: int = 10, seed: int = 0, batch_size: int = 64,
+                     threads: int | None = None) -> TrainedDigits:
+    """Train :func:`digits_cnn` on the digits' train split (Adam, one-cycle schedule) and score it on the test split.
+
+    ``threads`` caps torch's threads for the training (default: torch's own setting), restored afterwards.
+
+    Example:
+        >>> trained = train_digits_cnn(epochs=5)      # doctest: +SKIP
+        >>> trained.test_accuracy > 0.9               # doctest: +SKIP
+        True
+    """
+    import torch
+
+    if epochs < 1 or batch_size < 1:
+        raise ConfigError(f"epochs and batch_size must be at least 1, got epochs={epochs}, batch_size={batch_size}")
+    data = data if data is not None else load_digits()
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    generator = torch.Generator().manual_seed(seed)
+    # Weight initialisation draws from the global generator: seed it so a seed means one model.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = digits_cnn()
+    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    optimizer = torch.optim.Adam(model.parameters(), 5e-3, weight_decay=1e-4)
+    steps_per_epoch = (len(x_train) + batch_size - 1) // batch_size
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 5e-3, total_steps=epochs * steps_per_epoch)
+    started = time.perf_counter()
+    try:
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(x_train), generator=generator)
+            for start in range(0, len(x_train), batch_size):
+                batch = order[start:start + batch_size]
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
+                optimizer.step()
+                schedule.step()
+        seconds = time.perf_counter() - started
+        model.eval()
+        with torch.no_grad():
+            predicted = model(torch.from_numpy(data.x_test)).argmax(1).numpy()
+    finally:
+        torch.set_num_threads(previous_threads)
+    return TrainedDigits(model, float((predicted == data.y_test).mean()), seconds)
+
+
+def digits_example_input(data: DigitsData) -> Any:
+    """One test image as a torch tensor [1, 1, 8, 8], the ``example_input`` that exports the CNN to ONNX.
+
+    Example:
+        >>> tuple(digits_example_input(load_digits()).shape)
+        (1, 1, 8, 8)
+    """
+    import torch
+
+    return torch.from_numpy(data.x_test[:1])
