@@ -106,7 +106,9 @@ class Sender:
     def _window(self) -> int:
         rate, _ = self.throughput()
         rtt = self.srtt or 0.5
-        # Room for a few batches beyond the bandwidth-delay product: the link never idles waiting for acks.
+        # Room for a few batches beyond the bandwidth-delay product: the link never idles waiting for acks. The
+        # link's own bandwidth counts too: a slow acknowledger (a busy store) must not shrink the window it measures.
+        rate = max(rate, self.shaper.link.bytes_per_s)
         return int(max(4 * self.batch_bytes * (self.compression_ratio or 1.0), 2 * rate * rtt, 256 * 1024))
 
     def _ack_timeout(self) -> float:
