@@ -136,3 +136,12 @@ def test_remove_zero_channels_folds_depthwise_bias_when_pruned_channel_feeds_dep
     np.testing.assert_allclose(_run(slim, x), _run(exported, x), rtol=1e-4, atol=1e-5)
     weights = [numpy_helper.to_array(i) for i in onnx.load(str(slim)).graph.initializer]
     assert sorted(w.shape for w in weights if w.ndim == 4) == [(4, 1, 3, 3), (4, 3, 1, 1), (6, 4, 1, 1)]
+
+
+def test_optimize_skips_structured_pruning_with_reason_when_model_has_no_conv() -> None:
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
+    result = optimize(mlp, "x86-server", example_input=torch.randn(1, 8), metric="agreement", passes=[],
+                      use_cache=False, warmup=1, iterations=10, rounds=2)
+    assert "no (non-grouped) Conv2d" in result.skipped["pruned-structured-30"]
+    assert not any(v.startswith("pruned") for v in result.candidates["variant"])

@@ -178,7 +178,11 @@ def optimize(
     ctx = PassContext(workdir, calibration, resolved.profile.precisions, resolved.providers,
                       calibration_memory_mb, notes)
     prune_items = _prune_list(prune, module is not None)
+    unprunable = {f"pruned-{kind}-{round(amount * 100)}": why for kind, amount in prune_items
+                  if (why := _prune.unprunable(module, kind))}
+    prune_items = [(k, a) for k, a in prune_items if f"pruned-{k}-{round(a * 100)}" not in unprunable]
     plan, skipped = _plan(spec, ctx, list(calibration_methods), prune_items, passes)
+    skipped |= unprunable
     for provider, why in resolved.skipped_providers.items():
         skipped[f"provider {provider}"] = why
     versions = tool_versions()

@@ -115,6 +115,23 @@ def prune_module(module: Any, kind: str, amount: float, *, finetune: Samples | N
     return model.eval()
 
 
+def unprunable(module: Any, kind: str) -> str | None:
+    """Why ``kind`` pruning cannot change ``module`` (None when it can).
+
+    Example:
+        >>> import torch
+        >>> unprunable(torch.nn.Linear(4, 2), "structured")
+        'structured pruning removes Conv2d channels and the model has no (non-grouped) Conv2d'
+    """
+    import torch
+
+    if kind == "structured" and not any(isinstance(m, torch.nn.Conv2d) and m.groups == 1 for m in module.modules()):
+        return "structured pruning removes Conv2d channels and the model has no (non-grouped) Conv2d"
+    if kind == "magnitude" and not any(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in module.modules()):
+        return "magnitude pruning applies to Conv2d and Linear weights and the model has neither"
+    return None
+
+
 def _finetune(model: Any, data: Samples, steps: int, lr: float) -> None:
     import torch
 
