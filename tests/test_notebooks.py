@@ -60,7 +60,22 @@ def _check_live_telemetry(figures: dict[str, Figure]) -> None:
     assert isinstance(points, int) and points > 0
 
 
+def _check_quickstart(figures: dict[str, Figure]) -> None:
+    # Smoke mode trains 2 epochs: well above chance (0.1), below the full run's ~0.95.
+    assert figures["test_accuracy"].value >= 0.8
+    assert figures["chosen_variant"].value not in (None, "none")
+    speedup = figures["speedup_vs_fp32"].value
+    assert isinstance(speedup, float) and speedup > 0
+    assert figures["canary_status"].value == "succeeded"
+    assert figures["devices_on_new_model"].value == FLEET_DEVICES
+    points = figures["telemetry_points"].value
+    assert isinstance(points, int) and points > 0
+    backlog = figures["sync_backlog_items"].value
+    assert isinstance(backlog, int) and backlog >= 0
+
+
 NOTEBOOKS: dict[str, Entry] = {
+    "00_quickstart.ipynb": Entry({"expected_devices": FLEET_DEVICES, "smoke": True}, _check_quickstart),
     "02_optimize_model.ipynb": Entry({"smoke": True, "out_dir": "/tmp/wb-test-optimized"}, _check_optimize),
     "03_deploy.ipynb": Entry({"expected_devices": FLEET_DEVICES, "timeout": 120, "smoke": True}, _check_deploy),
     "01_connect_fleet.ipynb": Entry({"expected_devices": FLEET_DEVICES, "timeout": 60, "smoke": True},

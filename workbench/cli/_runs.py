@@ -40,7 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from workbench.runs import curated_notebooks, demo_parameters, ensure_fleet, new_run_dir, run_notebooks
+    from workbench.runs import (
+        curated_notebooks,
+        demo_parameters,
+        ensure_fleet,
+        new_run_dir,
+        run_notebooks,
+        wall_time_line,
+    )
 
     paths = curated_notebooks(args.notebooks)
     fleet = ensure_fleet(args.devices, args.run_dir)
@@ -59,6 +66,9 @@ def _demo(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
         print(summary.table())
+        budget = wall_time_line(summary)
+        if budget:
+            print(budget)
         failed = summary.failed
         print(f"{len(summary.runs) - len(failed)} of {len(summary.runs)} notebooks ok; executed notebooks and HTML "
               f"in {out}" + (f"; see {failed[0].output} for the first failure" if failed else ""))

@@ -8,6 +8,7 @@ Example:
 In a notebook, ``workbench.record("median_ping_ms", 1.8, tolerance=1.0, unit="ms")``.
 """
 
+from workbench.runs._budget import QUICKSTART, QUICKSTART_BUDGET_S, wall_time_line
 from workbench.runs._collect import Outcome, collect_figures, read_outcome
 from workbench.runs._demo import DemoFleet, curated_notebooks, demo_parameters, ensure_fleet, new_run_dir
 from workbench.runs._diff import FigureChange, RunDiff, diff_runs, within
@@ -17,6 +18,8 @@ from workbench.runs._record import RECORD_MIMETYPE, Figure, record, recorded
 from workbench.runs._summary import NotebookRun, RunSummary, read_run
 
 __all__ = [
+    "QUICKSTART",
+    "QUICKSTART_BUDGET_S",
     "RECORD_MIMETYPE",
     "DemoFleet",
     "Figure",
@@ -38,5 +41,6 @@ __all__ = [
     "record",
     "recorded",
     "run_notebooks",
+    "wall_time_line",
     "within",
 ]
