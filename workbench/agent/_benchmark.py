@@ -56,6 +56,15 @@ def _models(args: dict[str, Any]) -> list[dict[str, Any]]:
     return models
 
 
+def _providers(requested: Any) -> list[str]:
+    """The requested execution providers this device's onnxruntime has, in order, with the CPU as the fallback."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    wanted = [p for p in requested or [] if isinstance(p, str) and p in available and p != "CPUExecutionProvider"]
+    return [*wanted, "CPUExecutionProvider"]
+
+
 @register_command("benchmark")
 def _benchmark(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
     from workbench.deploy.artifacts import fetch
@@ -81,10 +90,11 @@ def _benchmark(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
         download_ms[str(model.get("name"))] = (time.perf_counter() - start) * 1000.0
         paths[str(model.get("name", model["sha256"][:12]))] = str(path)
     options = agent.limits.session_options()
+    providers = _providers(args.get("providers"))
     try:
         timings = time_models(paths, feeds, threads=threads, warmup=int(args.get("warmup", 5)),
                               iterations=iterations, rounds=int(args.get("rounds", 5)), session_options=options,
-                              memory_check=agent.limits.check_memory)
+                              memory_check=agent.limits.check_memory, providers=providers)
     except ResourceLimitError:
         raise
     except Exception as exc:
@@ -96,5 +106,6 @@ def _benchmark(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
         "profile": agent.profile.name if agent.profile else None,
         "simulated": agent.config.simulated,
         "threads": threads,
+        "provider": providers[0],
         "limits": agent.limits.to_dict(),
     }

@@ -44,8 +44,9 @@ def measure_on_device(paths: dict[str, Path], feeds: dict[str, np.ndarray], spec
         for name, path in paths.items():
             sha = server.add(path)
             models.append({"name": name, "url": server.url(sha), "sha256": sha, "size": path.stat().st_size})
+        # The device times on the target's GPU/accelerator providers it has; an older agent ignores the key.
         args: dict[str, Any] = {"models": models, "warmup": warmup, "iterations": iterations, "rounds": rounds,
-                                "threads": threads or target.threads}
+                                "threads": threads or target.threads, "providers": list(target.providers)}
         if sum(a.nbytes for a in feeds.values()) <= _MAX_INLINE_INPUT_BYTES:
             args["inputs"] = {k: {"dtype": v.dtype.name, "shape": list(v.shape), "data": v.ravel().tolist()}
                               for k, v in feeds.items()}
@@ -58,7 +59,8 @@ def measure_on_device(paths: dict[str, Path], feeds: dict[str, np.ndarray], spec
             raise OptimizeError(f"device {device.device_id} could not benchmark the candidates: {exc}") from exc
     where = f"{'simulated device' if reply.get('simulated') else 'device'} {reply.get('device_id')} " \
             f"({reply.get('profile')}, {reply.get('threads')} threads)"
-    return {name: {**timing, "measured_on": where, "provider": "CPUExecutionProvider"}
+    provider = str(reply.get("provider") or "CPUExecutionProvider")
+    return {name: {**timing, "measured_on": where, "provider": provider}
             for name, timing in reply["results"].items()}
 
 
