@@ -131,17 +131,23 @@ def test_restarted_device_serves_verified_model_when_killed_at_random_points(tmp
             helper.run("boot", data)
             boot = time.perf_counter() - start  # a child boots before it installs: aim past that
 
+            durations = [window]
             for trial in range(TRIALS):
                 before = helper.run("boot", data)
                 target = next(p for p in packages if p.id != before["package_id"])
                 (data / "trace.log").unlink(missing_ok=True)
+                started = time.perf_counter()
                 pid = helper.start("install", data, json.dumps({**desired[target.id], "deployment_id": f"t{trial}"}))
-                time.sleep(0.8 * boot + rng.random() * max(window - boot, 0.01) * 1.2)
+                # Aim inside the install as it runs now: a busy machine makes it slower, a quiet one faster.
+                typical = sorted(durations)[len(durations) // 2]
+                time.sleep(0.9 * boot + rng.random() * max(0.9 * (typical - boot), 0.01))
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass  # it finished first
                 result = helper.finish()
+                if result is not None:
+                    durations.append(time.perf_counter() - started)
                 trace = (data / "trace.log").read_text().split() if (data / "trace.log").exists() else []
                 outcomes["completed" if result is not None else "killed"] += 1
                 if result is None:
