@@ -79,11 +79,11 @@ def test_binder_declared_install_runs_quickstart_when_started_in_fresh_venv(tmp_
         _run(["bash", str(BINDER / "start"), python, "-m", "papermill", "--log-level", "WARNING",
               "--execution-timeout", "300", "-p", "smoke", "True", str(QUICKSTART), str(executed)],
              env, RUN_TIMEOUT_S)
+        assert (run_dir / "fleet.json").exists(), "binder/start did not bring the fleet up in $WORKBENCH_RUN_DIR"
     finally:
         subprocess.run([str(venv_dir / "bin" / "workbench"), "down", "--run-dir", str(run_dir)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120)
 
-    assert (run_dir / "fleet.json").exists(), "binder/start did not bring the fleet up in $WORKBENCH_RUN_DIR"
     figures = collect_figures(nbformat.read(executed, as_version=4))
     assert figures["canary_status"].value == "succeeded", figures
     assert figures["devices_on_new_model"].value == 3, figures
