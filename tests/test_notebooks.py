@@ -74,6 +74,12 @@ def _check_quickstart(figures: dict[str, Figure]) -> None:
     assert isinstance(backlog, int) and backlog >= 0
 
 
+def _check_sync_state(figures: dict[str, Figure]) -> None:
+    assert figures["critical_before_bulk"].value is True
+    assert figures["counts_add_up"].value is True
+    assert figures["items_dropped"].value == 0  # far below the outbox's disk bound
+
+
 NOTEBOOKS: dict[str, Entry] = {
     "00_quickstart.ipynb": Entry({"expected_devices": FLEET_DEVICES, "smoke": True}, _check_quickstart),
     "02_optimize_model.ipynb": Entry({"smoke": True, "out_dir": "/tmp/wb-test-optimized"}, _check_optimize),
@@ -82,6 +88,7 @@ NOTEBOOKS: dict[str, Entry] = {
                                     _check_connect_fleet),
     "04_live_telemetry.ipynb": Entry({"expected_devices": FLEET_DEVICES, "duration_s": 3.0, "smoke": True},
                                      _check_live_telemetry),
+    "05_sync_state.ipynb": Entry({"expected_devices": FLEET_DEVICES, "smoke": True}, _check_sync_state),
 }
 
 
