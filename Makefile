@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lab up down lint benchmarks clean
+.PHONY: setup demo test lab up down lint benchmarks binder-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+binder-check: $(STAMP)
+	WORKBENCH_BINDER_CHECK=1 $(BIN)/python -m pytest tests/test_binder.py
 
 lab: $(STAMP)
 	$(BIN)/workbench status >/dev/null 2>&1 || $(BIN)/workbench up
