@@ -3,8 +3,10 @@
 Batches reach the store one way: devices queue them in their sync outbox, and the
 workbench's sync receiver hands each one to :meth:`Ingestor.feed` with a ``receipt``.
 Feeding only queues; one writer thread decodes, checks and dedups, buffers columns and
-inserts ~10k rows at a time (DuckDB pays ~1.3 ms per insert, so one insert per
-500-point batch would cap ingestion near 0.25 M points/s). Once an insert has
+inserts up to 50k rows at a time, or what arrived within ``flush_interval_s`` when less
+comes (DuckDB pays ~1.3 ms per insert, so one insert per 500-point batch would cap
+ingestion near 0.25 M points/s; 50k-row inserts reach ~1.4 M rows/s where 10k-row ones
+reach ~0.8 M on this 2-core machine). Once an insert has
 committed, ``on_stored`` gets the receipts of its batches (the receiver acknowledges
 them then, so a device forgets a batch only once it can be queried). A batch counts
 as seen, for dedup by (device, sequence number), only once its insert committed: a
@@ -94,7 +96,7 @@ class Ingestor:
         store: Store,
         *,
         alerts: AlertEngine | None = None,
-        flush_rows: int = 10_000,
+        flush_rows: int = 50_000,
         flush_interval_s: float = 0.05,
         clock_tolerance_s: float = 5.0,
         retention_every_s: float = 60.0,
@@ -301,8 +303,12 @@ class Ingestor:
         device = np.repeat(np.asarray(devices, dtype=np.int32), counts)
         seq = np.repeat(np.fromiter((b.seq for b, _ in pending), dtype=np.uint64, count=len(pending)), counts)
         metric_parts = []
+        known: dict[tuple[str, ...], np.ndarray] = {}  # batches of one source repeat the same names
         for batch, _ in pending:
-            ids = np.asarray(self.store.metric_ids(batch.names), dtype=np.int32)
+            key = tuple(batch.names)
+            ids = known.get(key)
+            if ids is None:
+                ids = known[key] = np.asarray(self.store.metric_ids(batch.names), dtype=np.int32)
             metric_parts.append(ids[batch.metric])
         metric = np.concatenate(metric_parts)
         batches = (devices, [b.seq for b, _ in pending], [r for _, r in pending], counts.tolist())
@@ -321,18 +327,21 @@ class Ingestor:
         interesting = self.alerts.metrics() | self.watched
         for batch, _ in pending:
             feed = self.feeds[batch.device]
-            # Latest value of every metric, for health tables (vectorised: last index per name).
-            last = {}
-            for index, name in enumerate(batch.names):
-                where = np.flatnonzero(batch.metric == index)
-                if where.size:
-                    last[name] = (float(batch.ts[where[-1]]), float(batch.value[where[-1]]))
-                    if name in interesting:
-                        ts, values = batch.ts[where], batch.value[where]
-                        for alert in self.alerts.evaluate(name, batch.device, ts, values):
-                            self.store.add_alert(alert)
-                        for listener in list(self.listeners):
-                            listener(batch.device, name, ts, values)
+            # Latest value of every metric, for health tables: the last index of each name in one np.unique over
+            # the reversed column (one flatnonzero per name per batch cost ~30% of the writer thread, profiled).
+            present, first_from_end = np.unique(batch.metric[::-1], return_index=True)
+            last_at = batch.n - 1 - first_from_end
+            names = [batch.names[index] for index in present.tolist()]
+            last = dict(zip(names, zip(batch.ts[last_at].tolist(), batch.value[last_at].tolist(), strict=True),
+                            strict=True))
+            for index, name in zip(present.tolist(), names, strict=True):
+                if name in interesting:
+                    where = np.flatnonzero(batch.metric == index)
+                    ts, values = batch.ts[where], batch.value[where]
+                    for alert in self.alerts.evaluate(name, batch.device, ts, values):
+                        self.store.add_alert(alert)
+                    for listener in list(self.listeners):
+                        listener(batch.device, name, ts, values)
             feed.latest.update(last)
 
     # -- control -------------------------------------------------------------------------------------
