@@ -58,7 +58,8 @@ def test_killed_agent_goes_offline_and_returns_with_same_inventory_when_restarte
 @pytest.mark.parametrize("broker", BROKERS)
 def test_frozen_agent_shows_offline_within_one_and_a_half_keepalives(fleet_factory: FleetFactory,
                                                                       broker: str) -> None:
-    keepalive = 2
+    # A keepalive long enough that the brokers' own check granularity is small beside it.
+    keepalive = 6
     record = fleet_factory(devices=1, broker=broker, keepalive=keepalive)
     with workbench.connect(run_dir=record["run_dir"]) as fleet:
         fleet.wait_for(1, timeout=30)
@@ -66,10 +67,10 @@ def test_frozen_agent_shows_offline_within_one_and_a_half_keepalives(fleet_facto
         os.kill(pid, signal.SIGSTOP)  # the socket stays open: only the keepalive can tell
         try:
             stopped_at = time.monotonic()
-            fleet.wait_until(lambda f: not f["sim-01"].online, timeout=10)
-            # The broker's deadline is 1.5x keepalive. Mosquitto checks it lazily and, on a loaded
-            # 2-core box, was seen up to ~3 s late: the margin covers that, not a slower design.
-            assert time.monotonic() - stopped_at <= 1.5 * keepalive + 3.5
+            fleet.wait_until(lambda f: not f["sim-01"].online, timeout=30)
+            # The broker's deadline is 1.5x keepalive. Mosquitto checks it lazily and, on a 2-core box
+            # loaded by other test runs, was seen up to ~5 s late: the margin covers that, not a slower design.
+            assert time.monotonic() - stopped_at <= 1.5 * keepalive + 5.0
         finally:
             os.kill(pid, signal.SIGCONT)
         fleet.wait_until(lambda f: f["sim-01"].online, timeout=30)  # reconnects with backoff
