@@ -15,7 +15,7 @@ Prints, in one run on this machine (all numbers measured, none estimated):
 Goals (issue 5): 1,000,000 points/s sustained into the store on 2 cores; end-to-end p99 under 100 ms at
 100,000 points/s. The machine is shared with other engineers' test runs: the load average is printed.
 
-Usage: python benchmarks/telemetry.py [--devices 4] [--seconds 8] [--no-dashboard]
+Usage: python benchmarks/telemetry.py [--devices 4] [--seconds 8] [--batch-points 500] [--no-dashboard]
 
 Measured 2026-11-26 on the shared 2-core VM, 4 agents, embedded broker, load average 5.4-8.7 from other test runs
 (two runs, figures differ by that load): broker capacity 612k / 329k points/s; end-to-end stored 78k points/s at
@@ -104,12 +104,13 @@ def broker_capacity(address: BrokerAddress, seconds: float, publishers: int = 2)
             "delivered": len(times) / max(sent, 1), "bytes": float(len(payload))}
 
 
-def ingestion(fleet: Any, devices: list[str], offered: float, seconds: float) -> dict[str, float]:
+def ingestion(fleet: Any, devices: list[str], offered: float, seconds: float,
+              batch_points: int = BATCH_POINTS) -> dict[str, float]:
     """Points/s stored while the agents' synthetic source offers ``offered`` points/s in total."""
     telemetry = fleet.telemetry
     ingestor = telemetry.ingestor
     telemetry.configure(devices, synthetic_points_per_s=int(offered / len(devices)), publish_interval_s=0.1,
-                        batch_size=BATCH_POINTS)
+                        batch_size=batch_points)
     time.sleep(2.0)  # warm-up: outboxes and the writer reach their steady state
     ingestor.latencies_ms.clear()
     start_points, start = ingestor.totals["points"], time.monotonic()
@@ -157,6 +158,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=4, help="simulated agents (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each measurement (default: %(default)s)")
+    parser.add_argument("--batch-points", type=int, default=BATCH_POINTS,
+                        help="points per telemetry batch the agents queue (default: %(default)s; the broker-capacity "
+                             "phase always uses 500)")
     parser.add_argument("--no-dashboard", action="store_true", help="skip the dashboard refresh measurement")
     args = parser.parse_args()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
@@ -170,16 +174,17 @@ def main() -> None:
                 # it drops some of their outbox messages, and their resends (an ack timeout, ~7 s, later) would
                 # count as latency in a phase that followed.
                 # Paced first: a flat-out phase leaves a backlog in the outboxes that would count as latency.
-                paced = ingestion(fleet, names, LATENCY_RATE, args.seconds)
+                paced = ingestion(fleet, names, LATENCY_RATE, args.seconds, args.batch_points)
                 print(f"publish-to-queryable at {LATENCY_RATE:,} points/s offered ({paced['points_s']:,.0f} stored/s, "
                       f"{int(paced['batches'])} batches): p50 {paced['p50_ms']:.1f} ms, p99 {paced['p99_ms']:.1f} ms "
                       f"(goal p99 < 100 ms)")
-                flat = ingestion(fleet, names, GOAL_POINTS_S, args.seconds)
+                flat = ingestion(fleet, names, GOAL_POINTS_S, args.seconds, args.batch_points)
                 broker = broker_capacity(fleet.address, args.seconds)
                 print(f"broker capacity (bare paho, 2 publisher processes -> 1 subscriber, QoS 1, "
                       f"{int(broker['bytes'])} B batches of {BATCH_POINTS} points): {broker['points_s']:,.0f} points/s "
                       f"({broker['messages_s']:,.0f} msg/s, {broker['delivered']:.1%} delivered)")
-                print(f"end-to-end into the store, {GOAL_POINTS_S:,} points/s offered by {args.devices} agents: "
+                print(f"end-to-end into the store, {GOAL_POINTS_S:,} points/s offered by {args.devices} agents in "
+                      f"batches of {args.batch_points} points: "
                       f"{flat['points_s']:,.0f} points/s stored ({flat['points_s'] / GOAL_POINTS_S:.1%} of the goal; "
                       f"{flat['points_s'] / broker['points_s']:.2f}x the broker's capacity)")
                 print(f"  same figures at the flat-out rate: p50 {flat['p50_ms']:.1f} ms, p99 {flat['p99_ms']:.1f} ms")
