@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -14,19 +13,12 @@ import numpy as np
 import psutil
 
 from workbench.agent._limits import DeviceLimits
+from workbench.deploy.artifacts import sha256_file
 from workbench.errors import ResourceLimitError, WorkbenchError
 
 
 class ModelLoadError(WorkbenchError):
     """A model file could not be loaded into ONNX Runtime."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

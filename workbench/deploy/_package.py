@@ -27,6 +27,7 @@ import numpy as np
 
 from workbench.deploy._errors import PackageError, SignatureError
 from workbench.deploy._keys import SigningKey, load_signing_key
+from workbench.deploy.artifacts import sha256_file
 
 FORMAT = "wb-package/1"
 MANIFEST = "manifest.json"
@@ -101,14 +102,6 @@ class Package:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "package_id": self.id,
                 "model_sha256": self.files.get(self.manifest.get("model") or MODEL, {}).get("sha256")}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _safe_name(name: str) -> bool:
@@ -215,7 +208,7 @@ def sign_package(
         rel = path.relative_to(folder).as_posix()
         if rel in (MANIFEST, SIGNATURE) or path.name.startswith("."):
             continue
-        files[rel] = {"sha256": _sha256(path), "size": path.stat().st_size}
+        files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     model_size = files[model_name]["size"]
     manifest.update({
         "format": FORMAT,
@@ -361,7 +354,7 @@ def verify_files(package: Package) -> None:
         if size != entry.get("size"):
             raise PackageError(f"package {package.path}: {name!r} is {size} bytes, the manifest says "
                                f"{entry.get('size')} (truncated or replaced); rebuild the package")
-        if _sha256(path) != entry.get("sha256"):
+        if sha256_file(path) != entry.get("sha256"):
             raise PackageError(f"package {package.path}: {name!r} does not match its sha256 in the manifest "
                                "(the file was modified); rebuild the package")
 
