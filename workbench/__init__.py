@@ -8,8 +8,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from workbench._lazy import lazy_getattr
 from workbench.errors import (
     ArtifactError,
     AuthenticationError,
@@ -48,29 +49,17 @@ if TYPE_CHECKING:
 
 # The notebook-side API needs pandas; keep `import workbench` light for the agent.
 _LAZY = {
-    "connect": ("workbench.fleet", "connect"),
-    "Fleet": ("workbench.fleet", "Fleet"),
-    "Device": ("workbench.fleet", "Device"),
-    "optimize": ("workbench.optimize", "optimize"),
-    "record": ("workbench.runs", "record"),
-    "Canary": ("workbench.deploy", "Canary"),
-    "Shadow": ("workbench.deploy", "Shadow"),
-    "gate": ("workbench.deploy", "gate"),
+    "connect": "workbench.fleet",
+    "Fleet": "workbench.fleet",
+    "Device": "workbench.fleet",
+    "optimize": "workbench.optimize",
+    "record": "workbench.runs",
+    "Canary": "workbench.deploy",
+    "Shadow": "workbench.deploy",
+    "gate": "workbench.deploy",
 }
-
-
-_SUBPACKAGES = {"agent", "cli", "deploy", "fleet", "optimize", "profiles", "runs", "sim", "sync", "telemetry"}
-
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"workbench.{name}")
-    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+_SUBPACKAGES = ("agent", "cli", "deploy", "fleet", "optimize", "profiles", "runs", "sim", "sync", "telemetry")
+__getattr__ = lazy_getattr("workbench", _LAZY, _SUBPACKAGES)
 
 
 __all__ = [

@@ -9,10 +9,11 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from workbench._lazy import lazy_getattr
 
 # optimize() pulls in onnx, torch and pandas; the agent imports only the light _timing and _spec modules.
 _LAZY = {
@@ -42,10 +43,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'workbench.optimize' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

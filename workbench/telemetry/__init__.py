@@ -8,9 +8,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from workbench._lazy import lazy_getattr
 from workbench.telemetry._wire import MAX_BATCH_BYTES, WIRE_VERSION, Batch, decode_batch, encode_batch
 
 if TYPE_CHECKING:
@@ -32,10 +32,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'workbench.telemetry' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = ["MAX_BATCH_BYTES", "WIRE_VERSION", "AlertRule", "Batch", "DuckDBStore", "Ingestor", "PostgresStore",
