@@ -54,7 +54,7 @@ def test_inventory_reports_real_host_hardware_for_simulated_device(shared_fleet:
 def test_unknown_command_raises_remote_error_naming_known_commands(shared_fleet: dict[str, Any]) -> None:
     with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
         fleet.wait_for(3, timeout=30)
-        with pytest.raises(workbench.RemoteCommandError, match="unknown command 'reboot'.*ping") as info:
+        with pytest.raises(workbench.RemoteCommandError, match=r"unknown command 'reboot'.*ping") as info:
             fleet["sim-02"].call("reboot")
         assert info.value.code == "unknown_command"
 
@@ -62,14 +62,15 @@ def test_unknown_command_raises_remote_error_naming_known_commands(shared_fleet:
 def test_unknown_device_raises_naming_the_known_ones(shared_fleet: dict[str, Any]) -> None:
     with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
         fleet.wait_for(3, timeout=30)
-        with pytest.raises(workbench.UnknownDeviceError, match="sim-99.*sim-01"):
+        with pytest.raises(workbench.UnknownDeviceError, match=r"sim-99.*sim-01"):
             fleet["sim-99"]
 
 
 def test_wait_for_raises_fleet_timeout_naming_counts_when_too_few_devices(shared_fleet: dict[str, Any]) -> None:
-    with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
-        with pytest.raises(workbench.FleetTimeoutError, match="only 3 of 5 devices online"):
-            fleet.wait_for(5, timeout=1.0)
+    with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet, pytest.raises(
+        workbench.FleetTimeoutError, match="only 3 of 5 devices online"
+    ):
+        fleet.wait_for(5, timeout=1.0)
 
 
 def test_listeners_get_online_and_offline_events_when_an_agent_stops(fleet_factory: FleetFactory) -> None:
@@ -91,7 +92,7 @@ def test_listeners_get_online_and_offline_events_when_an_agent_stops(fleet_facto
         remove()
         assert {("offline", "sim-01"), ("offline", "sim-02")} <= set(events)
         assert fleet["sim-01"].offline_reason == "shutdown"
-        with pytest.raises(workbench.DeviceOfflineError, match="sim-01.*offline"):
+        with pytest.raises(workbench.DeviceOfflineError, match=r"sim-01.*offline"):
             fleet["sim-01"].ping()
 
 
