@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -116,6 +117,7 @@ class DevTools:
             time.sleep(0.2)
 
 
+TICKS = "Array.from(document.querySelectorAll('.js-plotly-plot .xaxislayer-above text')).map(t => t.textContent)"
 LINES = "Array.from(document.querySelectorAll('.js-plotly-plot .scatterlayer .trace path.js-line'))"
 
 
@@ -156,6 +158,9 @@ def test_voila_dashboard_renders_changing_charts_without_console_errors(tmp_path
         first = tools.evaluate(f"{LINES}.map(p => p.getAttribute('d')).join('|')")
         tools.poll(f"{LINES}.map(p => p.getAttribute('d')).join('|') !== {json.dumps(first)}", 10,
                    "the charts did not change while telemetry arrived")
+        # Epoch milliseconds on an axis plotly.js autotyped as linear read "1.79T"; on a date axis, clock times.
+        ticks = tools.poll(f"{TICKS}.length && {TICKS}", 10, "the charts drew no x tick labels")
+        assert all(re.match(r"\d{2}:\d{2}", tick) for tick in ticks), ticks
         body = tools.evaluate("document.body.innerText")
         assert "sim-01" in body and "sim-02" in body and "sync backlog" in body
         shot = base64.b64decode(tools.call("Page.captureScreenshot", format="png")["data"])

@@ -48,3 +48,32 @@ def test_dashboard_synced_state_holds_traces_and_layout_when_a_page_connects_aft
             colors[trace["name"]].add(trace["line"]["color"])
         assert all(len(found) == 1 for found in colors.values()) and len(set.union(*colors.values())) == 3
         dashboard.stop()
+
+
+def test_dashboard_x_axes_stay_dates_in_synced_state_and_every_update_when_lines_are_redrawn(
+    shared_fleet: dict[str, Any],
+) -> None:
+    # plotly.js resets an axis' type when a restyle changes its x (then autotypes epoch ms as linear, "1.79T"),
+    # unless the same update names the type: every message that changes x must carry type="date" for every x axis.
+    with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
+        fleet.wait_for(3)
+        fleet.telemetry.wait_for("cpu_percent", devices=["sim-01", "sim-02", "sim-03"], count=1, timeout=20)
+        dashboard = widgets.TelemetryDashboard(fleet, metrics=["cpu_percent", "uptime_s", "latency_p95_ms"],
+                                               start=False)
+        sent: list[dict[str, Any]] = []
+        dashboard.figure.observe(lambda change: sent.append(change["new"]), names=["_py2js_update", "_py2js_restyle"])
+        deadline = time.monotonic() + 10
+        while not sent and time.monotonic() < deadline:  # the first drawing happened in the constructor
+            time.sleep(0.3)
+            fleet.telemetry.ingestor.wait_idle()
+            dashboard.refresh()
+        state = dashboard.figure.get_state()["_widget_layout"]
+        axes = sorted(name for name in state if name.startswith("xaxis"))
+        assert axes == ["xaxis", "xaxis2", "xaxis3"]
+        assert all(state[name]["type"] == "date" for name in axes)
+        updates = [message for message in sent if message and "x" in message["style_data"]]
+        assert updates
+        for message in updates:
+            assert {f"{name}.type": message["layout_data"].get(f"{name}.type") for name in axes} == {
+                f"{name}.type": "date" for name in axes}
+        dashboard.stop()

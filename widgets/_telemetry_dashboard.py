@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import re
 import threading
 import time
 from collections import deque
@@ -26,6 +27,34 @@ from widgets._alert_list import AlertList
 from widgets._health_table import FleetHealthTable
 
 PALETTE: list[str] = list(qualitative.Plotly) + list(qualitative.D3)
+_X_AXIS = re.compile(r"xaxis\d*")
+
+
+class _DateAxesFigure(go.FigureWidget):
+    """A FigureWidget whose date x axes stay dates when the data on them changes.
+
+    plotly.js resets the type of every axis whose data a restyle changes (``clearAxisTypes``) unless the same
+    update names that type, and then autotypes a float array as linear: epoch milliseconds read "1.79T". plotly
+    sends only layout values that changed, so an unchanged ``type="date"`` never goes along; this adds it to
+    every update that changes x. The synced layout keeps it too, for pages that attach later.
+    """
+
+    def _date_axes(self) -> dict[str, str]:
+        return {f"{name}.type": "date" for name, axis in self._layout.items()
+                if _X_AXIS.fullmatch(name) and isinstance(axis, dict) and axis.get("type") == "date"}
+
+    def _send_update_msg(self, restyle_data: dict[str, Any], relayout_data: dict[str, Any],
+                         trace_indexes: Any = None, source_view_id: str | None = None) -> None:
+        if "x" in restyle_data:
+            relayout_data = {**self._date_axes(), **relayout_data}
+        super()._send_update_msg(restyle_data, relayout_data, trace_indexes, source_view_id)
+
+    def _send_restyle_msg(self, restyle_data: dict[str, Any], trace_indexes: Any = None,
+                          source_view_id: str | None = None) -> None:
+        if "x" in restyle_data:
+            self._send_update_msg(restyle_data, {}, trace_indexes, source_view_id)
+        else:
+            super()._send_restyle_msg(restyle_data, trace_indexes, source_view_id)
 
 
 class TelemetryDashboard(w.VBox):
@@ -54,7 +83,7 @@ class TelemetryDashboard(w.VBox):
         layout.update_layout(height=220 * len(self.metrics) + 60, margin={"l": 50, "r": 10, "t": 40, "b": 30},
                              legend={"orientation": "h"}, uirevision="keep")
         layout.update_xaxes(type="date")
-        self.figure = go.FigureWidget(layout)
+        self.figure = _DateAxesFigure(layout)
         self.health = FleetHealthTable(fleet)
         self.alert_list = AlertList(fleet)
         super().__init__([self.health, self.figure, self.alert_list])
