@@ -49,6 +49,28 @@ def test_ingestor_counts_gaps_and_late_arrivals_when_sequences_skip_and_reorder(
     assert ingestor.store.count() == 50
 
 
+def test_ingestor_missing_never_goes_negative_when_older_batches_arrive_after_the_first_seen(
+    ingestor: Ingestor,
+) -> None:
+    # A device's outbox may deliver its newest batch first; the older ones were never counted missing.
+    for seq in (5, 0, 1, 2, 3, 4, 8, 6):
+        ingestor.feed(_raw("sim-01", seq), TOPIC.format("sim-01"))
+    assert ingestor.wait_idle()
+    stats = ingestor.stats()["sim-01"]
+    # Only 6 and 7 were skipped (at 8), and 6 came late.
+    assert (stats["gaps"], stats["out_of_order"], stats["missing"]) == (2, 6, 1)
+
+
+def test_ingestor_missing_never_goes_negative_when_a_restarted_device_sends_an_older_boot(
+    ingestor: Ingestor,
+) -> None:
+    boot = 1 << 32
+    for seq in (boot + 3, 2, 3):  # batches of the earlier boot (sequence restarted) delivered after the new one
+        ingestor.feed(_raw("sim-01", seq), TOPIC.format("sim-01"))
+    assert ingestor.wait_idle()
+    assert ingestor.stats()["sim-01"]["missing"] == 0
+
+
 def test_ingestor_does_not_store_a_duplicate_when_restarted_on_the_same_file(tmp_path: Path) -> None:
     path = tmp_path / "t.duckdb"
     first = Ingestor(DuckDBStore(path), flush_interval_s=0.01)

@@ -48,6 +48,8 @@ from workbench.telemetry._wire import MAX_BATCH_BYTES, Batch, decode_batch, prob
 
 log = logging.getLogger("workbench.telemetry")
 
+MAX_TRACKED_GAP = 100_000  # skipped sequence numbers remembered per gap, so late arrivals are matched exactly
+
 
 class Store(Protocol):
     """What ingestion needs of a backend (DuckDB or PostgreSQL)."""
@@ -70,6 +72,7 @@ class DeviceFeed:
     seen: set[int] = field(default_factory=set)  # committed in the store
     storing: dict[int, list[Any]] = field(default_factory=dict)  # seq -> receipts waiting for its insert
     failed: set[int] = field(default_factory=set)  # inserts that failed: counted missing until they come again
+    skipped: set[int] = field(default_factory=set)  # passed over by a newer batch: counted missing until they come
     newest: int = -1
     tags: dict[str, Any] = field(default_factory=dict)
     last_received: float | None = None
@@ -201,11 +204,18 @@ class Ingestor:
             feed.counters["missing"] -= 1
         elif batch.seq < feed.newest:
             feed.counters["out_of_order"] += 1
-            feed.counters["missing"] -= 1  # it was counted missing when the newer one came
+            # Only a batch skipped earlier was counted missing: one older than the first batch seen, or from an
+            # earlier boot (its sequence restarts), never was, and subtracting it drove the count below zero.
+            if batch.seq in feed.skipped:
+                feed.skipped.discard(batch.seq)
+                feed.counters["missing"] -= 1
         elif feed.newest >= 0 and batch.seq >> 32 == feed.newest >> 32 and batch.seq > feed.newest + 1:
             skipped = batch.seq - feed.newest - 1
             feed.counters["gaps"] += skipped
-            feed.counters["missing"] += skipped
+            # Remembered one by one up to a bound, so a wild jump cannot exhaust memory; beyond it, not counted.
+            tracked = range(batch.seq - min(skipped, MAX_TRACKED_GAP), batch.seq)
+            feed.skipped.update(tracked)
+            feed.counters["missing"] += len(tracked)
         feed.storing[batch.seq] = [] if receipt is None else [receipt]
         feed.newest = max(feed.newest, batch.seq)
         offset = received - batch.sent if clock_offset_s is None else clock_offset_s
