@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from workbench.errors import ConfigError
+from workbench.telemetry._client import Telemetry
 from workbench.telemetry._ingest import Ingestor
 from workbench.telemetry._store import DuckDBStore
 from workbench.telemetry._wire import encode_batch
@@ -138,3 +141,47 @@ def test_apply_retention_keeps_old_history_as_rollups_when_raw_points_expire() -
 def test_query_raises_config_error_naming_choices_when_aggregate_is_unknown() -> None:
     with pytest.raises(ConfigError, match="unknown aggregate 'median'"):
         DuckDBStore().query("m", None, None, None, 5.0, "median")
+
+
+class _SlowStore(DuckDBStore):
+    """A real DuckDB store whose inserts take ``delay_s``: a backlog that outlasts close()'s wait."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    def insert_batches(self, *args: Any) -> None:
+        time.sleep(self.delay_s)
+        super().insert_batches(*args)
+
+
+def test_telemetry_close_stores_the_backlog_before_closing_the_store_when_it_drains_in_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = _SlowStore(delay_s=0.02)
+    telemetry = Telemetry(cast(Any, None), store=store, receive=False, flush_rows=10)
+    for seq in range(20):
+        telemetry.ingestor.feed(_raw("sim-01", seq), TOPIC.format("sim-01"))
+    with caplog.at_level(logging.WARNING, logger="workbench.telemetry"):
+        telemetry.close(timeout=10.0)
+    assert not telemetry.ingestor._writer.is_alive()
+    assert telemetry.ingestor.stats()["sim-01"]["points"] == 200
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_telemetry_close_drops_and_logs_the_rest_without_store_errors_when_the_backlog_outlasts_the_wait(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ingestor = Ingestor(_SlowStore(delay_s=0.2), flush_rows=10)
+    for seq in range(30):
+        ingestor.feed(_raw("sim-01", seq), TOPIC.format("sim-01"))
+    with caplog.at_level(logging.WARNING, logger="workbench.telemetry"):
+        dropped = ingestor.close(timeout=0.5)
+        ingestor.feed(_raw("sim-01", 99), TOPIC.format("sim-01"))  # after close: not taken
+    assert not ingestor._writer.is_alive() and ingestor.backlog == 0
+    stored = ingestor.store.count()  # type: ignore[attr-defined]
+    assert dropped > 0 and stored + dropped * 10 == 300
+    ingestor.store.close()  # type: ignore[attr-defined]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"{dropped} batches" in m and "not stored" in m for m in messages), messages
+    assert not any("insert failed" in m for m in messages)

@@ -214,6 +214,11 @@ class Telemetry:
                                         "device); is telemetry enabled and the source configured?")
             time.sleep(0.1)
 
-    def close(self) -> None:
-        self.ingestor.close()
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop intake, let the writer store the backlog (up to ``timeout`` s, the rest is logged), close the store.
+
+        Example:
+            >>> fleet.telemetry.close()   # doctest: +SKIP
+        """
+        self.ingestor.close(timeout=timeout)  # returns only once the writer no longer touches the store
         self.store.close()

@@ -125,6 +125,8 @@ class Ingestor:
         self._buffered = 0  # messages taken from the inbox but not yet stored (the writer's)
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._abandon = threading.Event()  # close() gave up waiting: stop without touching the store again
+        self._closed = False
         self._flushed = threading.Condition()
         self._lock = threading.Lock()
         for device, seqs in store.seen_batches().items():
@@ -146,6 +148,9 @@ class Ingestor:
         Example:
             >>> ingestor.feed(raw, "wb/v1/dev/sim-01/telemetry", receipt=("sim-01", 7))   # doctest: +SKIP
         """
+        if self._closed:  # the store is going away: acknowledged never, so the device sends it again
+            self.totals["fed_after_close"] += 1
+            return
         self._inbox.append((payload, topic, time.time() if received is None else received, receipt, clock_offset_s))
         self._wake.set()
 
@@ -232,10 +237,12 @@ class Ingestor:
         first_at = 0.0
         next_retention = time.monotonic() + self.retention_every_s
         while not self._stop.is_set() or self._inbox:
+            if self._abandon.is_set():
+                break
             if not self._inbox:
                 self._wake.wait(self.flush_interval_s if pending else 0.5)
                 self._wake.clear()
-            while self._inbox and rows < self.flush_rows:
+            while self._inbox and rows < self.flush_rows and not self._abandon.is_set():
                 self._buffered += 1
                 payload, topic, received, receipt, offset = self._inbox.popleft()
                 batch = self._accept(payload, topic, received, receipt, offset)
@@ -251,6 +258,8 @@ class Ingestor:
             # Flush once the interval is up and nothing more is waiting (what queued meanwhile joins this insert,
             # so inserts grow with the load), at flush_rows, or at five intervals whatever is waiting.
             waited = time.monotonic() - first_at
+            if self._abandon.is_set():
+                break
             if pending and (rows >= self.flush_rows or self._stop.is_set() or waited >= 5 * self.flush_interval_s
                             or (waited >= self.flush_interval_s and not self._inbox)):
                 try:
@@ -276,6 +285,10 @@ class Ingestor:
                     self.store.apply_retention()
                 except Exception:
                     log.exception("telemetry retention failed")
+        if self._abandon.is_set():
+            self.totals["batches_dropped_at_close"] += len(pending) + len(self._inbox)
+            self.totals["points_dropped_at_close"] += rows
+            self._inbox.clear()
 
     def _committed(self, batches: list[tuple[Batch, float]]) -> None:
         for batch, _ in batches:
@@ -382,8 +395,28 @@ class Ingestor:
                          "last_received": feed.last_received, **{f"tag_{k}": v for k, v in feed.tags.items()}}
                 for device, feed in sorted(feeds.items())}
 
-    def close(self) -> None:
-        """Store what was fed so far, then stop the writer thread."""
+    def close(self, timeout: float = 5.0) -> int:
+        """Stop taking batches, store what was fed so far within ``timeout`` s, then stop the writer thread.
+
+        What is not stored by then is dropped (and never acknowledged, so devices send it again to the
+        next receiver) and logged; returns how many batches that was. The store is not touched after
+        this returns, so the caller may close it.
+
+        Example:
+            >>> ingestor.close(timeout=5.0)   # doctest: +SKIP
+            0
+        """
+        self._closed = True
         self._stop.set()
         self._wake.set()
-        self._writer.join(timeout=10)
+        self._writer.join(timeout=timeout)
+        if self._writer.is_alive():
+            self._abandon.set()
+            self._writer.join(timeout=timeout)  # the insert under way finishes; nothing starts after it
+            if self._writer.is_alive():
+                log.error("telemetry writer still inside an insert %.0f s after close; closing the store may "
+                          "fail it", 2 * timeout)
+            log.warning("telemetry closed after %.1f s with a backlog: %d batches (%d decoded points) not stored; "
+                        "devices send unacknowledged batches again", timeout,
+                        self.totals["batches_dropped_at_close"], self.totals["points_dropped_at_close"])
+        return int(self.totals["batches_dropped_at_close"])
