@@ -13,7 +13,9 @@ def test_dashboard_draws_a_line_per_device_that_grows_when_telemetry_arrives(sha
     with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
         fleet.wait_for(3)
         fleet.telemetry.configure("all", publish_interval_s=0.2)
-        fleet.telemetry.wait_for("cpu_percent", devices=["sim-01", "sim-02", "sim-03"], count=1, timeout=20)
+        # Recent points: a shared device may first drain a backlog older than the dashboard's window.
+        fleet.telemetry.wait_for("cpu_percent", devices=["sim-01", "sim-02", "sim-03"], count=1, timeout=60,
+                                 since=60)
         dashboard = widgets.TelemetryDashboard(fleet, metrics=["cpu_percent", "uptime_s"], start=False)
         dashboard.refresh()
         names = {(trace.name, trace.yaxis) for trace in dashboard.figure.data}
@@ -37,7 +39,9 @@ def test_dashboard_synced_state_holds_traces_and_layout_when_a_page_connects_aft
     # state alone, so the traces drawn before it attached must be in that state.
     with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
         fleet.wait_for(3)
-        fleet.telemetry.wait_for("cpu_percent", devices=["sim-01", "sim-02", "sim-03"], count=1, timeout=20)
+        # Recent points: a shared device may first drain a backlog older than the dashboard's window.
+        fleet.telemetry.wait_for("cpu_percent", devices=["sim-01", "sim-02", "sim-03"], count=1, timeout=60,
+                                 since=60)
         dashboard = widgets.TelemetryDashboard(fleet, metrics=["cpu_percent", "uptime_s"], start=False)
         dashboard.refresh()
         synced = dashboard.figure._widget_data
@@ -57,7 +61,9 @@ def test_dashboard_x_axes_stay_dates_in_synced_state_and_every_update_when_lines
     # unless the same update names the type: every message that changes x must carry type="date" for every x axis.
     with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
         fleet.wait_for(3)
-        fleet.telemetry.wait_for("cpu_percent", devices=["sim-01", "sim-02", "sim-03"], count=1, timeout=20)
+        # Recent points: a shared device may first drain a backlog older than the dashboard's window.
+        fleet.telemetry.wait_for("cpu_percent", devices=["sim-01", "sim-02", "sim-03"], count=1, timeout=60,
+                                 since=60)
         dashboard = widgets.TelemetryDashboard(fleet, metrics=["cpu_percent", "uptime_s", "latency_p95_ms"],
                                                start=False)
         sent: list[dict[str, Any]] = []

@@ -195,15 +195,21 @@ class Telemetry:
         return results
 
     def wait_for(self, metric: str, *, devices: str | list[str] | None = "all", count: int = 1,
-                 timeout: float = 30.0) -> None:
-        """Block until every named device (or any, for "all") has stored ``count`` points of ``metric``."""
+                 timeout: float = 30.0, since: Instant = None) -> None:
+        """Block until every named device (or any, for "all") has stored ``count`` points of ``metric``.
+
+        ``since`` counts only recent points: a device that was cut off first drains its older backlog.
+
+        Example:
+            >>> fleet.telemetry.wait_for("cpu_percent", devices=["sim-01"], since="1m")   # doctest: +SKIP
+        """
         from workbench.errors import FleetTimeoutError
 
         wanted = self._devices(devices)
         deadline = time.monotonic() + timeout
         while True:
             self.ingestor.wait_idle(timeout=1.0)
-            frame = self.query(metric, devices=wanted or "all", since=None)
+            frame = self.query(metric, devices=wanted or "all", since=since)
             per_device = frame.groupby("device_id").size() if not frame.empty else {}
             have = {d: int(n) for d, n in dict(per_device).items()}
             if (wanted and all(have.get(d, 0) >= count for d in wanted)) or (not wanted and have and
