@@ -68,9 +68,10 @@ def test_frozen_agent_shows_offline_within_one_and_a_half_keepalives(fleet_facto
         try:
             stopped_at = time.monotonic()
             fleet.wait_until(lambda f: not f["sim-01"].online, timeout=30)
-            # The broker's deadline is 1.5x keepalive. Mosquitto checks it lazily and, on a 2-core box
-            # loaded by other test runs, was seen up to ~5 s late: the margin covers that, not a slower design.
-            assert time.monotonic() - stopped_at <= 1.5 * keepalive + 5.0
+            # The broker's deadline is 1.5x keepalive. NATS meets it to within scheduling noise; Mosquitto 2.0
+            # sweeps for expired clients only every few seconds and was measured up to ~6 s late here.
+            margin = 2.0 if broker == "embedded" else 7.0
+            assert time.monotonic() - stopped_at <= 1.5 * keepalive + margin
         finally:
             os.kill(pid, signal.SIGCONT)
         fleet.wait_until(lambda f: f["sim-01"].online, timeout=30)  # reconnects with backoff
