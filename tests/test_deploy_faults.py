@@ -31,7 +31,7 @@ from workbench.deploy._serve import spawn_artifact_server
 from workbench.deploy._state import DeployState
 from workbench.deploy.artifacts import ArtifactStore
 from workbench.fleet._fleet import Fleet
-from workbench.sim import _procs, down
+from workbench.sim import RunDir, _procs, down
 
 
 @pytest.fixture
@@ -40,6 +40,12 @@ def keys_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WORKBENCH_KEYS_DIR", str(tmp_path / "keys"))
     monkeypatch.setenv("WORKBENCH_DEPLOY_HISTORY", str(tmp_path / "history.jsonl"))
     return tmp_path
+
+
+def _restart(record: dict[str, Any], agent: dict[str, Any]) -> None:
+    """Start the agent process again and record it in fleet.json, so the fleet's `down` stops it too."""
+    agent.update(_procs.spawn(agent["argv"], Path(agent["log"])))
+    RunDir(Path(record["run_dir"])).write({key: value for key, value in record.items() if key != "version"})
 
 
 def make_package(base: Path, name: str, seed: int, *, slow: bool = False, layers: int = 4) -> Package:
@@ -94,7 +100,7 @@ def test_offline_device_installs_from_fleet_server_when_it_returns_after_deployi
     report = fleet.deploy(package.path).wait(timeout=60)
     assert [d["state"] for d in report.devices] == ["pending_offline"]
     fleet.close()  # the deploying session is gone: only the fleet's own artifact server can serve the package
-    agent.update(_procs.spawn(agent["argv"], Path(agent["log"])))
+    _restart(record, agent)
     with workbench.connect(run_dir=record["run_dir"]) as later:
         later.wait_until(lambda f: "sim-01" in f and f["sim-01"].online and active_version(f, "sim-01")
                          == "while-away", timeout=60)
@@ -270,7 +276,7 @@ def test_restarted_agent_serves_verified_model_when_killed_during_rollout(one_de
         time.sleep(rng.random() * window)
         psutil.Process(agent["pid"]).kill()
         fleet.wait_until(lambda f: not f["sim-01"].online, timeout=20)
-        agent.update(_procs.spawn(agent["argv"], Path(agent["log"])))
+        _restart(record, agent)
         fleet.wait_until(lambda f: f["sim-01"].online, timeout=30)
         # At any moment after the restart the device serves one of the two verified packages, never none.
         status = fleet.call("sim-01", "deploy_status", {}, timeout=20)
