@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -40,4 +39,8 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.run_dir:
         env["WORKBENCH_RUN_DIR"] = str(Path(args.run_dir).resolve())
-    return subprocess.call(command(args), env=env)
+    argv = command(args)
+    # Become Voila rather than wait on it: a signal to `workbench dashboard` then reaches Voila, which stops
+    # its kernels, instead of killing this wrapper and orphaning the server.
+    os.execve(argv[0], argv, env)
+    return 0  # not reached
