@@ -407,10 +407,7 @@ register_service("deploy", DeployService)
 
 
 def _deploy_service(agent: DeviceAgent) -> DeployService:
-    service = agent.services.get("deploy")
-    if not isinstance(service, DeployService):
-        raise DeployError("this agent runs without the deploy service; upgrade the agent")
-    return service
+    return agent.service("deploy", DeployService)
 
 
 @register_command("deploy_status")

@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import topic_matches_sub
@@ -24,12 +24,14 @@ from workbench.agent._commands import command_names, get_command, is_inline
 from workbench.agent._limits import DeviceLimits
 from workbench.agent._runtime import ModelRuntime
 from workbench.agent._services import AgentService, service_factories
-from workbench.errors import DuplicateDeviceError, PayloadError, WorkbenchError
+from workbench.errors import ConfigError, DuplicateDeviceError, PayloadError, WorkbenchError
 from workbench.fleet import schema, topics
 from workbench.fleet._mqtt import BrokerAddress, close_client, is_auth_failure, make_client, new_client_id
 from workbench.profiles import HardwareProfile, detect_hardware, get_profile
 
 log = logging.getLogger("workbench.agent")
+
+_S = TypeVar("_S")
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
@@ -219,6 +221,20 @@ class DeviceAgent:
         self._client.publish(
             topics.inventory_topic(self.device_id), schema.encode(self.inventory()), qos=1, retain=True
         )
+
+    def service(self, name: str, kind: type[_S]) -> _S:
+        """The running service ``name`` (``sync``, ``telemetry``, ``deploy``...) of type ``kind``.
+
+        Raises :class:`~workbench.errors.ConfigError` when this agent runs without it.
+
+        Example:
+            >>> agent.service("sync", SyncService).put(payload)   # doctest: +SKIP
+        """
+        service = self.services.get(name)
+        if not isinstance(service, kind):
+            raise ConfigError(f"{name} is not running on {self.device_id} (agent {self.agent_version}); "
+                              "restart or upgrade the agent")
+        return service
 
     @property
     def online(self) -> bool:

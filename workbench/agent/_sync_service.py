@@ -45,7 +45,6 @@ DEFAULTS: dict[str, Any] = {
     "max_mb": 256.0,             # the outbox's disk bound (payload bytes)
     "state_interval_s": 1.0,     # how often the sync state is reported
 }
-_SERVICES: dict[str, SyncService] = {}
 
 
 def validate_config(changes: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -90,7 +89,6 @@ class SyncService:
         self._state_thread: threading.Thread | None = None
         self._producers: list[threading.Thread] = []
         self._lock = threading.RLock()
-        _SERVICES[agent.device_id] = self
 
     # -- AgentService ---------------------------------------------------------------------------
 
@@ -259,10 +257,7 @@ class SyncService:
 
 def sync_service(agent: DeviceAgent) -> SyncService:
     """The device's sync service, or raise :class:`ConfigError` saying it is not running."""
-    service = _SERVICES.get(agent.device_id)
-    if service is None or service.agent is not agent:
-        raise ConfigError(f"sync is not running on {agent.device_id}; restart the agent")
-    return service
+    return agent.service("sync", SyncService)
 
 
 @register_command("sync.configure")

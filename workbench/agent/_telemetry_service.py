@@ -60,7 +60,6 @@ DEFAULTS: dict[str, Any] = {
 _LIMITS = {"publish_interval_s": (0.01, 3600.0), "batch_size": (1, 100_000), "qos": (0, 1), "rate_hz": (0.01, 10_000.0),
            "confidence_threshold": (0.0, 1.0), "window": (1, 10_000), "http_port": (0, 65535),
            "synthetic_points_per_s": (0, 10_000_000)}
-_SERVICES: dict[str, TelemetryService] = {}
 
 
 def validate_config(changes: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -108,7 +107,6 @@ class TelemetryService:
         self._thread: threading.Thread | None = None
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first call only starts the measurement
-        _SERVICES[agent.device_id] = self
 
     # -- AgentService --------------------------------------------------------------------------
 
@@ -301,10 +299,7 @@ class TelemetryService:
 
 
 def _service(agent: DeviceAgent) -> TelemetryService:
-    service = _SERVICES.get(agent.device_id)
-    if service is None or service.agent is not agent:
-        raise ConfigError(f"telemetry is not running on {agent.device_id}; restart the agent")
-    return service
+    return agent.service("telemetry", TelemetryService)
 
 
 @register_command("telemetry.configure")
