@@ -122,7 +122,7 @@ def test_notebook_has_no_outputs_when_committed(path: Path) -> None:
 
 
 # A Voila app takes its settings from the environment, not from papermill.
-@pytest.mark.parametrize("path", _param([p for p in ALL_NOTEBOOKS if p.name not in NOT_EXECUTED]))
+@pytest.mark.parametrize("path", _param(ALL_NOTEBOOKS))
 def test_notebook_has_exactly_one_parameters_cell_when_committed(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     tagged = [i for i, cell in enumerate(nb.cells) if "parameters" in cell.get("metadata", {}).get("tags", [])]
