@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.errors import ConfigError
-from workbench.telemetry._store import AGGREGATES
+from workbench.telemetry._store import AGGREGATES, _NameIds
 from workbench.telemetry._time import Duration, seconds
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def _signed(seq: np.ndarray | list[int]) -> np.ndarray:
     return np.asarray(seq, dtype=np.uint64).view(np.int64)
 
 
-class PostgresStore:
+class PostgresStore(_NameIds):
     """Telemetry points in PostgreSQL (TimescaleDB hypertables where the extension is available).
 
     ``schema`` keeps the tables apart from anything else in the database (created if missing).
@@ -183,15 +183,6 @@ class PostgresStore:
                 cache.update(self._con.execute(f"SELECT name, id FROM {table} WHERE name = ANY(%s)",
                                                [missing]).fetchall())
         return [cache[n] for n in names]
-
-    def device_ids(self, names: list[str]) -> list[int]:
-        return self._ids(names, "device_names", self._devices)
-
-    def metric_ids(self, names: list[str]) -> list[int]:
-        return self._ids(names, "metric_names", self._metrics)
-
-    def metric_id(self, name: str) -> int | None:
-        return self._metrics.get(name)
 
     # -- writing ------------------------------------------------------------------------------
 

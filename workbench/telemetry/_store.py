@@ -51,7 +51,26 @@ def _batches(device: list[int], seq: list[int], received: list[float], n: list[i
             "received": np.asarray(received, np.float64), "n": np.asarray(n, np.int32)}
 
 
-class DuckDBStore:
+class _NameIds:
+    """Device and metric names as small integer ids, cached; each backend assigns them in ``_ids``."""
+
+    _devices: dict[str, int]
+    _metrics: dict[str, int]
+
+    def _ids(self, names: list[str], table: str, cache: dict[str, int]) -> list[int]:
+        raise NotImplementedError
+
+    def device_ids(self, names: list[str]) -> list[int]:
+        return self._ids(names, "device_names", self._devices)
+
+    def metric_ids(self, names: list[str]) -> list[int]:
+        return self._ids(names, "metric_names", self._metrics)
+
+    def metric_id(self, name: str) -> int | None:
+        return self._metrics.get(name)
+
+
+class DuckDBStore(_NameIds):
     """Telemetry points in DuckDB (a file, or in memory when ``path`` is None).
 
     Thread-safe: one lock serialises the writer thread's inserts and callers' queries.
@@ -105,15 +124,6 @@ class DuckDBStore:
                     cache[name] = len(cache)
                     self._con.execute(f"INSERT INTO {table} VALUES (?, ?)", [cache[name], name]).fetchall()
         return [cache[n] for n in names]
-
-    def device_ids(self, names: list[str]) -> list[int]:
-        return self._ids(names, "device_names", self._devices)
-
-    def metric_ids(self, names: list[str]) -> list[int]:
-        return self._ids(names, "metric_names", self._metrics)
-
-    def metric_id(self, name: str) -> int | None:
-        return self._metrics.get(name)
 
     # -- writing ------------------------------------------------------------------------------
 
