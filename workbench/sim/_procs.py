@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import re
 import signal
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,18 @@ import psutil
 # Popen objects of the processes this Python started: kept so they are reaped when they exit
 # (and not garbage-collected while running, which warns), even though they outlive us.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@atexit.register
+def _release_children() -> None:
+    # Reap the children that have exited; the ones still running are a fleet left up on purpose
+    # (`workbench up` returns while it runs), so Popen's "still running" warning at exit is not a leak.
+    for pid, child in list(_CHILDREN.items()):
+        if child.poll() is None:
+            warnings.filterwarnings("ignore", message=re.escape(f"subprocess {pid} is still running"),
+                                    category=ResourceWarning)
+        else:
+            del _CHILDREN[pid]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
