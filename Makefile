@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lab up down lint benchmarks binder-check clean
+.PHONY: setup demo test lab dashboard up down lint benchmarks binder-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ binder-check: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/workbench status >/dev/null 2>&1 || $(BIN)/workbench up
 	$(BIN)/jupyter lab notebooks/
+
+dashboard: $(STAMP)
+	$(BIN)/workbench dashboard
 
 up: $(STAMP)
 	$(BIN)/workbench up
