@@ -27,7 +27,13 @@ from widgets._alert_list import AlertList
 from widgets._health_table import FleetHealthTable
 
 PALETTE: list[str] = list(qualitative.Plotly) + list(qualitative.D3)
-_X_AXIS = re.compile(r"xaxis\d*")
+_X_AXIS = re.compile(r"x(\d*)")
+
+
+def _axis_name(ref: str | None) -> str:
+    """The layout key of a trace's x axis reference: 'x' -> 'xaxis', 'x2' -> 'xaxis2' (unset means 'x')."""
+    match = _X_AXIS.fullmatch(ref or "x")
+    return f"xaxis{match.group(1)}" if match else ""
 
 
 class _DateAxesFigure(go.FigureWidget):
@@ -40,8 +46,11 @@ class _DateAxesFigure(go.FigureWidget):
     """
 
     def _date_axes(self) -> dict[str, str]:
+        # Only axes that carry a trace: plotly.js leaves a trace-less axis out of its full layout, and a
+        # relayout naming it fails the whole update ("Cannot read properties of undefined (reading 'type')").
+        used = {_axis_name(trace.get("xaxis")) for trace in self._data}
         return {f"{name}.type": "date" for name, axis in self._layout.items()
-                if _X_AXIS.fullmatch(name) and isinstance(axis, dict) and axis.get("type") == "date"}
+                if name in used and isinstance(axis, dict) and axis.get("type") == "date"}
 
     def _send_update_msg(self, restyle_data: dict[str, Any], relayout_data: dict[str, Any],
                          trace_indexes: Any = None, source_view_id: str | None = None) -> None:

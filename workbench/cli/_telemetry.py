@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
 from workbench.errors import ConfigError
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "dashboard.ipynb"
+# The dashboard notebook's parameters cell reads its charts from here (Voila passes no parameters).
+METRICS_ENV = "WORKBENCH_DASHBOARD_METRICS"
+_METRIC = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "and alerts of the local fleet in --run-dir (or $WORKBENCH_RUN_DIR).")
     parser.add_argument("--port", type=int, default=8866, help="HTTP port (default: %(default)s)")
     parser.add_argument("--run-dir", help="the local fleet's run directory (default: $WORKBENCH_RUN_DIR)")
+    parser.add_argument("--metrics", help="comma-separated metrics to chart, one row each "
+                        "(default: latency_p95_ms,throughput,cpu_percent)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
     parser.set_defaults(func=run)
 
@@ -35,10 +41,27 @@ def command(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def metrics(value: str) -> list[str]:
+    """The metric names in a ``--metrics`` value, checked.
+
+    Example:
+        >>> metrics("latency_p95_ms, anomaly_score")
+        ['latency_p95_ms', 'anomaly_score']
+    """
+    names = [name.strip() for name in value.split(",")]
+    bad = [name for name in names if not _METRIC.fullmatch(name)]
+    if bad or not names:
+        raise ConfigError(f"--metrics takes comma-separated metric names such as latency_p95_ms,cpu_percent; "
+                          f"{', '.join(map(repr, bad)) or 'none given'} is not one")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.run_dir:
         env["WORKBENCH_RUN_DIR"] = str(Path(args.run_dir).resolve())
+    if args.metrics is not None:
+        env[METRICS_ENV] = ",".join(metrics(args.metrics))
     argv = command(args)
     # Become Voila rather than wait on it: a signal to `workbench dashboard` then reaches Voila, which stops
     # its kernels, instead of killing this wrapper and orphaning the server.
