@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,12 @@ def test_within_uses_relative_tolerance_when_given() -> None:
     assert within(Figure("x", 0.0, 0.5), Figure("x", 0.4, 0.5))  # around zero: an absolute band
 
 
-def test_demo_starts_fleet_runs_notebooks_and_leaves_fleet_up_when_none_running(tmp_path: Path) -> None:
+def _points_sent(fleet: Any) -> dict[str, int]:
+    return {device.device_id: fleet.call(device.device_id, "telemetry.status")["points_sent"]
+            for device in fleet.online()}
+
+
+def test_demo_starts_fleet_runs_notebooks_and_leaves_fleet_up_and_serving_when_none_running(tmp_path: Path) -> None:
     fleet_dir, out = tmp_path / "fleet", tmp_path / "runs"
     try:
         first = run_cli("demo", "--devices", "2", "--notebooks", "notebooks/01_connect_fleet.ipynb",
@@ -163,14 +169,23 @@ def test_demo_starts_fleet_runs_notebooks_and_leaves_fleet_up_when_none_running(
         assert first.returncode == 0, first.stdout + first.stderr
         assert "started 2 devices" in first.stdout and "left running" in first.stdout
         assert "01_connect_fleet.ipynb" in first.stdout and "devices_online=2" in first.stdout
+        assert "sim-01, sim-02 left serving a digits model" in first.stdout
         assert RunDir.resolve(fleet_dir).read() is not None  # still up
         (run_dir,) = out.iterdir()
         assert read_run(run_dir)["01_connect_fleet"].figures["devices_online"].value == 2
+        # Serving for the dashboard: each device runs the model and keeps queueing telemetry about it.
+        with workbench.connect(run_dir=fleet_dir) as fleet:
+            fleet.wait_for(2)
+            assert {fleet.call(d, "telemetry.status")["config"]["source"] for d in ("sim-01", "sim-02")} == {"digits"}
+            before, deadline = _points_sent(fleet), time.monotonic() + 15
+            while not all(n > before[d] for d, n in _points_sent(fleet).items()):
+                assert time.monotonic() < deadline, f"no new telemetry within 15 s: {before} -> {_points_sent(fleet)}"
+                time.sleep(0.5)
 
         second = run_cli("demo", "--notebooks", str(RAISES.relative_to(REPO)), "--out", str(out),
-                         "--run-dir", str(fleet_dir), timeout=240)
+                         "--run-dir", str(fleet_dir), "--idle", timeout=240)
         assert second.returncode == 1
-        assert "using the fleet already up" in second.stdout
+        assert "using the fleet already up" in second.stdout and "left serving" not in second.stdout
         assert "FAILED (RuntimeError: the fixture failed on purpose)" in second.stdout
         assert len(list(out.iterdir())) == 2
     finally:

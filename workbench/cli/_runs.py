@@ -7,6 +7,8 @@ import functools
 import json
 import sys
 
+from workbench.errors import WorkbenchError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="run every curated notebook headless against a local fleet",
@@ -19,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", default="runs", help="where run directories go (default: runs/)")
     demo.add_argument("--run-dir", help="the local fleet's run dir (default: $WORKBENCH_RUN_DIR or ~/.workbench/fleet)")
     demo.add_argument("--cell-timeout", type=float, default=600.0, help="seconds one cell may run (default: 600)")
+    demo.add_argument("--idle", action="store_true",
+                      help="leave the devices idle afterwards (by default each serves a digits model at "
+                           "10 inferences/s, so `workbench dashboard` shows live charts)")
     demo.add_argument("--json", action="store_true", help="print the run summary as JSON")
     demo.set_defaults(func=_demo)
 
@@ -41,9 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from workbench.runs import (
+        LIVE_RATE_HZ,
         curated_notebooks,
         demo_parameters,
         ensure_fleet,
+        leave_serving,
         new_run_dir,
         run_notebooks,
         wall_time_line,
@@ -62,6 +69,14 @@ def _demo(args: argparse.Namespace) -> int:
     say(f"running {len(paths)} notebook{'s' if len(paths) != 1 else ''} into {out}")
     summary = run_notebooks(paths, out, parameters=demo_parameters(fleet),
                             cell_timeout=args.cell_timeout)
+    if not args.idle:
+        try:
+            serving = leave_serving(fleet)
+            say(f"fleet: {', '.join(serving)} left serving a digits model at {LIVE_RATE_HZ:g} inferences/s; "
+                "watch them live with `make dashboard` (or `workbench dashboard`), stop them with "
+                f"`workbench down --run-dir {fleet.run_dir}`")
+        except WorkbenchError as exc:  # the notebooks' results stand; say why the fleet is not live
+            say(f"fleet: could not leave the devices serving ({exc}); the dashboard will show no inference")
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:

@@ -10,7 +10,15 @@ In a notebook, ``workbench.record("median_ping_ms", 1.8, tolerance=1.0, unit="ms
 
 from workbench.runs._budget import QUICKSTART, QUICKSTART_BUDGET_S, wall_time_line
 from workbench.runs._collect import Outcome, collect_figures, read_outcome
-from workbench.runs._demo import DemoFleet, curated_notebooks, demo_parameters, ensure_fleet, new_run_dir
+from workbench.runs._demo import (
+    LIVE_RATE_HZ,
+    DemoFleet,
+    curated_notebooks,
+    demo_parameters,
+    ensure_fleet,
+    leave_serving,
+    new_run_dir,
+)
 from workbench.runs._diff import FigureChange, RunDiff, diff_runs, within
 from workbench.runs._harness import declared_parameters, run_notebooks
 from workbench.runs._kernel import kernel_for_this_python
@@ -18,6 +26,7 @@ from workbench.runs._record import RECORD_MIMETYPE, Figure, record, recorded
 from workbench.runs._summary import NotebookRun, RunSummary, read_run
 
 __all__ = [
+    "LIVE_RATE_HZ",
     "QUICKSTART",
     "QUICKSTART_BUDGET_S",
     "RECORD_MIMETYPE",
@@ -35,6 +44,7 @@ __all__ = [
     "diff_runs",
     "ensure_fleet",
     "kernel_for_this_python",
+    "leave_serving",
     "new_run_dir",
     "read_outcome",
     "read_run",

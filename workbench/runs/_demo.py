@@ -13,6 +13,8 @@ from workbench.errors import ConfigError, FleetAlreadyRunningError
 
 # Voila apps are served, not executed top to bottom.
 EXCLUDED = frozenset({"dashboard.ipynb"})
+# What the fleet serves after a demo: enough to see lines move, next to nothing on a laptop's CPU.
+LIVE_RATE_HZ = 10.0
 
 
 @dataclass
@@ -83,3 +85,31 @@ def demo_parameters(fleet: DemoFleet) -> dict[str, Any]:
         {'run_dir': '/tmp/wb', 'expected_devices': 3}
     """
     return {"run_dir": fleet.run_dir, "expected_devices": fleet.devices}
+
+
+def leave_serving(fleet: DemoFleet, *, rate_hz: float = LIVE_RATE_HZ, timeout: float = 30.0) -> list[str]:
+    """Have every device of the demo's fleet serve a digits classifier on replayed digits; return their ids.
+
+    The curated notebooks leave the devices idle, so without this `workbench dashboard` would
+    open on empty charts. The model goes to ``<run dir>/demo/digits.onnx`` (the devices are
+    local processes); each device keeps serving across restarts (its telemetry settings persist)
+    until ``telemetry.configure(source="none")`` or ``workbench down``. Commands go straight to the
+    devices: no telemetry is received here, so what they report waits in their outboxes for the
+    dashboard.
+
+    Example:
+        >>> leave_serving(ensure_fleet(3))   # doctest: +SKIP
+        ['sim-01', 'sim-02', 'sim-03']
+    """
+    import workbench
+    from workbench.telemetry import build_digits_model
+
+    model = build_digits_model(Path(fleet.run_dir) / "demo" / "digits.onnx")
+    settings = {"enabled": True, "source": "digits", "model": str(model), "rate_hz": rate_hz,
+                "publish_interval_s": 1.0}
+    with workbench.connect(run_dir=fleet.run_dir) as connected:
+        connected.wait_for(fleet.devices, timeout=timeout)
+        serving = sorted(device.device_id for device in connected.online())
+        for device_id in serving:
+            connected.call(device_id, "telemetry.configure", settings, timeout=timeout)
+    return serving
