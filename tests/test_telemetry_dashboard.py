@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
+
 import widgets
 import workbench
 
@@ -86,4 +88,26 @@ def test_dashboard_updates_name_date_type_of_each_axis_with_traces_only_when_a_c
             named = {key for key in message["layout_data"] if key.endswith(".type")}
             assert named == {"xaxis2.type", "xaxis3.type"}, message["layout_data"]
             assert all(message["layout_data"][key] == "date" for key in named)
+        dashboard.stop()
+
+
+def test_dashboard_lines_run_forward_in_time_once_per_instant_when_points_arrive_out_of_order(
+    shared_fleet: dict[str, Any],
+) -> None:
+    # A backlog drained after a partition (or from before the dashboard connected) arrives after newer points,
+    # and the seed from the store can overlap what the ingestion then delivers. Drawn in arrival order, a line
+    # zigzags back in time (seen on the fleet `make demo` leaves serving).
+    with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
+        fleet.wait_for(3)
+        dashboard = widgets.TelemetryDashboard(fleet, metrics=["late_metric"], window_s=120, start=False)
+        now = time.time()
+        arrivals = [([now - 5, now - 4, now - 3], [5.0, 4.0, 3.0]),   # live points
+                    ([now - 10, now - 9, now - 4], [10.0, 9.0, 4.0]),  # the backlog, overlapping at now - 4
+                    ([now - 3600], [1.0])]                            # an hour old: outside the window
+        for ts, values in arrivals:
+            dashboard._on_points("sim-01", "late_metric", np.array(ts), np.array(values))  # the ingestion's callback
+        dashboard.refresh()
+        (trace,) = dashboard.figure.data
+        assert list(trace.x) == [t * 1000.0 for t in (now - 10, now - 9, now - 5, now - 4, now - 3)]
+        assert list(trace.y) == [10.0, 9.0, 5.0, 4.0, 3.0]
         dashboard.stop()

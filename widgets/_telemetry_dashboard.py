@@ -134,10 +134,17 @@ class TelemetryDashboard(w.VBox):
             snapshot = {key: list(buffer) for key, buffer in self._buffers.items()} if dirty else {}
         if snapshot:
             self._add_traces(sorted(k for k in snapshot if k not in self._traces))
+            horizon = time.time() - self.window_s
             with self.figure.batch_update():
                 for key, points in snapshot.items():
                     trace = self.figure.data[self._traces[key]]
                     columns = np.array(points, dtype=np.float64).reshape(-1, 2)
+                    # Points arrive out of time order (a device's backlog drains after a partition or before the
+                    # dashboard connected, and the seed from the store overlaps what the ingestion delivers): in
+                    # arrival order a line zigzags back in time. Sorted by time, each instant once, window only.
+                    _, first = np.unique(columns[:, 0], return_index=True)
+                    columns = columns[first]
+                    columns = columns[columns[:, 0] >= horizon]
                     # Epoch milliseconds on a date axis: plotly validates a float array in microseconds, where
                     # timestamps or lists cost milliseconds per trace (50 devices x 3 charts did not keep up).
                     trace.x = columns[:, 0] * 1000.0
