@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from conftest import REPO
 
 from workbench.errors import ConfigError, PayloadError
 from workbench.fleet import schema, topics
@@ -62,3 +64,23 @@ def test_broker_address_parses_credentials_and_tls_from_url() -> None:
 def test_broker_address_raises_config_error_when_url_is_unusable(url: str) -> None:
     with pytest.raises(ConfigError):
         BrokerAddress.parse(url)
+
+
+def _documented_topics(text: str) -> set[str]:
+    return set(re.findall(r"`(wb/v1/[^`\s]+)`", text))
+
+
+def test_topic_tables_list_every_topic_when_read_by_a_newcomer() -> None:
+    # topics.py's docstring table is the list of record; each named topic function must be in it, and the
+    # README's table and docs/protocol.md must list exactly those topics (nothing missing, nothing stale).
+    listed = {t for t in re.findall(r"``(wb/v1/[^`\s]+)``", topics.__doc__ or "") if not t.endswith("/")}
+    made = {topics.status_topic("{device}"), topics.inventory_topic("{device}"), topics.claim_topic("{device}"),
+            topics.reply_topic("{device}", "{client}"), topics.command_topic("{device}", "{command}"),
+            topics.telemetry_topic("{device}"), topics.outbox_topic("{device}"), topics.sync_ack_topic("{device}"),
+            topics.sync_state_topic("{device}")}
+    assert made <= listed, f"topic functions missing from topics.py's table: {sorted(made - listed)}"
+    readme = _documented_topics((REPO / "README.md").read_text())
+    protocol = _documented_topics((REPO / "docs" / "protocol.md").read_text())
+    assert readme == listed, f"README.md: missing {sorted(listed - readme)}, unknown {sorted(readme - listed)}"
+    assert protocol >= listed, f"docs/protocol.md is missing {sorted(listed - protocol)}"
+    assert {t for t in protocol - listed if not t.endswith("/...")} == set(), sorted(protocol - listed)

@@ -14,7 +14,7 @@ topic                                    retained  publisher   payload
 ``wb/v1/cmd/{device}/{command}``         no        workbench   a command request
 ``wb/v1/desired/{device}/model``         yes       workbench   the model the device should run
 ``wb/v1/dev/{device}/deploy``            yes       device      deployment state (reported)
-``wb/v1/dev/{device}/telemetry``         no        device      binary batch (workbench.telemetry._wire)
+``wb/v1/dev/{device}/telemetry``         no        nobody      a name: batches travel in outbox items
 ``wb/v1/desired/{device}/telemetry``     yes       workbench   telemetry/inference config (JSON)
 ``wb/v1/dev/{device}/outbox``            no        device      sync items, zstd (workbench.sync._codec)
 ``wb/v1/desired/{device}/ack``           no        workbench   sync items stored: ``{"v", "ranges"}``
@@ -109,7 +109,7 @@ def parse_command_topic(topic: str) -> tuple[str, str]:
 
 
 def telemetry_topic(device_id: str) -> str:
-    """Where the device publishes its binary telemetry batches."""
+    """The name the sync receiver gives a device's telemetry batches (they travel in outbox items)."""
     return device_topic(device_id, "telemetry")
 
 

@@ -6,8 +6,9 @@ Layout (little-endian)::
     ts:float64[n]  metric:uint16[n]  value:float64[n]
 
 The header carries ``device``, ``seq`` (per-device batch sequence number, strictly
-increasing across restarts), ``sent`` (device clock at publish), ``names`` (the metric
-names that ``metric`` indexes), ``n`` and free-form ``tags`` (model version, uptime).
+increasing across restarts), ``sent`` (device clock when the batch was encoded), ``names`` (the metric
+names that ``metric`` indexes), ``n`` and free-form ``tags`` (the agent's: model, model_version,
+model_sha256, instance, source).
 Columns decode with ``np.frombuffer`` (no per-point Python work), which is what lets
 one subscriber decode millions of points a second; JSON caps near 0.7 M.
 
