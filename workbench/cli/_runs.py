@@ -69,14 +69,6 @@ def _demo(args: argparse.Namespace) -> int:
     say(f"running {len(paths)} notebook{'s' if len(paths) != 1 else ''} into {out}")
     summary = run_notebooks(paths, out, parameters=demo_parameters(fleet),
                             cell_timeout=args.cell_timeout)
-    if not args.idle:
-        try:
-            serving = leave_serving(fleet)
-            say(f"fleet: {', '.join(serving)} left serving a digits model at {LIVE_RATE_HZ:g} inferences/s; "
-                "watch them live with `make dashboard` (or `workbench dashboard`), stop them with "
-                f"`workbench down --run-dir {fleet.run_dir}`")
-        except WorkbenchError as exc:  # the notebooks' results stand; say why the fleet is not live
-            say(f"fleet: could not leave the devices serving ({exc}); the dashboard will show no inference")
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
@@ -87,6 +79,14 @@ def _demo(args: argparse.Namespace) -> int:
         failed = summary.failed
         print(f"{len(summary.runs) - len(failed)} of {len(summary.runs)} notebooks ok; executed notebooks and HTML "
               f"in {out}" + (f"; see {failed[0].output} for the first failure" if failed else ""))
+    if not args.idle:
+        try:
+            serving = leave_serving(fleet)
+            say(f"fleet: {', '.join(serving)} left serving a digits model at {LIVE_RATE_HZ:g} inferences/s; "
+                "watch them live with `make dashboard` (or `workbench dashboard`), stop them with "
+                f"`workbench down --run-dir {fleet.run_dir}`")
+        except WorkbenchError as exc:  # the notebooks' results stand; say why the fleet is not live
+            say(f"fleet: could not leave the devices serving ({exc}); the dashboard will show no inference")
     return 0 if summary.ok else 1
 
 
