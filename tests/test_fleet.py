@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -127,3 +128,31 @@ def test_bad_payloads_are_counted_and_agent_and_fleet_keep_running(fleet_factory
         assert rejected == {"malformed": 2, "unknown_version": 1, "oversized": 1}
         assert fleet.rejected == {"malformed": 1, "unknown_version": 1, "oversized": 1}
         assert fleet["sim-01"].online
+
+
+def test_bad_desired_telemetry_and_sync_states_are_counted_by_kind_and_change_nothing(
+    fleet_factory: FleetFactory,
+) -> None:
+    # Retained desired state is a control payload like any other: versioned, size-checked, counted when bad.
+    record = fleet_factory(devices=1)
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(1, timeout=30)
+        before = {"telemetry": fleet.call("sim-01", "telemetry.status")["config"],
+                  "sync": fleet.call("sim-01", "sync.status")["desired"]}
+        raw = _raw_client(record["broker"]["url"])
+        try:
+            for name in ("telemetry", "sync"):
+                for payload in (b"{broken", json.dumps({"publish_interval_s": 9}).encode(),  # no version
+                                schema.encode({"publish_interval_s": 2 ** 30})):  # out of range
+                    raw.publish(topics.desired_topic("sim-01", name), payload, qos=1).wait_for_publish(5)
+        finally:
+            raw.disconnect()
+        deadline = time.monotonic() + 10
+        while sum(fleet["sim-01"].stats()["rejected_payloads"].values()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert fleet["sim-01"].stats()["rejected_payloads"] == {"malformed": 4, "unknown_version": 2}
+        assert fleet.call("sim-01", "telemetry.status")["config"] == before["telemetry"]
+        assert fleet.call("sim-01", "sync.status")["desired"] == before["sync"]
+        # The workbench's own retained settings are versioned and apply.
+        fleet.telemetry.configure("sim-01", retain=True, publish_interval_s=0.5)
+        assert fleet.call("sim-01", "telemetry.status")["config"]["publish_interval_s"] == 0.5

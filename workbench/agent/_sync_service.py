@@ -175,14 +175,17 @@ class SyncService:
             return self.state()
 
     def _apply_desired(self, payload: bytes) -> None:
+        if not payload:  # the retained desired state was cleared: keep the current settings
+            return
         try:
-            body = json.loads(payload) if payload else {}
-            if not isinstance(body, dict):
-                raise PayloadError("desired sync state must be a JSON object")
+            body = schema.decode(payload)
             body.pop("v", None)
             self.configure(body, desired=True)
         except (ValueError, WorkbenchError) as exc:
-            self.agent.rejected["malformed"] += 1
+            if isinstance(exc, PayloadError):
+                self.agent.rejected.reject(exc)
+            else:
+                self.agent.rejected["malformed"] += 1
             self.errors["desired"] = str(exc)
             log.warning("%s: ignored desired sync state: %s", self.agent.device_id, exc)
 

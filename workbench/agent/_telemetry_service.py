@@ -17,7 +17,6 @@ in the device's state, so they only ever grow, across restarts too.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -33,7 +32,7 @@ from workbench.agent._inference import SOURCES, InferenceLoop, Metrics, Point
 from workbench.agent._services import register_service
 from workbench.agent._sync_service import SyncService, sync_service
 from workbench.errors import ConfigError, PayloadError
-from workbench.fleet import topics
+from workbench.fleet import schema, topics
 from workbench.sync._priority import PRIORITIES
 from workbench.telemetry._wire import encode_batch
 
@@ -153,13 +152,16 @@ class TelemetryService:
             return self.status()
 
     def _apply_desired(self, payload: bytes) -> None:
+        if not payload:  # the retained desired state was cleared: keep the current settings
+            return
         try:
-            body = json.loads(payload) if payload else {}
-            if not isinstance(body, dict):
-                raise PayloadError("desired telemetry state must be a JSON object")
+            body = schema.decode(payload)
             body.pop("v", None)
             self.configure(body)
-        except (ValueError, ConfigError, PayloadError) as exc:
+        except PayloadError as exc:
+            self.agent.rejected.reject(exc)
+            log.warning("%s: ignored desired telemetry state: %s", self.agent.device_id, exc)
+        except (ValueError, ConfigError) as exc:
             self.agent.rejected["malformed"] += 1
             log.warning("%s: ignored desired telemetry state: %s", self.agent.device_id, exc)
 

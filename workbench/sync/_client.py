@@ -143,7 +143,7 @@ class Sync:
         """Set desired sync config (retained, so a restarted device gets it) and apply it now."""
         known = dict(self._desired(device))
         known.update(changes)
-        info = self.fleet._client.publish(topics.desired_topic(device, "sync"), json.dumps(known).encode(), qos=1,
+        info = self.fleet._client.publish(topics.desired_topic(device, "sync"), schema.encode(known), qos=1,
                                           retain=True)
         info.wait_for_publish(timeout)
         with self._lock:

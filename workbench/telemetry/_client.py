@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.errors import ConfigError
-from workbench.fleet import topics
+from workbench.fleet import schema, topics
 from workbench.telemetry._alerts import AlertEngine, AlertRule
 from workbench.telemetry._ingest import Ingestor, Store
 from workbench.telemetry._time import Duration, Instant, epoch, seconds
@@ -189,7 +188,7 @@ class Telemetry:
         for name in names:
             if retain:
                 info = self.fleet._client.publish(topics.desired_topic(name, "telemetry"),
-                                                  json.dumps(settings).encode(), qos=1, retain=True)
+                                                  schema.encode(settings), qos=1, retain=True)
                 info.wait_for_publish(timeout)
             results[name] = self.fleet.call(name, "telemetry.configure", settings, timeout=timeout)
         return results
