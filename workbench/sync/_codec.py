@@ -9,8 +9,9 @@ Telemetry batches (``kind == "telemetry"``, the ``WBT`` columns of
 :mod:`workbench.telemetry._wire`) are stored column-transformed inside the frame:
 timestamps as deltas, and the float columns byte-shuffled, so that zstd sees the
 slowly changing high bytes together. The transform is exact (bit for bit) and is
-undone on decode. A dictionary (``dict_id`` not 0) helps small items; both sides must
-hold it (the agent sends it first as an item of kind ``zstd-dict``). ``sent`` is the
+undone on decode. The format has room for a dictionary (``dict_id`` not 0), which helps
+small items and which both sides must hold; the receiver accepts one sent as an item of
+kind ``zstd-dict``, but agents do not train one yet, so they send ``dict_id`` 0. ``sent`` is the
 device's clock when the message was made: arrival minus ``sent`` is the device's clock
 offset plus the link's delay, where an item's own timestamps also count the time it
 waited in the outbox.
