@@ -50,6 +50,16 @@ def test_run_notebooks_collects_figures_when_notebook_records(runs: dict[str, Pa
     assert not list(runs["A"].glob(".*"))  # no partial files left behind
 
 
+def test_run_notebooks_talks_to_kernel_over_unix_sockets_when_it_runs_a_notebook(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str],
+) -> None:
+    # Over loopback TCP each kernel warns that its traffic is unencrypted (and any local user may connect).
+    summary = run_notebooks([RECORDS], tmp_path / "run", notebook_parameters={"records.ipynb": {"value": 1.0}},
+                            cell_timeout=120)
+    assert summary.ok
+    assert "TCP without encryption" not in capfd.readouterr().err
+
+
 def test_record_travels_as_custom_mimetype_when_in_a_kernel(runs: dict[str, Path]) -> None:
     nb = nbformat.read(runs["A"] / "records.ipynb", as_version=4)
     payloads = [o["data"][RECORD_MIMETYPE] for c in nb.cells for o in c.get("outputs", [])

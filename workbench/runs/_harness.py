@@ -11,7 +11,7 @@ from typing import Any
 
 from workbench.errors import ConfigError
 from workbench.runs._collect import outcome_of
-from workbench.runs._kernel import kernel_for_this_python
+from workbench.runs._kernel import ipc_kernel_manager, kernel_for_this_python
 from workbench.runs._summary import NotebookRun, RunSummary
 
 log = logging.getLogger("workbench.runs")
@@ -68,7 +68,7 @@ def run_one(
         papermill.execute_notebook(
             str(source), str(partial), parameters=dict(parameters), kernel_name=kernel_name,
             execution_timeout=cell_timeout, start_timeout=start_timeout, progress_bar=False,
-            log_output=False, cwd=str(source.parent),
+            log_output=False, cwd=str(source.parent), kernel_manager_class=ipc_kernel_manager(),
         )
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"

@@ -52,3 +52,22 @@ def kernel_for_this_python(kernel_name: str | None = None) -> str:
 
     install(kernel_name=KERNEL_NAME, display_name=f"Edge Workbench ({sys.prefix})", prefix=sys.prefix)
     return KERNEL_NAME
+
+
+def ipc_kernel_manager() -> type:
+    """A kernel manager whose kernels talk over Unix sockets in the user's runtime dir, not loopback TCP.
+
+    Over TCP every kernel warns that its traffic is unencrypted (six warnings per `workbench demo`),
+    and any local user could connect to its ports; Unix sockets are private to the user.
+
+    Example:
+        >>> ipc_kernel_manager().transport.default_value   # doctest: +SKIP
+        'ipc'
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return IPCKernelManager
