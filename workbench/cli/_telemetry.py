@@ -52,7 +52,7 @@ def metrics(value: str) -> list[str]:
     """
     names = [name.strip() for name in value.split(",")]
     bad = [name for name in names if not _METRIC.fullmatch(name)]
-    if bad or not names:
+    if bad:
         raise ConfigError(f"--metrics takes comma-separated metric names such as latency_p95_ms,cpu_percent; "
                           f"{', '.join(map(repr, bad)) or 'none given'} is not one")
     return names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def kernel_for_this_python(kernel_name: str | None = None) -> str:
     return KERNEL_NAME
 
 
+@functools.cache
 def ipc_kernel_manager() -> type:
     """A kernel manager whose kernels talk over Unix sockets in the user's runtime dir, not loopback TCP.
 
