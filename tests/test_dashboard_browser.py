@@ -128,8 +128,8 @@ def test_voila_dashboard_renders_changing_charts_without_console_errors(tmp_path
     run_dir = tmp_path / "fleet"
     port, debug_port = _free_port(), _free_port()
     # Voila, Chromium and the fleet start side by side: Voila reads the run dir only when the page runs the notebook.
-    # A first chart no device reports (as on the fleet `make demo` leaves, which serves no model yet): an empty
-    # chart's axis is not in plotly.js's full layout, and an update naming it used to fail in the page.
+    # A first chart no device reports (as on a fleet that serves no model, e.g. after `workbench demo --idle`): an
+    # empty chart's axis is not in plotly.js's full layout, and an update naming it used to fail in the page.
     voila = subprocess.Popen([sys.executable, "-m", "workbench.cli", "dashboard", "--port", str(port), "--run-dir",
                               str(run_dir), "--no-browser", "--metrics", f"not_reported,{','.join(METRICS)}"],
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -62,7 +62,7 @@ def test_dashboard_updates_name_date_type_of_each_axis_with_traces_only_when_a_c
     # plotly.js resets an axis' type when a restyle changes its x (then autotypes epoch ms as linear, "1.79T"),
     # unless the same update names the type: every message that changes x must carry type="date" for every x axis
     # that has a trace. An axis without one (a metric nobody reports yet) is not in plotly.js's full layout, and
-    # naming it fails the whole update in the page (seen on the fleet `make demo` leaves: no latency yet).
+    # naming it fails the whole update in the page (seen on an idle fleet: no latency yet).
     with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
         fleet.wait_for(3)
         # Recent points: a shared device may first drain a backlog older than the dashboard's window.
