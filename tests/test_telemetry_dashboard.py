@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 import widgets
 import workbench
+
+
+@contextlib.contextmanager
+def _reporting_fleet(shared_fleet: dict[str, Any]) -> Iterator[Any]:
+    """The shared fleet, once every device has stored a recent point."""
+    with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
+        fleet.wait_for(3)
+        # Recent points: a shared device may first drain a backlog older than the dashboard's window.
+        fleet.telemetry.wait_for("cpu_percent", devices=["sim-01", "sim-02", "sim-03"], count=1, timeout=60,
+                                 since=60)
+        yield fleet
 
 
 def test_dashboard_draws_a_line_per_device_that_grows_when_telemetry_arrives(shared_fleet: dict[str, Any]) -> None:
@@ -39,11 +52,7 @@ def test_dashboard_synced_state_holds_traces_and_layout_when_a_page_connects_aft
 ) -> None:
     # Voila runs the notebook before the browser attaches: the page builds the figure from the synced
     # state alone, so the traces drawn before it attached must be in that state.
-    with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
-        fleet.wait_for(3)
-        # Recent points: a shared device may first drain a backlog older than the dashboard's window.
-        fleet.telemetry.wait_for("cpu_percent", devices=["sim-01", "sim-02", "sim-03"], count=1, timeout=60,
-                                 since=60)
+    with _reporting_fleet(shared_fleet) as fleet:
         dashboard = widgets.TelemetryDashboard(fleet, metrics=["cpu_percent", "uptime_s"], start=False)
         dashboard.refresh()
         synced = dashboard.figure._widget_data
@@ -63,11 +72,7 @@ def test_dashboard_updates_name_date_type_of_each_axis_with_traces_only_when_a_c
     # unless the same update names the type: every message that changes x must carry type="date" for every x axis
     # that has a trace. An axis without one (a metric nobody reports yet) is not in plotly.js's full layout, and
     # naming it fails the whole update in the page (seen on an idle fleet: no latency yet).
-    with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
-        fleet.wait_for(3)
-        # Recent points: a shared device may first drain a backlog older than the dashboard's window.
-        fleet.telemetry.wait_for("cpu_percent", devices=["sim-01", "sim-02", "sim-03"], count=1, timeout=60,
-                                 since=60)
+    with _reporting_fleet(shared_fleet) as fleet:
         dashboard = widgets.TelemetryDashboard(fleet, metrics=["no_such_metric", "cpu_percent", "uptime_s"],
                                                start=False)
         sent: list[dict[str, Any]] = []
