@@ -25,7 +25,6 @@ from workbench.agent._commands import register_command
 from workbench.agent._runtime import LoadedModel, ModelRuntime
 from workbench.agent._services import register_service
 from workbench.agent._slots import SlotStore
-from workbench.deploy._errors import DeployError, HealthCheckError, PackageError
 from workbench.deploy._keys import load_trusted_keys
 from workbench.deploy._package import (
     MANIFEST,
@@ -36,7 +35,7 @@ from workbench.deploy._package import (
     verify_package,
     verify_signature,
 )
-from workbench.errors import ConfigError, PayloadError, WorkbenchError
+from workbench.errors import ConfigError, DeployError, HealthCheckError, PackageError, PayloadError, WorkbenchError
 from workbench.fleet import schema, topics
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from workbench.deploy._errors import PackageError
 from workbench.deploy._package import Package, verify_package
+from workbench.errors import PackageError
 
 log = logging.getLogger("workbench.agent")
 

@@ -12,7 +12,12 @@ from workbench.deploy.artifacts import ArtifactError, ArtifactServer, fetch, sha
 __all__ = ["ArtifactError", "ArtifactServer", "fetch", "sha256_file"]
 
 # Deployments (issue 4): signed packages, A/B installs on the agents, rollouts.
-from workbench.deploy._errors import (
+from workbench.deploy._gates import Gate, MetricSource, ProbeMetrics, gate
+from workbench.deploy._keys import init_keys, load_signing_key, load_trusted_keys
+from workbench.deploy._package import Package, build_package, load_package, sign_package, verify_package
+from workbench.deploy._rollout import Rollout, RolloutReport, deploy, history, prepare_package
+from workbench.deploy._strategies import AllAtOnce, Canary, Shadow
+from workbench.errors import (
     DeployConflictError,
     DeployError,
     HealthCheckError,
@@ -20,11 +25,6 @@ from workbench.deploy._errors import (
     RolloutAbortedError,
     SignatureError,
 )
-from workbench.deploy._gates import Gate, MetricSource, ProbeMetrics, gate
-from workbench.deploy._keys import init_keys, load_signing_key, load_trusted_keys
-from workbench.deploy._package import Package, build_package, load_package, sign_package, verify_package
-from workbench.deploy._rollout import Rollout, RolloutReport, deploy, history, prepare_package
-from workbench.deploy._strategies import AllAtOnce, Canary, Shadow
 
 __all__ += [
     "AllAtOnce", "Canary", "DeployConflictError", "DeployError", "Gate", "HealthCheckError", "MetricSource",

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.deploy._errors import SignatureError
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, SignatureError
 
 PRIVATE_NAME = "signing.key"
 PUBLIC_NAME = "signing.pub"

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.deploy import _history
 from workbench.deploy._desired import desired_install, desired_rollback, stage_package
-from workbench.deploy._errors import DeployConflictError, DeployError
 from workbench.deploy._gates import Gate, MetricSource, ProbeMetrics
 from workbench.deploy._keys import load_signing_key
 from workbench.deploy._package import Package, load_package, sign_package, verify_package
@@ -29,7 +28,7 @@ from workbench.deploy._preflight import preflight
 from workbench.deploy._state import TERMINAL, DeployState
 from workbench.deploy._strategies import AllAtOnce, Canary, Shadow, Strategy, failure_limit
 from workbench.deploy.artifacts import ArtifactServer, ArtifactStore
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, DeployConflictError, DeployError
 
 if TYPE_CHECKING:
     import pandas as pd
