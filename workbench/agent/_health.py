@@ -8,13 +8,13 @@ each device either way, so a person can read why.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from workbench.agent._http import JSONHandler
 from workbench.agent._services import register_service
 from workbench.errors import ConfigError
 
@@ -73,24 +73,13 @@ class HealthServer:
     """
 
     def __init__(self, host: str, port: int) -> None:
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] != "/healthz":
-                    self._reply(HTTPStatus.NOT_FOUND, {"error": "unknown path; GET /healthz"})
+                    self.reply(HTTPStatus.NOT_FOUND, {"error": "unknown path; GET /healthz"})
                     return
                 healthy, body = health()
-                self._reply(HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE, body)
-
-            def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # a probe every few seconds would flood the agent's log
+                self.reply(HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE, body)
 
         try:
             self._httpd = ThreadingHTTPServer((host, port), Handler)

@@ -16,11 +16,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workbench.agent._http import JSONHandler
 from workbench.errors import ConfigError, WorkbenchError
 
 if TYPE_CHECKING:
@@ -210,10 +211,10 @@ class InferenceLoop:
     def _serve_http(self, port: int) -> None:
         loop = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             def do_POST(self) -> None:
                 if self.path != "/infer":
-                    self._reply(404, {"error": "unknown path; POST /infer"})
+                    self.reply(404, {"error": "unknown path; POST /infer"})
                     return
                 try:
                     length = int(self.headers.get("Content-Length") or 0)
@@ -221,20 +222,9 @@ class InferenceLoop:
                     inputs = body.get("inputs") if isinstance(body, dict) else None
                     if inputs is None:
                         raise ConfigError('send a JSON object {"inputs": [...numbers...]}')
-                    self._reply(200, loop.submit(np.asarray(inputs, dtype=np.float32)))
+                    self.reply(200, loop.submit(np.asarray(inputs, dtype=np.float32)))
                 except (ValueError, ConfigError) as exc:
-                    self._reply(400, {"error": str(exc)})
-
-            def _reply(self, status: int, body: dict[str, Any]) -> None:
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # one line per request would flood the agent's log
+                    self.reply(400, {"error": str(exc)})
 
         self._http = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self._http.serve_forever, name="wb-infer-http", daemon=True).start()
