@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,3 +65,36 @@ def shared_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     record = up(devices=3, run_dir=run_dir, keepalive=5)
     yield record
     down(run_dir)
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """The PostgreSQL server of ``WORKBENCH_TEST_POSTGRES_DSN`` (.ci/run starts a throwaway one); skip without."""
+    value = os.environ.get("WORKBENCH_TEST_POSTGRES_DSN")
+    if not value:
+        if os.environ.get("CI") == "true":
+            pytest.fail("WORKBENCH_TEST_POSTGRES_DSN is unset under CI=true: .ci/run must start PostgreSQL and "
+                        "export it")
+        pytest.skip("WORKBENCH_TEST_POSTGRES_DSN is unset; set it to postgresql://user@host:port/db (.ci/run "
+                    "starts a throwaway server) to test the postgres backend")
+    return value
+
+
+@pytest.fixture
+def postgres_stores(postgres_dsn: str) -> Iterator[Callable[..., Any]]:
+    """Open PostgresStores on one schema of the test's own (dropped afterwards); a second is a restart."""
+    from workbench.telemetry._postgres import PostgresStore
+
+    schema = f"wb_test_{uuid.uuid4().hex[:12]}"
+    opened: list[PostgresStore] = []
+
+    def make(**options: Any) -> PostgresStore:
+        store = PostgresStore(postgres_dsn, schema=schema, **options)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        if not store._con.closed:
+            store.close()
+    PostgresStore(postgres_dsn, schema=schema, timescale=False).drop()

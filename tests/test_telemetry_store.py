@@ -1,9 +1,14 @@
-"""Ingestion into the DuckDB store without a broker: dedup, gaps, clock skew, bad input, retention, queries."""
+"""Ingestion into the telemetry stores without a broker: dedup, gaps, clock skew, bad input, retention, queries.
+
+Each check runs on DuckDB and on PostgreSQL (the latter where ``WORKBENCH_TEST_POSTGRES_DSN`` names a
+server; .ci/run starts one), since both backends promise the same behaviour.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,6 +22,7 @@ from workbench.telemetry._store import DuckDBStore
 from workbench.telemetry._wire import encode_batch
 
 TOPIC = "wb/v1/dev/{}/telemetry"
+StoreFactory = Callable[..., Any]
 
 
 def _raw(device: str, seq: int, *, n: int = 10, t0: float | None = None, sent: float | None = None,
@@ -26,9 +32,17 @@ def _raw(device: str, seq: int, *, n: int = 10, t0: float | None = None, sent: f
                         sent=t0 if sent is None else sent)
 
 
+@pytest.fixture(params=["duckdb", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Open stores of one backend on one database: a second one opened is the first restarted."""
+    if request.param == "postgres":
+        return cast(StoreFactory, request.getfixturevalue("postgres_stores"))
+    return lambda **options: DuckDBStore(tmp_path / "telemetry.duckdb", **options)
+
+
 @pytest.fixture
-def ingestor() -> Ingestor:
-    ingest = Ingestor(DuckDBStore(), flush_interval_s=0.01)
+def ingestor(make_store: StoreFactory) -> Iterator[Ingestor]:
+    ingest = Ingestor(make_store(), flush_interval_s=0.01)
     yield ingest
     ingest.close()
 
@@ -74,14 +88,13 @@ def test_ingestor_missing_never_goes_negative_when_a_restarted_device_sends_an_o
     assert ingestor.stats()["sim-01"]["missing"] == 0
 
 
-def test_ingestor_does_not_store_a_duplicate_when_restarted_on_the_same_file(tmp_path: Path) -> None:
-    path = tmp_path / "t.duckdb"
-    first = Ingestor(DuckDBStore(path), flush_interval_s=0.01)
+def test_ingestor_does_not_store_a_duplicate_when_restarted_on_the_same_database(make_store: StoreFactory) -> None:
+    first = Ingestor(make_store(), flush_interval_s=0.01)
     first.feed(_raw("sim-01", 7), TOPIC.format("sim-01"))
     assert first.wait_idle()
     first.close()
     first.store.close()  # type: ignore[attr-defined]
-    second = Ingestor(DuckDBStore(path), flush_interval_s=0.01)
+    second = Ingestor(make_store(), flush_interval_s=0.01)
     second.feed(_raw("sim-01", 7), TOPIC.format("sim-01"))
     second.feed(_raw("sim-01", 8), TOPIC.format("sim-01"))
     assert second.wait_idle()
@@ -113,8 +126,8 @@ def test_ingestor_shifts_timestamps_onto_its_clock_when_device_clock_is_minutes_
     assert ingestor.stats()["sim-04"]["clock_skew"] == 1
 
 
-def test_query_buckets_points_per_device_when_every_is_given() -> None:
-    store = DuckDBStore()
+def test_query_buckets_points_per_device_when_every_is_given(make_store: StoreFactory) -> None:
+    store = make_store()
     device = np.array(store.device_ids(["a", "a", "b", "b"]))
     metric = np.array(store.metric_ids(["m"] * 4))
     store.insert(np.array([100.0, 104.0, 101.0, 107.0]), device, metric, np.array([1.0, 3.0, 10.0, 20.0]),
@@ -125,22 +138,22 @@ def test_query_buckets_points_per_device_when_every_is_given() -> None:
     assert store.query("m", ["b"], 105.0, None, None)["value"].tolist() == [20.0]
 
 
-def test_apply_retention_keeps_old_history_as_rollups_when_raw_points_expire() -> None:
-    store = DuckDBStore(raw_retention="1h", rollup_every="1m")
+def test_apply_retention_keeps_old_history_as_rollups_when_raw_points_expire(make_store: StoreFactory) -> None:
+    store = make_store(raw_retention="1h", rollup_every="1m")
     now = 1_800_000_000.0
     old = now - 7200 + np.arange(120.0)  # two full minutes, two hours ago
-    store.insert(np.r_[old, now - 10], np.zeros(121, np.int32), np.zeros(121, np.int32), np.r_[np.ones(120), 5.0],
+    device, metric = store.device_ids(["d"])[0], store.metric_ids(["m"])[0]
+    store.insert(np.r_[old, now - 10], np.full(121, device), np.full(121, metric), np.r_[np.ones(120), 5.0],
                  np.zeros(121, np.uint64))
-    store.device_ids(["d"]), store.metric_ids(["m"])
     result = store.apply_retention(now=now)
-    assert (result["deleted"], store.count()) == (120, 1)
+    assert (result["rolled_up"], result["deleted"], store.count()) == (2, 120, 1)
     frame = store.query("m", None, now - 8000, None, None)
     assert len(frame) == 3 and frame["value"].tolist() == [1.0, 1.0, 5.0]
 
 
-def test_query_raises_config_error_naming_choices_when_aggregate_is_unknown() -> None:
+def test_query_raises_config_error_naming_choices_when_aggregate_is_unknown(make_store: StoreFactory) -> None:
     with pytest.raises(ConfigError, match="unknown aggregate 'median'"):
-        DuckDBStore().query("m", None, None, None, 5.0, "median")
+        make_store().query("m", None, None, None, 5.0, "median")
 
 
 class _SlowStore(DuckDBStore):
