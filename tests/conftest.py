@@ -98,3 +98,11 @@ def postgres_stores(postgres_dsn: str) -> Iterator[Callable[..., Any]]:
         if not store._con.closed:
             store.close()
     PostgresStore(postgres_dsn, schema=schema, timescale=False).drop()
+
+
+@pytest.fixture
+def keys_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Signing keys and history in the test's directory; subprocesses (the CLI, agents) inherit them."""
+    monkeypatch.setenv("WORKBENCH_KEYS_DIR", str(tmp_path / "keys"))
+    monkeypatch.setenv("WORKBENCH_DEPLOY_HISTORY", str(tmp_path / "history.jsonl"))
+    return tmp_path

@@ -29,10 +29,9 @@ def healthz(port: int) -> tuple[int, dict[str, Any]]:
             return exc.code, json.loads(exc.read())
 
 
+@pytest.mark.usefixtures("keys_env")
 def test_agent_installs_only_packages_of_its_trusted_keys_and_reports_health(
-        fleet_factory: FleetFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WORKBENCH_KEYS_DIR", str(tmp_path / "keys"))
-    monkeypatch.setenv("WORKBENCH_DEPLOY_HISTORY", str(tmp_path / "history.jsonl"))
+        fleet_factory: FleetFactory, tmp_path: Path) -> None:
     record = fleet_factory(devices=1, keepalive=5)
     other = init_keys(tmp_path / "other-keys")
     trusted = tmp_path / "trusted"

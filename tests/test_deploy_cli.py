@@ -13,10 +13,8 @@ from workbench.deploy._examples import tiny_model
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WORKBENCH_KEYS_DIR", str(tmp_path / "keys"))
-    monkeypatch.setenv("WORKBENCH_DEPLOY_HISTORY", str(tmp_path / "history.jsonl"))
-    monkeypatch.setenv("WORKBENCH_ARTIFACTS", str(tmp_path / "artifacts"))
+def isolated(keys_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKBENCH_ARTIFACTS", str(keys_env / "artifacts"))
 
 
 def test_keys_init_refuses_second_time_when_key_exists(tmp_path: Path) -> None:

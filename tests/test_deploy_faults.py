@@ -34,14 +34,6 @@ from workbench.fleet._fleet import Fleet
 from workbench.sim import RunDir, _procs, down
 
 
-@pytest.fixture
-def keys_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Signing keys and history in the test's directory; subprocesses (the CLI, agents) inherit them."""
-    monkeypatch.setenv("WORKBENCH_KEYS_DIR", str(tmp_path / "keys"))
-    monkeypatch.setenv("WORKBENCH_DEPLOY_HISTORY", str(tmp_path / "history.jsonl"))
-    return tmp_path
-
-
 def _restart(record: dict[str, Any], agent: dict[str, Any]) -> None:
     """Start the agent process again and record it in fleet.json, so the fleet's `down` stops it too."""
     agent.update(_procs.spawn(agent["argv"], Path(agent["log"])))

@@ -12,10 +12,9 @@ from workbench.deploy import build_package, load_signing_key
 from workbench.deploy._examples import tiny_model
 
 
+@pytest.mark.usefixtures("keys_env")
 def test_gates_read_telemetry_from_devices_sending_it_and_probe_the_others(
-        fleet_factory: FleetFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WORKBENCH_KEYS_DIR", str(tmp_path / "keys"))
-    monkeypatch.setenv("WORKBENCH_DEPLOY_HISTORY", str(tmp_path / "history.jsonl"))
+        fleet_factory: FleetFactory, tmp_path: Path) -> None:
     record = fleet_factory(devices=2, keepalive=5)
     key = load_signing_key(None, create=True)
     # The digits source feeds 64 pixels; a 64 -> 10 classifier takes them.
@@ -37,10 +36,9 @@ def test_gates_read_telemetry_from_devices_sending_it_and_probe_the_others(
     assert last["error_rate"]["devices"]["sim-01"] == 0.0
 
 
+@pytest.mark.usefixtures("keys_env")
 def test_latency_gate_fails_from_telemetry_and_rolls_back_when_candidate_is_slow(
-        fleet_factory: FleetFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WORKBENCH_KEYS_DIR", str(tmp_path / "keys"))
-    monkeypatch.setenv("WORKBENCH_DEPLOY_HISTORY", str(tmp_path / "history.jsonl"))
+        fleet_factory: FleetFactory, tmp_path: Path) -> None:
     record = fleet_factory(devices=1, keepalive=5)
     key = load_signing_key(None, create=True)
     good = build_package(tiny_model(tmp_path / "g.onnx", seed=1, features=64, classes=10), tmp_path / "good", key,

@@ -16,14 +16,12 @@ from workbench.fleet._fleet import Fleet
 
 
 @pytest.fixture
-def serving(fleet_factory: FleetFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
+def serving(fleet_factory: FleetFactory, keys_env: Path) -> Iterator[Fleet]:
     """One device serving a digits classifier with live inputs (the telemetry's digits source)."""
-    monkeypatch.setenv("WORKBENCH_KEYS_DIR", str(tmp_path / "keys"))
-    monkeypatch.setenv("WORKBENCH_DEPLOY_HISTORY", str(tmp_path / "history.jsonl"))
     record = fleet_factory(devices=1, keepalive=5)
     with workbench.connect(run_dir=record["run_dir"]) as fleet:
         fleet.wait_for(1, timeout=30)
-        assert fleet.deploy(package(tmp_path, "v1", seed=1).path).wait(timeout=60).status == "succeeded"
+        assert fleet.deploy(package(keys_env, "v1", seed=1).path).wait(timeout=60).status == "succeeded"
         fleet.telemetry.configure("sim-01", source="digits", rate_hz=50)
         yield fleet
 

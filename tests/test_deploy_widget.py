@@ -12,11 +12,10 @@ from workbench.deploy import build_package, load_signing_key
 from workbench.deploy._examples import tiny_model
 
 
+@pytest.mark.usefixtures("keys_env")
 def test_rollout_progress_shows_each_device_state_when_rollout_finishes(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch,
                                                                        fleet_factory: FleetFactory) -> None:
-    monkeypatch.setenv("WORKBENCH_KEYS_DIR", str(tmp_path / "keys"))
-    monkeypatch.setenv("WORKBENCH_DEPLOY_HISTORY", str(tmp_path / "history.jsonl"))
     monkeypatch.setenv("WORKBENCH_ARTIFACTS", str(tmp_path / "artifacts"))
     from widgets import RolloutProgress
 
