@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench._files import write_private
 from workbench.errors import ConfigError, SignatureError
 
 PRIVATE_NAME = "signing.key"
@@ -64,16 +65,6 @@ class SigningKey:
         return self.directory / PUBLIC_NAME
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def init_keys(directory: str | os.PathLike[str] | None = None, *, force: bool = False) -> SigningKey:
     """Create an Ed25519 keypair in ``directory``; refuse to overwrite one unless ``force``.
 
@@ -91,7 +82,7 @@ def init_keys(directory: str | os.PathLike[str] | None = None, *, force: bool = 
                           "it (devices enrolled with the old public key will then reject new packages)")
     folder.mkdir(parents=True, exist_ok=True)
     private = Ed25519PrivateKey.generate()
-    _write_private(folder / PRIVATE_NAME, private.private_bytes(
+    write_private(folder / PRIVATE_NAME, private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     public = private.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench._files import write_private
 from workbench.errors import ConfigError
 from workbench.fleet import topics
 from workbench.sim._rundir import RunDir
 
 CONTROLLER_USER = "workbench"
-DESIRED_PREFIX = f"{topics.ROOT}/desired"
 # Mosquitto's own "$7$" hash: PBKDF2-HMAC-SHA512, 101 rounds and a 12-byte salt are what mosquitto_passwd writes.
 _MOSQUITTO_ITERATIONS = 101
 _MOSQUITTO_SALT_BYTES = 12
@@ -54,7 +54,7 @@ def device_acl(device_id: str) -> Acl:
     """
     own = f"{topics.DEVICE_PREFIX}/{device_id}/#"
     return Acl(publish=(own,), subscribe=(own, f"{topics.COMMAND_PREFIX}/{device_id}/#",
-                                          f"{DESIRED_PREFIX}/{device_id}/#"))
+                                          f"{topics.DESIRED_PREFIX}/{device_id}/#"))
 
 
 def controller_acl() -> Acl:
@@ -66,8 +66,8 @@ def controller_acl() -> Acl:
         >>> controller_acl().publish
         ('wb/v1/cmd/#', 'wb/v1/desired/#')
     """
-    return Acl(publish=(f"{topics.COMMAND_PREFIX}/#", f"{DESIRED_PREFIX}/#"),
-               subscribe=(f"{topics.DEVICE_PREFIX}/#", f"{DESIRED_PREFIX}/#"))
+    return Acl(publish=(f"{topics.COMMAND_PREFIX}/#", f"{topics.DESIRED_PREFIX}/#"),
+               subscribe=(f"{topics.DEVICE_PREFIX}/#", f"{topics.DESIRED_PREFIX}/#"))
 
 
 @dataclass(frozen=True)
@@ -140,24 +140,24 @@ def prepare_secure(rd: RunDir, broker: str, device_ids: list[str]) -> SecureMate
     ca_file, cert_file, key_file = _write_certificates(secrets_dir)
     passwords = {device_id: secrets.token_urlsafe(24) for device_id in device_ids}
     for device_id, password in passwords.items():
-        _write_secret(credentials_dir / f"{device_id}.password", password + "\n")
+        write_private(credentials_dir / f"{device_id}.password", password + "\n")
     controller_password = secrets.token_urlsafe(24)
     controller_file = secrets_dir / f"{CONTROLLER_USER}.password"
-    _write_secret(controller_file, controller_password + "\n")
+    write_private(controller_file, controller_password + "\n")
     users = {CONTROLLER_USER: (controller_password, controller_acl())}
     users |= {device_id: (password, device_acl(device_id)) for device_id, password in passwords.items()}
 
     if broker == "embedded":
         auth_file = secrets_dir / "nats-auth.conf"
-        _write_secret(auth_file, nats_authorization(users))
+        write_private(auth_file, nats_authorization(users))
         # The auth block lives in its own 0600 file: nats.conf itself is written world-readable.
         # NATS resolves an include relative to the including file, even an absolute-looking one.
         include = os.path.relpath(auth_file, rd.broker_dir)
         broker_config = {"auth": f'include "{include}"\n', "tls": _nats_tls(cert_file, key_file)}
     else:
         password_file, acl_file = secrets_dir / "mosquitto.passwd", secrets_dir / "mosquitto.acl"
-        _write_secret(password_file, "".join(mosquitto_password_line(u, p) for u, (p, _) in users.items()))
-        _write_secret(acl_file, mosquitto_acl({user: acl for user, (_, acl) in users.items()}))
+        write_private(password_file, "".join(mosquitto_password_line(u, p) for u, (p, _) in users.items()))
+        write_private(acl_file, mosquitto_acl({user: acl for user, (_, acl) in users.items()}))
         broker_config = {
             "auth": f"allow_anonymous false\npassword_file {password_file}\nacl_file {acl_file}\n",
             "tls": f"cafile {ca_file}\ncertfile {cert_file}\nkeyfile {key_file}\ntls_version tlsv1.2\n",
@@ -177,20 +177,6 @@ def prepare_secure(rd: RunDir, broker: str, device_ids: list[str]) -> SecureMate
 
 def _acl_record(acl: Acl) -> dict[str, list[str]]:
     return {"publish": list(acl.publish), "subscribe": list(acl.subscribe)}
-
-
-def _write_secret(path: Path, text: str | bytes) -> None:
-    """Write ``path`` with mode 0600 from its first byte, atomically (temp file, then rename)."""
-    data = text.encode() if isinstance(text, str) else text
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # an older tmp file keeps its mode through O_CREAT
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 # -- TLS ---------------------------------------------------------------------------------------
@@ -241,10 +227,10 @@ def _write_certificates(secrets_dir: Path) -> tuple[Path, Path, Path]:
                                  serialization.NoEncryption())
 
     paths = secrets_dir / "ca.pem", secrets_dir / "server.pem", secrets_dir / "server.key"
-    _write_secret(secrets_dir / "ca.key", key_pem(ca_key))
-    _write_secret(paths[0], ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_secret(paths[1], server_cert.public_bytes(serialization.Encoding.PEM))
-    _write_secret(paths[2], key_pem(server_key))
+    write_private(secrets_dir / "ca.key", key_pem(ca_key))
+    write_private(paths[0], ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_private(paths[1], server_cert.public_bytes(serialization.Encoding.PEM))
+    write_private(paths[2], key_pem(server_key))
     return paths
 
 
