@@ -8,8 +8,12 @@ capability needs to edit the agent's core.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from workbench.errors import PayloadError, WorkbenchError
+from workbench.fleet import schema
 
 if TYPE_CHECKING:
     from workbench.agent._device import DeviceAgent
@@ -37,6 +41,8 @@ class AgentService(Protocol):
 
 ServiceFactory = Callable[["DeviceAgent"], "AgentService | None"]
 
+log = logging.getLogger("workbench.agent")
+
 _FACTORIES: dict[str, ServiceFactory] = {}
 
 
@@ -51,3 +57,29 @@ def register_service(name: str, factory: ServiceFactory) -> None:
 
 def service_factories() -> dict[str, ServiceFactory]:
     return dict(_FACTORIES)
+
+
+def apply_desired(agent: DeviceAgent, payload: bytes, what: str, apply: Callable[[dict[str, Any]], Any]) -> str | None:
+    """Decode a retained desired-state message and ``apply`` its body; count and log what is rejected.
+
+    An empty payload (the retained state was cleared) changes nothing. A payload that is not a
+    versioned JSON object is counted by its kind, one that ``apply`` refuses as ``malformed``; the
+    device keeps its settings either way. Returns the reason for a rejection, else None.
+
+    Example:
+        >>> apply_desired(agent, payload, "telemetry", service.configure)   # doctest: +SKIP
+    """
+    if not payload:
+        return None
+    try:
+        body = schema.decode(payload)
+        body.pop("v", None)
+        apply(body)
+        return None
+    except (ValueError, WorkbenchError) as exc:
+        if isinstance(exc, PayloadError):
+            agent.rejected.reject(exc)
+        else:
+            agent.rejected["malformed"] += 1
+        log.warning("%s: ignored desired %s state: %s", agent.device_id, what, exc)
+        return str(exc)

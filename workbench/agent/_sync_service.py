@@ -22,8 +22,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from workbench.agent._commands import register_command
-from workbench.agent._services import register_service
-from workbench.errors import ConfigError, PayloadError, WorkbenchError
+from workbench.agent._services import apply_desired, register_service
+from workbench.errors import ConfigError, PayloadError
 from workbench.fleet import schema, topics
 from workbench.sync._budget import Budget, check_budget
 from workbench.sync._codec import Codec
@@ -175,19 +175,9 @@ class SyncService:
             return self.state()
 
     def _apply_desired(self, payload: bytes) -> None:
-        if not payload:  # the retained desired state was cleared: keep the current settings
-            return
-        try:
-            body = schema.decode(payload)
-            body.pop("v", None)
-            self.configure(body, desired=True)
-        except (ValueError, WorkbenchError) as exc:
-            if isinstance(exc, PayloadError):
-                self.agent.rejected.reject(exc)
-            else:
-                self.agent.rejected["malformed"] += 1
-            self.errors["desired"] = str(exc)
-            log.warning("%s: ignored desired sync state: %s", self.agent.device_id, exc)
+        error = apply_desired(self.agent, payload, "sync", lambda body: self.configure(body, desired=True))
+        if error is not None:
+            self.errors["desired"] = error
 
     def partition(self, seconds: float) -> dict[str, Any]:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 86_400:

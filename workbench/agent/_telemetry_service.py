@@ -29,10 +29,10 @@ import psutil
 
 from workbench.agent._commands import register_command
 from workbench.agent._inference import SOURCES, InferenceLoop, Metrics, Point
-from workbench.agent._services import register_service
+from workbench.agent._services import apply_desired, register_service
 from workbench.agent._sync_service import SyncService, sync_service
-from workbench.errors import ConfigError, PayloadError
-from workbench.fleet import schema, topics
+from workbench.errors import ConfigError
+from workbench.fleet import topics
 from workbench.sync._priority import PRIORITIES
 from workbench.telemetry._wire import encode_batch
 
@@ -152,18 +152,7 @@ class TelemetryService:
             return self.status()
 
     def _apply_desired(self, payload: bytes) -> None:
-        if not payload:  # the retained desired state was cleared: keep the current settings
-            return
-        try:
-            body = schema.decode(payload)
-            body.pop("v", None)
-            self.configure(body)
-        except PayloadError as exc:
-            self.agent.rejected.reject(exc)
-            log.warning("%s: ignored desired telemetry state: %s", self.agent.device_id, exc)
-        except (ValueError, ConfigError) as exc:
-            self.agent.rejected["malformed"] += 1
-            log.warning("%s: ignored desired telemetry state: %s", self.agent.device_id, exc)
+        apply_desired(self.agent, payload, "telemetry", self.configure)
 
     def _load_model(self, path: Path) -> None:
         if not path.is_file():
