@@ -56,9 +56,9 @@ class Store(Protocol):
 
     def device_ids(self, names: list[str]) -> list[int]: ...
     def metric_ids(self, names: list[str]) -> list[int]: ...
-    def insert(self, ts: np.ndarray, device: np.ndarray, metric: np.ndarray, value: np.ndarray,
-               seq: np.ndarray) -> None: ...
-    def record_batches(self, device: list[int], seq: list[int], received: list[float], n: list[int]) -> None: ...
+    def insert_batches(self, ts: np.ndarray, device: np.ndarray, metric: np.ndarray, value: np.ndarray,
+                       seq: np.ndarray, batch_device: list[int], batch_seq: list[int], received: list[float],
+                       n: list[int]) -> None: ...
     def seen_batches(self) -> dict[str, set[int]]: ...
     def add_alert(self, alert: dict[str, Any]) -> None: ...
     def apply_retention(self, now: float | None = None) -> dict[str, int]: ...
@@ -338,12 +338,7 @@ class Ingestor:
             metric_parts.append(ids[batch.metric])
         metric = np.concatenate(metric_parts)
         batches = (devices, [b.seq for b, _ in pending], [r for _, r in pending], counts.tolist())
-        insert_batches = getattr(self.store, "insert_batches", None)
-        if insert_batches is not None:  # points and dedup records in one transaction
-            insert_batches(ts, device, metric, value, seq, *batches)
-        else:
-            self.store.insert(ts, device, metric, value, seq)
-            self.store.record_batches(*batches)
+        self.store.insert_batches(ts, device, metric, value, seq, *batches)  # points and dedup records at once
         done = time.time()
         self.latencies_ms.extend((done - b.sent) * 1000.0 for b, _ in pending)
         self.totals["points"] += int(counts.sum())
