@@ -132,11 +132,16 @@ class SyncService:
 
     def put(self, payload: bytes, *, priority: str | int = "normal", kind: str = "event") -> int | None:
         """Queue an item durably; returns its sequence number (None: dropped by the disk bound, counted)."""
+        return self.put_many([payload], priority=priority, kind=kind)[0]
+
+    def put_many(self, payloads: list[bytes], *, priority: str | int = "normal",
+                 kind: str = "event") -> list[int | None]:
+        """Queue items durably in one transaction; their sequence numbers (None: dropped by the disk bound)."""
         if self._stop.is_set():
-            raise ConfigError(f"sync on {self.agent.device_id} is shutting down; the item was not queued")
-        seq = self.outbox.put(payload, priority=priority, kind=kind)
+            raise ConfigError(f"sync on {self.agent.device_id} is shutting down; the items were not queued")
+        seqs = self.outbox.put_many(payloads, priority=priority, kind=kind)
         self.sender.wake()
-        return seq
+        return seqs
 
     def put_state(self, state: dict[str, Any], *, priority: str = "high") -> int | None:
         """Sync a state dictionary by delta: only keys that changed since the last call are sent."""

@@ -245,9 +245,7 @@ class TelemetryService:
         service = self._outbox()
         if service.stopped:  # the agent is shutting down (sync stops first); the points end with the process
             return
-        seqs = service.outbox.put_many([raw for raw, _ in batches], priority=str(self.config["priority"]),
-                                       kind="telemetry")
-        service.sender.wake()
+        seqs = service.put_many([raw for raw, _ in batches], priority=str(self.config["priority"]), kind="telemetry")
         for seq, (_, points) in zip(seqs, batches, strict=True):
             if seq is None:
                 self.batches_dropped += 1
