@@ -26,24 +26,20 @@ class OptimizeExplorer(ipywidgets.VBox):
     def __init__(self, result: Any) -> None:
         import plotly.graph_objects as go
 
-        from workbench.optimize._report import pareto_figure
+        from workbench.optimize._report import candidates_html, pareto_figure
 
         if not getattr(result, "rows", None):
             raise ConfigError("OptimizeExplorer needs the result of workbench.optimize(...) with candidates")
         self.result = result
         self.figure = go.FigureWidget(pareto_figure(result))
         self.figure.data[0].on_click(self._on_click)
-        self.table = ipywidgets.HTML(self._table_html())
+        self.table = ipywidgets.HTML(candidates_html(result))
         self.details = ipywidgets.HTML()
         self.selected: str | None = None
         header = ipywidgets.HTML(f"<b>Chosen:</b> {html.escape(str(result.best.variant))}: "
                                  f"{html.escape(result.best.reason)}")
         super().__init__([header, self.figure, self.table, self.details])
         self.select(result.best.variant or "fp32")
-
-    def _table_html(self) -> str:
-        frame = self.result.candidates.drop(columns=["recipe"])
-        return str(frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
 
     def _on_click(self, trace: Any, points: Any, _state: Any) -> None:
         if points.point_inds:

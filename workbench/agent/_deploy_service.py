@@ -35,6 +35,7 @@ from workbench.deploy._package import (
     verify_package,
     verify_signature,
 )
+from workbench.deploy._state import TERMINAL
 from workbench.errors import ConfigError, DeployError, HealthCheckError, PackageError, PayloadError, WorkbenchError
 from workbench.fleet import schema, topics
 
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("workbench.agent")
 
-TERMINAL = ("active", "failed", "rejected", "rolled_back", "shadowed")
 STATES = ("pending", "downloading", "verifying", "loading", "health_checking", "activating", "shadowing", *TERMINAL)
 Reporter = Callable[..., None]
 
@@ -64,7 +64,7 @@ def health_check(model: LoadedModel, package: Package, *, runs: int = 5) -> dict
     """
     feeds, expected = package.sample()
     health = package.health
-    atol, rtol = float(health.get("atol", 1e-4)), float(health.get("rtol", 1e-3))
+    atol, rtol = package.tolerance
     slo_ms = float(health.get("slo_ms", 1000.0))
     timings = []
     outputs: list[Any] = []
@@ -228,7 +228,7 @@ class Installer:
                 raise DeployError("shadow mode needs an active model to compare with; deploy one first")
             package, loaded, health = self._prepare(desired, slot, report)
             report("shadowing", slot=slot, health=health, detail=f"{duration:g} s next to the active model")
-            atol, rtol = float(package.health.get("atol", 1e-4)), float(package.health.get("rtol", 1e-3))
+            atol, rtol = package.tolerance
             stats = ShadowRun(self.runtime, loaded, atol=atol, rtol=rtol).run(duration)
             return {"state": "shadowed", "slot": slot, "health": health, "shadow": stats}
         except Exception as exc:  # every failure is reported; the active model keeps serving
@@ -427,7 +427,7 @@ def _probe(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
     expected: list[np.ndarray] | None = None
     if package is not None:
         feeds, expected = package.sample()
-        atol, rtol = float(package.health.get("atol", 1e-4)), float(package.health.get("rtol", 1e-3))
+        atol, rtol = package.tolerance
     else:
         from workbench.deploy._package import _sample_feeds
 

@@ -85,6 +85,12 @@ class Package:
         return dict(self.manifest.get("health") or {})
 
     @property
+    def tolerance(self) -> tuple[float, float]:
+        """``(atol, rtol)`` within which a model's outputs count as the packaged ones."""
+        health = self.health
+        return float(health.get("atol", 1e-4)), float(health.get("rtol", 1e-3))
+
+    @property
     def size(self) -> int:
         """Bytes of every file plus manifest and signature: what a device downloads."""
         return sum(int(f["size"]) for f in self.files.values()) + len(self.manifest_bytes) + \

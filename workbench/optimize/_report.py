@@ -37,7 +37,8 @@ def pareto_figure(result: OptimizeResult) -> Any:
     return figure
 
 
-def _table(result: OptimizeResult) -> str:
+def candidates_html(result: OptimizeResult) -> str:
+    """The candidates as an HTML table (no recipe column), as the report and the OptimizeExplorer show it."""
     frame = result.candidates.drop(columns=["recipe"])
     return str(frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="candidates"))
 
@@ -60,7 +61,7 @@ table.candidates td,table.candidates th{{padding:3px 8px;border-bottom:1px solid
 <p><b>Chosen:</b> {html.escape(str(result.best.variant))}: {html.escape(result.best.reason)}</p>
 <p><b>Preflight:</b> {preflight}</p>
 {figure}
-<h2>Candidates</h2>{_table(result)}
+<h2>Candidates</h2>{candidates_html(result)}
 <h2>Skipped</h2><ul>{skipped or '<li>none</li>'}</ul>
 <h2>Notes</h2><ul>{notes or '<li>none</li>'}</ul>
 <h2>Target</h2><pre>{html.escape(json.dumps(result.target, indent=2, default=str))}</pre>
