@@ -36,7 +36,7 @@ from workbench.deploy._package import (
     verify_signature,
 )
 from workbench.deploy._state import TERMINAL
-from workbench.errors import ConfigError, DeployError, HealthCheckError, PackageError, PayloadError, WorkbenchError
+from workbench.errors import DeployError, HealthCheckError, PackageError, PayloadError, WorkbenchError
 from workbench.fleet import schema, topics
 
 if TYPE_CHECKING:
@@ -268,30 +268,10 @@ class Installer:
             return {"state": "failed", "reason": f"rollback failed: {exc}; the current model keeps serving"}
 
 
-_TRUSTED_KEYS_DIR: Path | None = None
-
-
-def use_trusted_keys(directory: str | os.PathLike[str]) -> Path:
-    """Trust exactly the public keys in ``directory`` on every device of this process (``--trusted-keys``).
-
-    Raises :class:`ConfigError` when it is not a directory.
-
-    Example:
-        >>> use_trusted_keys("/etc/workbench/trusted_keys")   # doctest: +SKIP
-    """
-    global _TRUSTED_KEYS_DIR
-    path = Path(directory).expanduser().resolve()
-    if not path.is_dir():
-        raise ConfigError(f"--trusted-keys {path} is not a directory; give the directory holding the workbench's "
-                          "public key(s) (`workbench keys init` writes one)")
-    _TRUSTED_KEYS_DIR = path
-    return path
-
-
 def trusted_keys_dir(agent: DeviceAgent) -> Path:
     """The trusted keys: ``--trusted-keys``, ``$WORKBENCH_TRUSTED_KEYS`` or ``DATA_DIR/trusted_keys``."""
-    if _TRUSTED_KEYS_DIR is not None:
-        return _TRUSTED_KEYS_DIR
+    if agent.config.trusted_keys is not None:
+        return agent.config.trusted_keys
     env = os.environ.get("WORKBENCH_TRUSTED_KEYS")
     return Path(env) if env else agent.config.data_dir / "trusted_keys"
 

@@ -56,6 +56,8 @@ class AgentConfig:
     claim_timeout: float = 1.5
     # A model to serve from the start (deployments replace it later).
     model: Path | None = None
+    # The public keys whose signed packages it installs (None: $WORKBENCH_TRUSTED_KEYS or DATA_DIR/trusted_keys).
+    trusted_keys: Path | None = None
 
     def __post_init__(self) -> None:
         topics.check_device_id(self.device_id)

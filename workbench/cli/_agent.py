@@ -50,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"give one --profile, or one per --device-id ({len(ids)}), not {len(profiles)}")
     if len(set(ids)) != len(ids):
         raise ConfigError("the same --device-id was given twice")
+    trusted_keys = None
+    if args.trusted_keys is not None:
+        trusted_keys = args.trusted_keys.expanduser().resolve()
+        if not trusted_keys.is_dir():
+            raise ConfigError(f"--trusted-keys {trusted_keys} is not a directory; give the directory holding the "
+                              "workbench's public key(s) (`workbench keys init` writes one)")
     configs = []
     for index, device_id in enumerate(ids):
         profile = profiles[index if len(profiles) > 1 else 0] if profiles else None
@@ -63,11 +69,7 @@ def run(args: argparse.Namespace) -> int:
         address = BrokerAddress.parse(args.broker, username=username, password=password, ca_file=args.ca_file)
         data_dir = args.data_dir / device_id if len(ids) > 1 or args.simulated else args.data_dir
         configs.append(AgentConfig(device_id, address, data_dir, profile=profile, simulated=args.simulated,
-                                   keepalive=args.keepalive, model=args.model))
-    if args.trusted_keys is not None:
-        from workbench.agent._deploy_service import use_trusted_keys
-
-        use_trusted_keys(args.trusted_keys)
+                                   keepalive=args.keepalive, model=args.model, trusted_keys=trusted_keys))
     if args.health_port is not None:
         from workbench.agent._health import serve_health
 
