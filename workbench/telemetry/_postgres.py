@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.errors import ConfigError
-from workbench.telemetry._store import AGGREGATES, _NameIds
-from workbench.telemetry._time import Duration, seconds
+from workbench.telemetry._store import AGGREGATES, _StoreBase
+from workbench.telemetry._time import Duration
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,7 +85,7 @@ def _signed(seq: np.ndarray | list[int]) -> np.ndarray:
     return np.asarray(seq, dtype=np.uint64).view(np.int64)
 
 
-class PostgresStore(_NameIds):
+class PostgresStore(_StoreBase):
     """Telemetry points in PostgreSQL (TimescaleDB hypertables where the extension is available).
 
     ``schema`` keeps the tables apart from anything else in the database (created if missing).
@@ -116,11 +116,7 @@ class PostgresStore(_NameIds):
     ) -> None:
         import psycopg
 
-        self.raw_retention = seconds(raw_retention, "raw_retention")
-        self.rollup_every = seconds(rollup_every, "rollup_every")
-        self.rollup_retention = seconds(rollup_retention, "rollup_retention")
-        if self.rollup_every <= 0:
-            raise ConfigError("rollup_every must be positive, e.g. '1m'")
+        self._init_retention(raw_retention, rollup_every, rollup_retention)
         if not schema.isidentifier():
             raise ConfigError(f"schema {schema!r} is not a plain SQL name; use letters, digits and underscores")
         self.schema = schema
@@ -173,16 +169,11 @@ class PostgresStore(_NameIds):
 
     # -- names ------------------------------------------------------------------------------
 
-    def _ids(self, names: list[str], table: str, cache: dict[str, int]) -> list[int]:
-        missing = [n for n in dict.fromkeys(names) if n not in cache]
-        if missing:
-            with self._lock:
-                # Another workbench may add the same name at the same time: let the unique key decide.
-                self._con.execute(f"INSERT INTO {table} (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING",
-                                  [missing])
-                cache.update(self._con.execute(f"SELECT name, id FROM {table} WHERE name = ANY(%s)",
-                                               [missing]).fetchall())
-        return [cache[n] for n in names]
+    def _assign(self, missing: list[str], table: str, cache: dict[str, int]) -> None:
+        # Another workbench may add the same name at the same time: let the unique key decide.
+        self._con.execute(f"INSERT INTO {table} (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING",
+                          [missing])
+        cache.update(self._con.execute(f"SELECT name, id FROM {table} WHERE name = ANY(%s)", [missing]).fetchall())
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -252,9 +243,7 @@ class PostgresStore(_NameIds):
     def apply_retention(self, now: float | None = None) -> dict[str, int]:
         """Roll up and delete raw points older than the raw retention; drop expired rollups."""
         now = time.time() if now is None else now
-        every = self.rollup_every
-        # Whole buckets only, so a bucket is never rolled up twice with half its points.
-        cutoff = float(np.floor((now - self.raw_retention) / every) * every)
+        cutoff, every = self._retention_cutoff(now), self.rollup_every
         with self._lock, self._con.transaction():
             cur = self._con.execute(
                 "INSERT INTO rollup SELECT to_timestamp(floor(extract(epoch FROM ts)::float8 / %(e)s) * %(e)s), "
@@ -279,8 +268,7 @@ class PostgresStore(_NameIds):
         """Points (or ``every``-second aggregates) as a DataFrame: time, device_id, metric, value."""
         import pandas as pd
 
-        if agg not in AGGREGATES:
-            raise ConfigError(f"unknown aggregate {agg!r}; choose one of {', '.join(AGGREGATES)}")
+        self._check_aggregate(agg)
         metrics = [metric] if isinstance(metric, str) else list(metric)
         # Filters go inside both halves of the union so the (metric, ts) indexes serve them.
         where = {"points": ["m.name = ANY(%(metrics)s)"], "rollup": ["m.name = ANY(%(metrics)s)"]}

@@ -51,14 +51,44 @@ def _batches(device: list[int], seq: list[int], received: list[float], n: list[i
             "received": np.asarray(received, np.float64), "n": np.asarray(n, np.int32)}
 
 
-class _NameIds:
-    """Device and metric names as small integer ids, cached; each backend assigns them in ``_ids``."""
+class _StoreBase:
+    """What both stores share: names as small integer ids (cached), retention settings, aggregate names.
+
+    Each backend assigns the ids of new names in ``_assign`` and runs its own SQL.
+    """
 
     _devices: dict[str, int]
     _metrics: dict[str, int]
+    _lock: threading.Lock
+    raw_retention: float
+    rollup_every: float
+    rollup_retention: float
+
+    def _init_retention(self, raw_retention: Duration, rollup_every: Duration, rollup_retention: Duration) -> None:
+        self.raw_retention = seconds(raw_retention, "raw_retention")
+        self.rollup_every = seconds(rollup_every, "rollup_every")
+        self.rollup_retention = seconds(rollup_retention, "rollup_retention")
+        if self.rollup_every <= 0:
+            raise ConfigError("rollup_every must be positive, e.g. '1m'")
+
+    def _retention_cutoff(self, now: float) -> float:
+        # Whole buckets only, so a bucket is never rolled up twice with half its points.
+        return float(np.floor((now - self.raw_retention) / self.rollup_every) * self.rollup_every)
+
+    @staticmethod
+    def _check_aggregate(agg: str) -> None:
+        if agg not in AGGREGATES:
+            raise ConfigError(f"unknown aggregate {agg!r}; choose one of {', '.join(AGGREGATES)}")
+
+    def _assign(self, missing: list[str], table: str, cache: dict[str, int]) -> None:
+        raise NotImplementedError
 
     def _ids(self, names: list[str], table: str, cache: dict[str, int]) -> list[int]:
-        raise NotImplementedError
+        missing = [n for n in dict.fromkeys(names) if n not in cache]
+        if missing:
+            with self._lock:
+                self._assign(missing, table, cache)
+        return [cache[n] for n in names]
 
     def device_ids(self, names: list[str]) -> list[int]:
         return self._ids(names, "device_names", self._devices)
@@ -70,7 +100,7 @@ class _NameIds:
         return self._metrics.get(name)
 
 
-class DuckDBStore(_NameIds):
+class DuckDBStore(_StoreBase):
     """Telemetry points in DuckDB (a file, or in memory when ``path`` is None).
 
     Thread-safe: one lock serialises the writer thread's inserts and callers' queries.
@@ -99,11 +129,7 @@ class DuckDBStore(_NameIds):
         self.path = Path(path) if path is not None else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.raw_retention = seconds(raw_retention, "raw_retention")
-        self.rollup_every = seconds(rollup_every, "rollup_every")
-        self.rollup_retention = seconds(rollup_retention, "rollup_retention")
-        if self.rollup_every <= 0:
-            raise ConfigError("rollup_every must be positive, e.g. '1m'")
+        self._init_retention(raw_retention, rollup_every, rollup_retention)
         try:
             self._con = duckdb.connect(str(self.path) if self.path else ":memory:")
         except duckdb.IOException as exc:
@@ -116,14 +142,10 @@ class DuckDBStore(_NameIds):
 
     # -- names ------------------------------------------------------------------------------
 
-    def _ids(self, names: list[str], table: str, cache: dict[str, int]) -> list[int]:
-        missing = [n for n in dict.fromkeys(names) if n not in cache]
-        if missing:
-            with self._lock:
-                for name in missing:
-                    cache[name] = len(cache)
-                    self._con.execute(f"INSERT INTO {table} VALUES (?, ?)", [cache[name], name]).fetchall()
-        return [cache[n] for n in names]
+    def _assign(self, missing: list[str], table: str, cache: dict[str, int]) -> None:
+        for name in missing:
+            cache[name] = len(cache)
+            self._con.execute(f"INSERT INTO {table} VALUES (?, ?)", [cache[name], name]).fetchall()
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -186,11 +208,8 @@ class DuckDBStore(_NameIds):
     def apply_retention(self, now: float | None = None) -> dict[str, int]:
         """Roll up and delete raw points older than the raw retention; drop expired rollups."""
         now = time.time() if now is None else now
-        cutoff = now - self.raw_retention
-        every = self.rollup_every
+        cutoff, every = self._retention_cutoff(now), self.rollup_every
         with self._lock:
-            # Whole buckets only, so a bucket is never rolled up twice with half its points.
-            cutoff = float(np.floor(cutoff / every) * every)
             rolled = self._con.execute(
                 "INSERT INTO rollup SELECT floor(ts / ?) * ?, device, metric, avg(value), min(value), max(value), "
                 "count(*) FROM points WHERE ts < ? GROUP BY ALL", [every, every, cutoff]).fetchall()[0]
@@ -214,8 +233,7 @@ class DuckDBStore(_NameIds):
         """Points (or ``every``-second aggregates) as a DataFrame: time, device_id, metric, value."""
         import pandas as pd
 
-        if agg not in AGGREGATES:
-            raise ConfigError(f"unknown aggregate {agg!r}; choose one of {', '.join(AGGREGATES)}")
+        self._check_aggregate(agg)
         metrics = [metric] if isinstance(metric, str) else list(metric)
         where: list[str] = ["m.name IN (SELECT unnest(?))"]
         params: list[Any] = [metrics]
