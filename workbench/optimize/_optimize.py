@@ -32,8 +32,11 @@ _GENERATED_EVAL = 64
 
 
 def _plan(spec: ModelSpec, ctx: PassContext, methods: Sequence[str], prune: list[tuple[str, float]],
-          passes: Sequence[str] | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The variants worth building for this target, and why the others are skipped."""
+          passes: Sequence[str] | None, module: Any = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The variants worth building for this target, and why the others are skipped.
+
+    ``module`` is the torch module that ``prune`` applies to (None: no pruning is planned).
+    """
     plan: list[dict[str, Any]] = [{"variant": BASELINE, "steps": []},
                                   {"variant": "graph-opt", "steps": [{"pass": "graph-opt", "level": "extended"}]}]
     skipped: dict[str, str] = {}
@@ -49,6 +52,10 @@ def _plan(spec: ModelSpec, ctx: PassContext, methods: Sequence[str], prune: list
     plan.append({"variant": "fp16", "steps": [{"pass": "fp16"}]})
     for kind, amount in prune:
         tag = f"pruned-{kind}-{round(amount * 100)}"
+        why = _prune.unprunable(module, kind)
+        if why:  # the pruned variant and its quantized twin would be the unpruned model again
+            skipped[tag] = why
+            continue
         slim = [{"pass": "graph-opt", "level": "basic"}, {"pass": "remove-zero-channels"}] \
             if kind == "structured" else []
         plan.append({"variant": tag, "prune": {"kind": kind, "amount": amount}, "steps": slim})
@@ -177,12 +184,8 @@ def optimize(
     finetune = to_samples(finetune_data, spec, what="fine-tuning data") if finetune_data is not None else None
     ctx = PassContext(workdir, calibration, resolved.profile.precisions, resolved.providers,
                       calibration_memory_mb, notes)
-    prune_items = _prune_list(prune, module is not None)
-    unprunable = {f"pruned-{kind}-{round(amount * 100)}": why for kind, amount in prune_items
-                  if (why := _prune.unprunable(module, kind))}
-    prune_items = [(k, a) for k, a in prune_items if f"pruned-{k}-{round(a * 100)}" not in unprunable]
-    plan, skipped = _plan(spec, ctx, list(calibration_methods), prune_items, passes)
-    skipped |= unprunable
+    plan, skipped = _plan(spec, ctx, list(calibration_methods), _prune_list(prune, module is not None), passes,
+                          module)
     for provider, why in resolved.skipped_providers.items():
         skipped[f"provider {provider}"] = why
     versions = tool_versions()
