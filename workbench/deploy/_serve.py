@@ -37,12 +37,8 @@ def spawn_artifact_server(directory: Path, log_file: Path, *, host: str = HOST, 
     port = port or _procs.free_port(host)
     argv = [sys.executable, "-m", "workbench.deploy._serve", "--dir", str(directory), "--host", host,
             "--port", str(port)]
-    proc = _procs.spawn(argv, log_file)
-    if not _procs.wait_port(host, port, timeout=wait, proc=proc):
-        _procs.stop([proc])
-        tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
-        raise ArtifactError(f"the artifact server did not start listening on {host}:{port} within {wait:g} s; "
-                            f"its log ({log_file}) ends with:\n{tail}")
+    proc = _procs.spawn_listening(argv, log_file, host, port, wait=wait, what="the artifact server",
+                                  error=ArtifactError)
     return {"kind": "workbench", "url": f"http://{host}:{port}", "host": host, "port": port,
             "directory": str(directory), **proc}
 

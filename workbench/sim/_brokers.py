@@ -100,12 +100,8 @@ def start_broker(
         argv = [find_mosquitto(), "-c", str(conf)]
     else:
         raise ConfigError(f"unknown broker kind {kind!r}: use embedded, mosquitto or an mqtt:// URL")
-    proc = _procs.spawn(argv, run_dir.logs / f"broker-{kind}.log")
-    if not _procs.wait_port(HOST, port, timeout=wait, proc=proc):
-        _procs.stop([proc])
-        log_tail = Path(proc["log"]).read_text(errors="replace")[-2000:]
-        raise BrokerError(f"the {kind} broker did not start listening on {HOST}:{port} within {wait:g} s; "
-                          f"its log ({proc['log']}) ends with:\n{log_tail}")
+    proc = _procs.spawn_listening(argv, run_dir.logs / f"broker-{kind}.log", HOST, port, wait=wait,
+                                  what=f"the {kind} broker", error=BrokerError)
     scheme = "mqtts" if auth.get("tls") else "mqtt"
     return {"kind": kind, "url": f"{scheme}://{HOST}:{port}", "host": HOST, "port": port,
             "config": str(conf), **proc}

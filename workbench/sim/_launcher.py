@@ -66,12 +66,16 @@ def _locked(run_dir: RunDir) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _record_alive(record: dict[str, Any]) -> bool:
+def _owned_processes(record: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The processes the fleet started, in the order to stop them: agents (so they announce a clean
+    shutdown while the broker still runs), the artifact server, then the broker unless it is external."""
     broker = record.get("broker") or {}
-    own_broker = broker.get("pid") is not None
-    artifacts = record.get("artifacts")
-    return ((own_broker and _procs.is_alive(broker)) or bool(artifacts and _procs.is_alive(artifacts))
-            or any(_procs.is_alive(a) for a in record.get("agents", [])))
+    return [list(record.get("agents", [])), [record["artifacts"]] if record.get("artifacts") else [],
+            [broker] if broker.get("pid") is not None else []]
+
+
+def _record_alive(record: dict[str, Any]) -> bool:
+    return any(_procs.is_alive(proc) for stage in _owned_processes(record) for proc in stage)
 
 
 def up(
@@ -177,13 +181,8 @@ def _wait_online(record: dict[str, Any], rd: RunDir, expected: list[str], *, tim
 
 
 def _stop_record(record: dict[str, Any]) -> None:
-    # Agents first, so they announce a clean shutdown while the broker still runs.
-    _procs.stop(record.get("agents", []))
-    if record.get("artifacts"):
-        _procs.stop([record["artifacts"]])
-    broker = record.get("broker") or {}
-    if broker.get("pid") is not None:
-        _procs.stop([broker])
+    for stage in _owned_processes(record):
+        _procs.stop(stage)
 
 
 def down(run_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -201,8 +200,7 @@ def down(run_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         _stop_record(record)
         rd.clear()
     return {"run_dir": str(rd.path), "stopped_devices": len(record.get("devices", [])),
-            "stopped_processes": len(record.get("agents", [])) + (1 if record["broker"].get("pid") else 0)
-            + (1 if record.get("artifacts") else 0)}
+            "stopped_processes": sum(len(stage) for stage in _owned_processes(record))}
 
 
 def status(run_dir: str | os.PathLike[str] | None = None, *, timeout: float = 5.0) -> dict[str, Any]:

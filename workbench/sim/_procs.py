@@ -104,3 +104,21 @@ def wait_port(host: str, port: int, *, timeout: float, proc: dict[str, Any] | No
                 return False
             time.sleep(0.05)
     return False
+
+
+def spawn_listening(argv: list[str], log_file: Path, host: str, port: int, *, wait: float, what: str,
+                    error: type[Exception]) -> dict[str, Any]:
+    """:func:`spawn` a server and wait until it listens on ``host:port``; else stop it and raise ``error``.
+
+    The error names ``what`` and quotes the end of its log, which is where a server says why it did not start.
+
+    Example:
+        >>> spawn_listening(argv, log, "127.0.0.1", 4222, wait=20, what="nats", error=BrokerError)  # doctest: +SKIP
+    """
+    proc = spawn(argv, log_file)
+    if not wait_port(host, port, timeout=wait, proc=proc):
+        stop([proc])
+        tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+        raise error(f"{what} did not start listening on {host}:{port} within {wait:g} s; its log ({log_file}) "
+                    f"ends with:\n{tail}")
+    return proc
