@@ -43,6 +43,8 @@ _BUSY: dict[str, str] = {}
 _BUSY_LOCK = threading.Lock()
 # A desired install older than this no longer blocks another rollout (its rollout is long gone).
 CONFLICT_LEASE_S = 600.0
+# Inferences per probe for relative gates: a p95 of 100 runs moves little when a few are preempted.
+RELATIVE_PROBE_N = 100
 
 
 @dataclass
@@ -182,6 +184,10 @@ class Rollout:
 
             metrics = GateMetrics(fleet, model_sha256=str(package.describe()["model_sha256"]))
         self.metrics: MetricSource = metrics or ProbeMetrics(fleet)
+        # Relative gates compare two readings of one kind: the same probe before the wave and during the soak
+        # (telemetry windows and probes measure latency differently), or the caller's own source for both.
+        self.relative_metrics: MetricSource = metrics or ProbeMetrics(fleet, n=RELATIVE_PROBE_N)
+        self.baselines: dict[str, dict[str, float | None]] = {}
         self.device_timeout = device_timeout
         self.id = uuid.uuid4().hex[:10]
         self.started = time.time()
@@ -314,6 +320,7 @@ class Rollout:
             self.current_wave = index
             wave_info: dict[str, Any] = {"index": index, "devices": wave, "started": time.time()}
             self.waves.append(wave_info)
+            self._measure_baselines(wave)
             self._deploy_wave(index, wave, staged)
             wave_info["finished"] = time.time()
             wave_info["seconds"] = time.time() - float(wave_info["started"])
@@ -370,6 +377,7 @@ class Rollout:
             self.current_wave = 1
             promote_info: dict[str, Any] = {"index": 1, "devices": devices, "started": time.time()}
             self.waves.append(promote_info)
+            self._measure_baselines(devices)
             self._deploy_wave(1, devices, staged)
             promote_info["finished"] = time.time()
             promote_info["seconds"] = time.time() - float(promote_info["started"])
@@ -435,44 +443,72 @@ class Rollout:
                 return
             state.wait(lambda s: False, timeout=0.2)
 
+    def _measure_baselines(self, wave: list[str]) -> None:
+        """Each relative gate's metric on each device of the wave with the model it runs now (None: no model)."""
+        metrics = sorted({g.metric for g in self.gates if g.relative})
+        if not metrics:
+            return
+        self._invalidate()
+        for device_id in wave:
+            # A long window: one probe answers every metric of the device (the caches were just cleared).
+            values = {m: self.relative_metrics(device_id, m, 60.0) for m in metrics}
+            with self._lock:
+                self.baselines[device_id] = values
+        self._invalidate()  # the soak must measure the new model, not reuse these readings
+
+    def _invalidate(self) -> None:
+        """Forget cached readings of every metric source: what the devices run has changed."""
+        for source in (self.metrics, self.relative_metrics):
+            invalidate = getattr(source, "invalidate", None)
+            if invalidate is not None:
+                invalidate()
+
+    def _read_gate(self, gate: Gate, updated: list[str]) -> tuple[dict[str, float | None], dict[str, str]]:
+        """The gate's metric on each updated device, and where each value came from."""
+        if gate.relative:
+            source = self.relative_metrics
+            values = {d: source(d, gate.metric, gate.window_s) for d in updated}
+            name = "probe" if isinstance(source, ProbeMetrics) else type(source).__name__
+            return values, dict.fromkeys(updated, name)
+        read = getattr(self.metrics, "read", None)
+        if read is not None:
+            readings = {d: read(d, gate.metric, gate.window_s) for d in updated}
+            return {d: v for d, (v, _) in readings.items()}, {d: s for d, (_, s) in readings.items()}
+        return ({d: self.metrics(d, gate.metric, gate.window_s) for d in updated},
+                {d: type(self.metrics).__name__ for d in updated})
+
     def _soak(self, updated: list[str]) -> str | None:
         if not self.gates or not updated:
             return None
         soak = max(self.strategy.soak_s, 0.0)
-        invalidate = getattr(self.metrics, "invalidate", None)
-        read = getattr(self.metrics, "read", None)
-        if invalidate is not None:
-            invalidate()
+        self._invalidate()
         settle = getattr(self.metrics, "settle", None)
         if settle is not None:
             settle(updated)
         end = time.monotonic() + soak
         while True:
             for gate in self.gates:
-                if read is not None:
-                    readings = {d: read(d, gate.metric, gate.window_s) for d in updated}
-                    values = {d: v for d, (v, _) in readings.items()}
-                    sources = {d: s for d, (_, s) in readings.items()}
-                else:
-                    values = {d: self.metrics(d, gate.metric, gate.window_s) for d in updated}
-                    sources = {d: type(self.metrics).__name__ for d in updated}
-                failing = {d: v for d, v in values.items() if not gate.passes(v)}
+                values, sources = self._read_gate(gate, updated)
+                with self._lock:
+                    baselines = {d: self.baselines.get(d, {}).get(gate.metric) for d in updated}
+                failing = {d: v for d, v in values.items() if not gate.passes(v, baselines[d])}
                 numbers = [v for v in values.values() if v is not None]
                 worst = max(numbers) if gate.op in ("<=", "<") and numbers else min(numbers) if numbers else None
                 entry = {"ts": time.time(), "wave": self.current_wave, "gate": str(gate), "metric": gate.metric,
                          "value": worst, "passed": not failing, "devices": values, "sources": sources}
+                if gate.relative:
+                    entry["baselines"] = baselines
                 with self._lock:
                     self.gate_values.append(entry)
                 self._changed()
                 if failing:
                     device, value = next(iter(failing.items()))
-                    shown = "no data" if value is None else f"{value:.4g}"
-                    return f"gate {gate} failed on {device} ({gate.metric} = {shown}, from {sources[device]})"
+                    return f"gate {gate} failed on {device} ({_shown(gate, value, baselines[device])}, " \
+                           f"from {sources[device]})"
             if time.monotonic() >= end:
                 return None
             time.sleep(min(1.0, max(0.05, end - time.monotonic())))
-            if invalidate is not None:
-                invalidate()
+            self._invalidate()
 
     def _abort(self, updated: list[str], reason: str) -> None:
         self.status, self.reason = "aborted", reason
@@ -514,6 +550,16 @@ class Rollout:
             log.warning("could not record rollout %s in the history: %s", self.id, exc)
         self._done.set()
         self._changed()
+
+
+def _shown(gate: Gate, value: float | None, baseline: float | None) -> str:
+    """``p95_latency_ms = 6.256``, and for a relative gate what the device measured before."""
+    shown = f"{gate.metric} = {'no data' if value is None else f'{value:.4g}'}"
+    if gate.relative and baseline is not None:
+        shown += f", {gate.relative_to} model {baseline:.4g}"
+        if baseline < gate.floor:
+            shown += f" (counted as the floor {gate.floor:g})"
+    return shown
 
 
 def _user() -> str:
