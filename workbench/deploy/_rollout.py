@@ -26,7 +26,7 @@ from workbench.deploy._keys import load_signing_key
 from workbench.deploy._package import Package, load_package, sign_package, verify_package
 from workbench.deploy._preflight import preflight
 from workbench.deploy._state import TERMINAL, DeployState
-from workbench.deploy._strategies import AllAtOnce, Canary, Shadow, Strategy, failure_limit
+from workbench.deploy._strategies import AllAtOnce, Outcome, Strategy, WaveResult, failure_limit
 from workbench.deploy.artifacts import ArtifactServer, ArtifactStore
 from workbench.errors import ConfigError, DeployConflictError, DeployError
 
@@ -163,7 +163,10 @@ def prepare_package(package: str | os.PathLike[str] | Package, keys_dir: str | o
 
 
 class Rollout:
-    """A running (or finished) rollout. Display it in Jupyter for live progress; ``wait()`` for the report.
+    """A running (or finished) rollout; ``wait()`` for the report.
+
+    After ``import widgets``, displaying it in Jupyter shows its live :class:`widgets.RolloutProgress`
+    (the widgets register that display; the core never imports them).
 
     Example:
         >>> rollout = fleet.deploy("out/digits-int8", strategy=workbench.Canary(first=1))   # doctest: +SKIP
@@ -236,16 +239,6 @@ class Rollout:
         with self._lock:
             return [d.row() for d in self.devices.values()]
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        try:
-            from widgets import RolloutProgress
-        except ImportError:  # the workbench without the notebook extras: print instead
-            print(self.wait())
-            return
-        display(RolloutProgress(self))
-
     def __repr__(self) -> str:
         return f"<Rollout {self.id} {self.package.name} {self.package.version}: {self.status}>"
 
@@ -311,20 +304,32 @@ class Rollout:
             self.status, self.reason = "failed", "no device passed preflight"
             return
         staged = stage_package(self.package, self._server)
-        if isinstance(self.strategy, Shadow):
-            self._shadow(self.strategy, eligible, staged)
-            return
-        waves = self.strategy.plan(eligible)
+        steps = self.strategy.steps(eligible)
         updated: list[str] = []
-        for index, wave in enumerate(waves):
+        result: WaveResult | None = None
+        index = 0
+        while True:
+            try:
+                wave = steps.send(result)  # type: ignore[arg-type]  # the first send must be None
+            except StopIteration as stop:
+                outcome: Outcome | None = stop.value
+                break
+            if wave.shadow is not None:
+                self.shadow = wave.shadow
             self.current_wave = index
-            wave_info: dict[str, Any] = {"index": index, "devices": wave, "started": time.time()}
+            wave_info: dict[str, Any] = {"index": index, "devices": wave.devices, "started": time.time()}
+            if wave.action == "shadow":
+                wave_info["shadow"] = True
             self.waves.append(wave_info)
-            self._measure_baselines(wave)
-            self._deploy_wave(index, wave, staged)
+            extra = None
+            if wave.action == "install":
+                self._measure_baselines(wave.devices)
+            else:
+                extra = {"action": wave.action, "duration": wave.duration_s}
+            self._deploy_wave(index, wave.devices, staged, extra=extra, timeout=self.device_timeout + wave.duration_s)
             wave_info["finished"] = time.time()
             wave_info["seconds"] = time.time() - float(wave_info["started"])
-            updated += [d for d in wave if self.devices[d].state == "active"]
+            updated += [d for d in wave.devices if self.devices[d].state == "active" and d not in updated]
             failed = [d for d in eligible if self.devices[d].state in ("failed", "rejected")]
             if self._failure_limit is not None and len(failed) > self._failure_limit:
                 self._abort(updated, f"{len(failed)} device(s) failed, over the limit of {self._failure_limit}")
@@ -333,64 +338,24 @@ class Rollout:
             if problem:
                 self._abort(updated, problem)
                 return
+            result = WaveResult({d: self._wave_entry(d) for d in wave.devices})
+            index += 1
+        if outcome is not None:
+            self.status, self.reason = outcome.status, outcome.reason
+            if outcome.shadow is not None:
+                self.shadow = outcome.shadow
+            return
         failed = [d for d in eligible if self.devices[d].state in ("failed", "rejected")]
         pending = [d for d in eligible if self.devices[d].state == "pending_offline"]
         self.status = "succeeded" if not failed and not pending else "partial"
         if failed or pending:
             self.reason = f"{len(failed)} failed, {len(pending)} offline (they install when back online)"
 
-    def _shadow(self, strategy: Shadow, devices: list[str], staged: dict[str, Any]) -> None:
-        """Shadow on every device; then promote (install) if every device agreed and ``promote``, else discard."""
-        self.current_wave = 0
-        wave_info: dict[str, Any] = {"index": 0, "devices": devices, "started": time.time(), "shadow": True}
-        self.waves.append(wave_info)
-        self._deploy_wave(0, devices, staged, extra={"action": "shadow", "duration": strategy.duration},
-                          timeout=self.device_timeout + strategy.duration)
-        wave_info["finished"] = time.time()
-        wave_info["seconds"] = time.time() - float(wave_info["started"])
-        results: dict[str, dict[str, Any]] = {}
-        problems = []
-        for device_id in devices:
-            progress, report = self.devices[device_id], self._ctx.state.reported(device_id)
-            if report.get("deployment_id") != progress.deployment_id or report.get("state") != "shadowed":
-                problems.append(f"{device_id}: {progress.state} ({progress.reason or 'no shadow result'})")
-                continue
-            stats = results[device_id] = dict(report.get("shadow") or {})
-            if not stats.get("samples"):
-                problems.append(f"{device_id}: no inputs reached the active model during the shadow; send it "
-                                "traffic (e.g. a telemetry source) or shadow longer")
-            elif float(stats.get("agreement") or 0.0) < strategy.min_agreement:
-                problems.append(f"{device_id}: agreement {stats['agreement']:.4g} below {strategy.min_agreement:g}")
-        self.shadow = {"duration_s": strategy.duration, "min_agreement": strategy.min_agreement,
-                       "promote": strategy.promote, "devices": results}
-        if problems:
-            self.shadow["decision"] = "discarded"
-            self.status = "aborted"
-            self.reason = f"shadow: {'; '.join(problems)}; the candidate was discarded, the active model kept serving"
-        elif not strategy.promote:
-            self.shadow["decision"] = "discarded"
-            self.status, self.reason = "succeeded", ("shadow only (promote=False): the candidate agreed; deploy "
-                                                     "it again without Shadow, or with Shadow(promote=True), to "
-                                                     "promote it")
-        else:
-            self.shadow["decision"] = "promoted"
-            self.current_wave = 1
-            promote_info: dict[str, Any] = {"index": 1, "devices": devices, "started": time.time()}
-            self.waves.append(promote_info)
-            self._measure_baselines(devices)
-            self._deploy_wave(1, devices, staged)
-            promote_info["finished"] = time.time()
-            promote_info["seconds"] = time.time() - float(promote_info["started"])
-            updated = [d for d in devices if self.devices[d].state == "active"]
-            problem = self._soak(updated)
-            if problem:
-                self._abort(updated, problem)
-                return
-            failed = [d for d in devices if self.devices[d].state != "active"]
-            self.status = "partial" if failed else "succeeded"
-            if failed:
-                self.reason = f"{len(failed)} device(s) did not activate the promoted candidate"
-        self._changed()
+    def _wave_entry(self, device_id: str) -> dict[str, Any]:
+        """A device's outcome in the wave just run, for the strategy: state, reason, and its report if current."""
+        progress, report = self.devices[device_id], self._ctx.state.reported(device_id)
+        current = report.get("deployment_id") == progress.deployment_id
+        return {"state": progress.state, "reason": progress.reason, "report": report if current else None}
 
     def _deploy_wave(self, index: int, wave: list[str], staged: dict[str, Any], *,
                      extra: dict[str, Any] | None = None, timeout: float | None = None) -> None:
@@ -622,9 +587,10 @@ def deploy(
         'succeeded'
     """
     strategy = strategy or AllAtOnce()
-    if not isinstance(strategy, AllAtOnce | Canary | Shadow):
+    if not callable(getattr(strategy, "steps", None)) or not hasattr(strategy, "soak_s"):
         raise ConfigError(f"unknown strategy {strategy!r}; use workbench.Canary(...), workbench.Shadow(...) "
-                          "or leave it out for all at once")
+                          "or leave it out for all at once (a strategy of your own needs steps(devices), soak_s "
+                          "and max_failures)")
     if isinstance(artifacts, str):
         if artifact_dir is None:
             raise ConfigError(f"artifacts={artifacts!r} names a server; also pass artifact_dir=, the directory it "
