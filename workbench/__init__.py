@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from workbench._lazy import lazy_getattr
+from workbench._settings import Settings, settings
 from workbench.errors import (
     ArtifactError,
     AuthenticationError,
@@ -90,6 +91,7 @@ __all__ = [
     "RemoteCommandError",
     "ResourceLimitError",
     "RolloutAbortedError",
+    "Settings",
     "Shadow",
     "SignatureError",
     "UnknownDeviceError",
@@ -103,4 +105,5 @@ __all__ = [
     "optimize",
     "record",
     "register_profile",
+    "settings",
 ]

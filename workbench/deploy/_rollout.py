@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench._settings import settings
 from workbench.deploy import _history
 from workbench.deploy._desired import desired_install, desired_rollback, stage_package
 from workbench.deploy._gates import Gate, MetricSource, ProbeMetrics
@@ -133,9 +134,9 @@ class _Context:
                 return store
         with self.lock:
             if self.server is None:
-                folder = directory or Path(os.environ.get("WORKBENCH_ARTIFACTS",
-                                                          Path.home() / ".workbench" / "artifacts"))
-                host = os.environ.get("WORKBENCH_ARTIFACT_HOST", "127.0.0.1")
+                env = settings()
+                folder = directory or env.artifacts or Path.home() / ".workbench" / "artifacts"
+                host = env.artifact_host or "127.0.0.1"
                 self.server = ArtifactServer(folder, host=host).start()
             return self.server
 
