@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workbench._settings import settings
 from workbench.errors import ConfigError
 from workbench.fleet import schema, topics
 from workbench.telemetry._alerts import AlertEngine, AlertRule
@@ -63,8 +64,10 @@ class Telemetry:
                  dsn: str | None = None, store: Store | None = None, receive: bool = True,
                  **ingest_options: Any) -> None:
         self.fleet = fleet
+        if receive:
+            fleet.refuse_receiving_beside_hub("telemetry")
         if store is None:
-            store = open_store(path if path is not None else os.environ.get("WORKBENCH_TELEMETRY_DB"),
+            store = open_store(path if path is not None else settings().telemetry_db,
                                backend=backend, dsn=dsn)
         self.store: Any = store
         self.engine = AlertEngine()
