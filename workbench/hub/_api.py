@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from workbench.errors import ConfigError, HubError, WorkbenchError
-from workbench.hub._arrow import MEDIA_TYPE, to_ipc
+from workbench.hub._arrow import MEDIA_TYPE, table_to_ipc, to_ipc
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -120,15 +120,20 @@ def make_app(hub: Hub, token: str) -> Starlette:
         every = _number(request, "every")
         if every is not None and every <= 0:
             raise ConfigError(f"every={every:g} must be a positive number of seconds")
-        frame = await run_in_threadpool(hub.query, metric or [], devices=devices, since=_number(request, "since"),
-                                        until=_number(request, "until"), every=every, agg=agg)
-        return RawResponse(to_ipc(frame), media_type=MEDIA_TYPE)
+        table = await run_in_threadpool(hub.query_table, metric or [], devices=devices,
+                                        since=_number(request, "since"), until=_number(request, "until"),
+                                        every=every, agg=agg)
+        return RawResponse(table_to_ipc(table), media_type=MEDIA_TYPE)
 
     async def stats(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(hub.stats))
 
     async def sync_stats(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(hub.sync_stats))
+
+    async def ingest(request: Request) -> Response:
+        after = _number(request, "after")
+        return JSONResponse(await run_in_threadpool(hub.ingest, int(after) if after is not None else None))
 
     async def alerts(request: Request) -> Response:
         frame = await run_in_threadpool(hub.alerts, _number(request, "since"))
@@ -160,7 +165,7 @@ def make_app(hub: Hub, token: str) -> Starlette:
     routes = [
         Route("/healthz", healthz), Route("/metrics", metrics),
         Route("/v1/telemetry/query", query), Route("/v1/telemetry/stats", stats),
-        Route("/v1/sync/stats", sync_stats), Route("/v1/alerts", alerts),
+        Route("/v1/sync/stats", sync_stats), Route("/v1/ingest", ingest), Route("/v1/alerts", alerts),
         Route("/v1/alerts/rules", rules, methods=["GET", "POST"]),
     ]
     return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],

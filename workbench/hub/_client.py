@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import ConfigError, HubAuthError, HubError, HubUnreachableError
-from workbench.hub._arrow import from_ipc
+from workbench.hub._arrow import from_ipc, points_frame
 from workbench.telemetry._time import Duration, Instant, epoch, seconds
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class HubClient:
         if every is not None:
             params.append(("every", repr(seconds(every, "every"))))
         params.append(("agg", agg))
-        return from_ipc(self._request("GET", "/v1/telemetry/query", params=params).content)
+        return points_frame(self._request("GET", "/v1/telemetry/query", params=params).content)
 
     def stats(self) -> pd.DataFrame:
         """Per-device ingestion counters, one row per device."""
@@ -139,6 +139,15 @@ class HubClient:
     def sync_stats(self) -> dict[str, dict[str, int]]:
         """Per-device sync receiver counters: stored, duplicates, rejects."""
         return dict(self._json("/v1/sync/stats"))
+
+    def ingest(self, after: int | None = None) -> dict[str, Any]:
+        """Points and batches the hub committed, and publish-to-commit latency after the ``after``-th batch.
+
+        Example:
+            >>> mark = hub.ingest()["batches"]; time.sleep(10); hub.ingest(after=mark)["latency_ms"]   # doctest: +SKIP
+            {'count': 812, 'p50': 22.4, 'p99': 48.0}
+        """
+        return dict(self._json("/v1/ingest", params={"after": str(after)} if after is not None else {}))
 
     def alerts(self, since: Instant = None) -> pd.DataFrame:
         """Fired alerts: time, device_id, rule, metric, value, message."""

@@ -124,6 +124,18 @@ class Hub:
         """Stored points (or ``every``-second aggregates): time, device_id, metric, value."""
         return self.store.query(metric, devices, since, until, every, agg)
 
+    def query_table(self, metric: str | list[str], *, devices: list[str] | None = None, since: float | None = None,
+                    until: float | None = None, every: float | None = None, agg: str = "mean") -> Any:
+        """:meth:`query` as an Arrow table with ``time`` in epoch seconds, for the API (no pandas where avoidable)."""
+        arrow = getattr(self.store, "query_arrow", None)
+        if arrow is not None:
+            return arrow(metric, devices, since, until, every, agg)
+        import pyarrow as pa
+
+        frame = self.store.query(metric, devices, since, until, every, agg)
+        frame["time"] = frame["time"].astype("int64") / 1e9
+        return pa.Table.from_pandas(frame, preserve_index=False)
+
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-device ingestion counters (points, batches, duplicates, rejects)."""
         return self.ingestor.stats()
@@ -131,6 +143,29 @@ class Hub:
     def sync_stats(self) -> dict[str, dict[str, int]]:
         """Per-device sync receiver counters (stored, duplicates, rejects)."""
         return self.receiver.stats()
+
+    def ingest(self, after: int | None = None) -> dict[str, Any]:
+        """Points and batches committed so far, and publish-to-commit latency of the batches after the ``after``-th.
+
+        The latency runs from a batch's ``sent`` time on the device to its commit here (same-host clocks
+        for a local fleet); at most the last 100,000 batches are kept.
+
+        Example:
+            >>> hub.ingest(after=1200)["latency_ms"]["p99"]   # doctest: +SKIP
+            41.7
+        """
+        totals = self.ingestor.totals
+        batches, points = int(totals.get("batches", 0)), int(totals.get("points", 0))
+        recent = list(self.ingestor.latencies_ms)
+        if after is not None:
+            take = max(0, min(len(recent), batches - int(after)))
+            recent = recent[len(recent) - take:] if take else []
+        recent.sort()
+        summary: dict[str, float | int | None] = {"count": len(recent), "p50": None, "p99": None}
+        if recent:
+            summary["p50"] = recent[len(recent) // 2]
+            summary["p99"] = recent[min(len(recent) - 1, int(len(recent) * 0.99))]
+        return {"points": points, "batches": batches, "latency_ms": summary}
 
     def alerts(self, since: float | None = None) -> pd.DataFrame:
         return self.store.alerts(since)
