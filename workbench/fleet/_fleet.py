@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from workbench.hub import HubClient
     from workbench.sync._client import Sync
-    from workbench.telemetry._client import Telemetry
+    from workbench.telemetry._client import Telemetry, TelemetryViews
 
 log = logging.getLogger("workbench.fleet")
 
@@ -258,6 +258,16 @@ class Fleet:
 
             self._telemetry = Telemetry(self)
         return self._telemetry
+
+    @property
+    def running_telemetry(self) -> TelemetryViews | None:
+        """``fleet.telemetry`` if something has started it, else None (views that must not start it ask this)."""
+        return getattr(self, "_telemetry", None)
+
+    @property
+    def running_sync(self) -> Sync | None:
+        """``fleet.sync`` if something has started it, else None."""
+        return getattr(self, "_sync", None)
 
     @property
     def hub(self) -> HubClient:

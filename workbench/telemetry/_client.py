@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,7 +16,7 @@ from workbench._settings import settings
 from workbench.errors import ConfigError
 from workbench.fleet import schema, topics
 from workbench.telemetry._alerts import AlertEngine, AlertRule
-from workbench.telemetry._ingest import Ingestor, Store
+from workbench.telemetry._ingest import Ingestor, PointsListener, Store
 from workbench.telemetry._time import Duration, Instant, epoch, seconds
 
 if TYPE_CHECKING:
@@ -42,7 +46,190 @@ def open_store(path: str | os.PathLike[str] | None = None, *, backend: str = "du
     raise ConfigError(f"unknown telemetry backend {backend!r}; choose 'duckdb' or 'postgres'")
 
 
-class Telemetry:
+@dataclass(frozen=True)
+class FeedInfo:
+    """What the receiving end knows of one device's telemetry stream, at one moment.
+
+    Example:
+        >>> FeedInfo(last_received=None, tags={}, latest={}).latest_value("cpu_percent") is None
+        True
+    """
+
+    last_received: float | None
+    tags: dict[str, Any]
+    latest: dict[str, tuple[float, float]]  # metric -> (ts, value)
+    missing: int = 0
+
+    def latest_value(self, metric: str) -> float | None:
+        entry = self.latest.get(metric)
+        return entry[1] if entry is not None else None
+
+
+class TelemetryViews(ABC):
+    """What ``fleet.telemetry`` offers, whoever receives: this process (:class:`Telemetry`) or the fleet's hub.
+
+    A receiving end implements :meth:`query`, :meth:`counters`, :meth:`feeds`, :meth:`flush`,
+    :meth:`subscribe`, the alert methods and :meth:`close`; the tables and waits here are built on them.
+    """
+
+    fleet: Fleet
+
+    @abstractmethod
+    def query(self, metric: str | list[str], *, devices: str | list[str] | None = "all", since: Instant = "10m",
+              until: Instant = None, every: Duration | None = None, agg: str = "mean") -> pd.DataFrame:
+        ...
+
+    @abstractmethod
+    def counters(self) -> dict[str, dict[str, Any]]:
+        """Per-device ingestion counters (see :meth:`stats` for the table)."""
+        ...
+
+    @abstractmethod
+    def feeds(self) -> dict[str, FeedInfo]:
+        """Each device's stream: when it last sent, its tags, the newest value of each metric."""
+        ...
+
+    @abstractmethod
+    def flush(self, timeout: float = 1.0) -> bool:
+        """Wait (at most ``timeout`` s) until what was received so far can be queried; True if it can."""
+        ...
+
+    @abstractmethod
+    def subscribe(self, metrics: list[str], listener: PointsListener) -> Callable[[], None]:
+        """Call ``listener(device, metric, ts, values)`` with new points of ``metrics``; returns the unsubscribe."""
+        ...
+
+    @abstractmethod
+    def add_rule(self, name: str, metric: str, **conditions: Any) -> AlertRule:
+        ...
+
+    @abstractmethod
+    def rules(self) -> list[AlertRule]:
+        ...
+
+    @abstractmethod
+    def alerts(self, since: Instant = None) -> pd.DataFrame:
+        ...
+
+    @abstractmethod
+    def close(self, timeout: float = 5.0) -> None:
+        ...
+
+    # -- built on the above ---------------------------------------------------------------------------
+
+    def _devices(self, devices: str | list[str] | None) -> list[str] | None:
+        if devices in (None, "all"):
+            return None
+        if isinstance(devices, str):
+            return [devices]
+        return list(devices)
+
+    def feed(self, device_id: str) -> FeedInfo | None:
+        """One device's :class:`FeedInfo` (None before its first batch)."""
+        return self.feeds().get(device_id)
+
+    def latest(self) -> pd.DataFrame:
+        """The newest value of every metric per device (one row per device, one column per metric)."""
+        import pandas as pd
+
+        rows = {device: {name: value for name, (_, value) in feed.latest.items()}
+                for device, feed in self.feeds().items()}
+        return pd.DataFrame.from_dict(rows, orient="index").sort_index()
+
+    def stats(self) -> pd.DataFrame:
+        """Per-device ingestion counters: points, batches, duplicates, gaps, rejected kinds, clock offset."""
+        import pandas as pd
+
+        frame = pd.DataFrame.from_dict(self.counters(), orient="index")
+        frame.index.name = "device_id"
+        return frame.reset_index()
+
+    def health(self) -> pd.DataFrame:
+        """The fleet health table: online, model version, p95 latency, errors, and the sync backlog.
+
+        ``sync_backlog`` is the device's queued outbox items (all priorities) as it last reported
+        them; empty until its first report.
+        """
+        import pandas as pd
+
+        feeds = self.feeds()
+        sync = self.fleet.running_sync
+        backlog = sync.backlog() if sync is not None else {}
+        rows = []
+        for device in self.fleet.devices:
+            feed = feeds.get(device.device_id)
+            latest = feed.latest if feed else {}
+            tags = feed.tags if feed else {}
+            model = device.active_model or {}
+            rows.append({
+                "device_id": device.device_id,
+                "online": device.online,
+                "profile": device.profile,
+                "model": tags.get("model") or (model.get("name") if isinstance(model, dict) else None),
+                "model_version": tags.get("model_version") or (model.get("version") if isinstance(model, dict)
+                                                               else None),
+                "latency_p95_ms": latest.get("latency_p95_ms", (None, np.nan))[1],
+                "throughput": latest.get("throughput", (None, np.nan))[1],
+                "errors": latest.get("errors", (None, np.nan))[1],
+                "cpu_percent": latest.get("cpu_percent", (None, np.nan))[1],
+                "missing_batches": feed.missing if feed else 0,
+                "sync_backlog": backlog.get(device.device_id),
+                "last_telemetry": feed.last_received if feed else None,
+            })
+        frame = pd.DataFrame(rows)
+        if not frame.empty:
+            frame["last_telemetry"] = pd.to_datetime(frame["last_telemetry"], unit="s", utc=True)
+        return frame
+
+    # -- devices ---------------------------------------------------------------------------------------
+
+    def configure(self, devices: str | list[str] = "all", *, retain: bool = False, timeout: float = 10.0,
+                  **settings: Any) -> dict[str, dict[str, Any]]:
+        """Change devices' telemetry and inference settings (source, rate_hz, publish_interval_s, ...).
+
+        With ``retain=True`` the settings are also published as retained desired state,
+        so a device that restarts or comes online later gets them too.
+
+        Example:
+            >>> fleet.telemetry.configure("sim-01", source="sensors", rate_hz=10)   # doctest: +SKIP
+        """
+        names = [d.device_id for d in self.fleet.online()] if devices == "all" else self._devices(devices) or []
+        results = {}
+        for name in names:
+            if retain:
+                info = self.fleet._client.publish(topics.desired_topic(name, "telemetry"),
+                                                  schema.encode(settings), qos=1, retain=True)
+                info.wait_for_publish(timeout)
+            results[name] = self.fleet.call(name, "telemetry.configure", settings, timeout=timeout)
+        return results
+
+    def wait_for(self, metric: str, *, devices: str | list[str] | None = "all", count: int = 1,
+                 timeout: float = 30.0, since: Instant = None) -> None:
+        """Block until every named device (or any, for "all") has stored ``count`` points of ``metric``.
+
+        ``since`` counts only recent points: a device that was cut off first drains its older backlog.
+
+        Example:
+            >>> fleet.telemetry.wait_for("cpu_percent", devices=["sim-01"], since="1m")   # doctest: +SKIP
+        """
+        from workbench.errors import FleetTimeoutError
+
+        wanted = self._devices(devices)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.flush(timeout=1.0)
+            frame = self.query(metric, devices=wanted or "all", since=since)
+            per_device = frame.groupby("device_id").size() if not frame.empty else {}
+            have = {d: int(n) for d, n in dict(per_device).items()}
+            if (wanted and all(have.get(d, 0) >= count for d in wanted)) or (not wanted and have and
+                                                                               max(have.values()) >= count):
+                return
+            if time.monotonic() > deadline:
+                raise FleetTimeoutError(f"{metric}: {have or 'no points'} after {timeout:g} s (wanted {count} per "
+                                        "device); is telemetry enabled and the source configured?")
+            time.sleep(0.1)
+
+class Telemetry(TelemetryViews):
     """The fleet's telemetry: an ingestor storing every device's batches, and queries over them.
 
     Made on first use of ``fleet.telemetry`` with an in-memory DuckDB store, or by
@@ -81,13 +268,6 @@ class Telemetry:
 
     # -- queries ---------------------------------------------------------------------------------
 
-    def _devices(self, devices: str | list[str] | None) -> list[str] | None:
-        if devices in (None, "all"):
-            return None
-        if isinstance(devices, str):
-            return [devices]
-        return list(devices)
-
     def query(self, metric: str | list[str], *, devices: str | list[str] | None = "all", since: Instant = "10m",
               until: Instant = None, every: Duration | None = None, agg: str = "mean") -> pd.DataFrame:
         """History of ``metric`` as a DataFrame with columns time (UTC), device_id, metric, value.
@@ -102,58 +282,25 @@ class Telemetry:
                                 epoch(until, now=now, what="until"),
                                 seconds(every, "every") if every is not None else None, agg)
 
-    def latest(self) -> pd.DataFrame:
-        """The newest value of every metric per device (one row per device, one column per metric)."""
-        import pandas as pd
+    def counters(self) -> dict[str, dict[str, Any]]:
+        return self.ingestor.stats()
 
-        rows = {device: {name: value for name, (_, value) in feed.latest.items()}
+    def feeds(self) -> dict[str, FeedInfo]:
+        return {device: FeedInfo(feed.last_received, dict(feed.tags), dict(feed.latest), feed.counters["missing"])
                 for device, feed in list(self.ingestor.feeds.items())}
-        return pd.DataFrame.from_dict(rows, orient="index").sort_index()
 
-    def stats(self) -> pd.DataFrame:
-        """Per-device ingestion counters: points, batches, duplicates, gaps, rejected kinds, clock offset."""
-        import pandas as pd
+    def flush(self, timeout: float = 1.0) -> bool:
+        return self.ingestor.wait_idle(timeout=timeout)
 
-        frame = pd.DataFrame.from_dict(self.ingestor.stats(), orient="index")
-        frame.index.name = "device_id"
-        return frame.reset_index()
+    def subscribe(self, metrics: list[str], listener: PointsListener) -> Callable[[], None]:
+        self.ingestor.watched.update(metrics)
+        self.ingestor.listeners.append(listener)
 
-    def health(self) -> pd.DataFrame:
-        """The fleet health table: online, model version, p95 latency, errors, and the sync backlog.
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self.ingestor.listeners.remove(listener)
 
-        ``sync_backlog`` is the device's queued outbox items (all priorities) as it last reported
-        them; empty until its first report.
-        """
-        import pandas as pd
-
-        feeds = dict(self.ingestor.feeds)
-        sync = getattr(self.fleet, "_sync", None)  # running whenever this telemetry receives
-        backlog = sync.backlog() if sync is not None else {}
-        rows = []
-        for device in self.fleet.devices:
-            feed = feeds.get(device.device_id)
-            latest = feed.latest if feed else {}
-            tags = feed.tags if feed else {}
-            model = device.active_model or {}
-            rows.append({
-                "device_id": device.device_id,
-                "online": device.online,
-                "profile": device.profile,
-                "model": tags.get("model") or (model.get("name") if isinstance(model, dict) else None),
-                "model_version": tags.get("model_version") or (model.get("version") if isinstance(model, dict)
-                                                               else None),
-                "latency_p95_ms": latest.get("latency_p95_ms", (None, np.nan))[1],
-                "throughput": latest.get("throughput", (None, np.nan))[1],
-                "errors": latest.get("errors", (None, np.nan))[1],
-                "cpu_percent": latest.get("cpu_percent", (None, np.nan))[1],
-                "missing_batches": feed.counters["missing"] if feed else 0,
-                "sync_backlog": backlog.get(device.device_id),
-                "last_telemetry": feed.last_received if feed else None,
-            })
-        frame = pd.DataFrame(rows)
-        if not frame.empty:
-            frame["last_telemetry"] = pd.to_datetime(frame["last_telemetry"], unit="s", utc=True)
-        return frame
+        return unsubscribe
 
     # -- alerts ---------------------------------------------------------------------------------------
 
@@ -173,54 +320,6 @@ class Telemetry:
     def alerts(self, since: Instant = None) -> pd.DataFrame:
         """Fired alerts as a DataFrame: time, device_id, rule, metric, value, message."""
         return self.store.alerts(epoch(since, what="since"))
-
-    # -- devices ---------------------------------------------------------------------------------------
-
-    def configure(self, devices: str | list[str] = "all", *, retain: bool = False, timeout: float = 10.0,
-                  **settings: Any) -> dict[str, dict[str, Any]]:
-        """Change devices' telemetry and inference settings (source, rate_hz, publish_interval_s, ...).
-
-        With ``retain=True`` the settings are also published as retained desired state,
-        so a device that restarts or comes online later gets them too.
-
-        Example:
-            >>> fleet.telemetry.configure("sim-01", source="sensors", rate_hz=10)   # doctest: +SKIP
-        """
-        names = [d.device_id for d in self.fleet.online()] if devices == "all" else self._devices(devices) or []
-        results = {}
-        for name in names:
-            if retain:
-                info = self.fleet._client.publish(topics.desired_topic(name, "telemetry"),
-                                                  schema.encode(settings), qos=1, retain=True)
-                info.wait_for_publish(timeout)
-            results[name] = self.fleet.call(name, "telemetry.configure", settings, timeout=timeout)
-        return results
-
-    def wait_for(self, metric: str, *, devices: str | list[str] | None = "all", count: int = 1,
-                 timeout: float = 30.0, since: Instant = None) -> None:
-        """Block until every named device (or any, for "all") has stored ``count`` points of ``metric``.
-
-        ``since`` counts only recent points: a device that was cut off first drains its older backlog.
-
-        Example:
-            >>> fleet.telemetry.wait_for("cpu_percent", devices=["sim-01"], since="1m")   # doctest: +SKIP
-        """
-        from workbench.errors import FleetTimeoutError
-
-        wanted = self._devices(devices)
-        deadline = time.monotonic() + timeout
-        while True:
-            self.ingestor.wait_idle(timeout=1.0)
-            frame = self.query(metric, devices=wanted or "all", since=since)
-            per_device = frame.groupby("device_id").size() if not frame.empty else {}
-            have = {d: int(n) for d, n in dict(per_device).items()}
-            if (wanted and all(have.get(d, 0) >= count for d in wanted)) or (not wanted and have and
-                                                                               max(have.values()) >= count):
-                return
-            if time.monotonic() > deadline:
-                raise FleetTimeoutError(f"{metric}: {have or 'no points'} after {timeout:g} s (wanted {count} per "
-                                        "device); is telemetry enabled and the source configured?")
-            time.sleep(0.1)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop intake, let the writer store the backlog (up to ``timeout`` s, the rest is logged), close the store.
