@@ -3,7 +3,7 @@
 Prints, in one run on this machine (every number measured here, none estimated):
 - ingestion: simulated agents' synthetic source offering 1,000,000 points/s through their outboxes and the
   broker, stored (a) in this process, as a notebook does without a hub (the baseline), then (b) by the hub
-  process (`workbench up --hub`); points/s stored by each, and the ratio hub / in-kernel;
+  process (`workbench up` runs it); points/s stored by each, and the ratio hub / in-kernel;
 - query latency: one hour of 50 devices at 1 s resolution (180,000 points, written into the hub's store before it
   starts) queried from this process over HTTP (Arrow IPC) while the agents offer 100,000 points/s; p50 and p95;
 - publish-to-commit latency p50/p99 (batch ``sent`` on the device to committed in the hub's store, same-host
@@ -76,7 +76,7 @@ def _quiet(points: Any, seconds: float = 1.5, limit: float = 20.0) -> None:
 def in_kernel(devices: int, seconds: float) -> float:
     """Points/s stored by this process's own ingestion (no hub) at 1 M points/s offered: the baseline."""
     with tempfile.TemporaryDirectory(prefix="wb-bench-hub-base-") as tmp:
-        up(devices=devices, run_dir=tmp)
+        up(devices=devices, run_dir=tmp, hub=False)  # this process receives, as without a hub
         try:
             with workbench.connect(run_dir=tmp) as fleet:
                 fleet.wait_for(devices)

@@ -181,7 +181,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory(prefix="wb-bench-telemetry-") as tmp:
-        up(devices=args.devices, run_dir=tmp)
+        up(devices=args.devices, run_dir=tmp, hub=False)  # this process receives: its ingestion is measured
         try:
             with workbench.connect(run_dir=tmp) as fleet:
                 fleet.wait_for(args.devices)

@@ -45,11 +45,12 @@ def fleet_factory(tmp_path: Path) -> Iterator[FleetFactory]:
     """Start local fleets in temporary run dirs; every one is stopped after the test."""
     started: list[str] = []
 
-    def start(devices: int = 2, broker: str = "embedded", **kwargs: Any) -> dict[str, Any]:
+    def start(devices: int = 2, broker: str = "embedded", hub: bool = False, **kwargs: Any) -> dict[str, Any]:
+        """A fleet whose clients receive for themselves unless ``hub=True`` (``workbench up``'s default)."""
         require_broker(broker)
         run_dir = tmp_path / f"fleet-{len(started)}"
         started.append(str(run_dir))
-        return up(devices=devices, broker=broker, run_dir=run_dir, **kwargs)
+        return up(devices=devices, broker=broker, run_dir=run_dir, hub=hub, **kwargs)
 
     yield start
     for run_dir in started:

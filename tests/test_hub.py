@@ -23,6 +23,7 @@ from workbench.fleet import Fleet
 from workbench.hub import Hub, HubClient, StoreURL, read_token
 from workbench.hub._api import ApiServer
 from workbench.sim import _procs
+from workbench.telemetry._client import Telemetry
 
 DEVICE = "sim-01"
 
@@ -179,9 +180,45 @@ def test_two_clients_and_the_cli_get_identical_history_when_the_fleet_has_a_hub(
         assert cli.returncode == 0, cli.stderr
         assert mine.count("\n") >= 2
         assert mine == other == cli.stdout.strip()
-        # No second receiver in a client of a fleet with a hub: it would acknowledge against the hub.
+        # fleet.telemetry reads the hub; a receiver of this process's own would acknowledge against it.
+        assert fleet.telemetry.query(["cpu_percent", "memory_mb"], since=since, until=until).to_csv(
+            index=False).strip() == mine
         with pytest.raises(HubError, match="this fleet runs a hub"):
-            _ = fleet.telemetry
+            Telemetry(fleet)
+
+
+def test_fleet_telemetry_shows_history_live_points_and_alerts_from_the_hub_when_the_fleet_has_one(
+        fleet_factory: FleetFactory) -> None:
+    record = fleet_factory(devices=2, keepalive=5, hub=True)
+    with workbench.connect(run_dir=record["run_dir"]) as first:
+        first.wait_for(2, timeout=30)
+        telemetry = first.telemetry
+        telemetry.add_rule("any-synthetic", "synthetic_3", above=-1e9, cooldown_s=3600)
+        seen: list[tuple[str, str, int]] = []
+        unsubscribe = telemetry.subscribe(["synthetic_0"], lambda d, m, ts, v: seen.append((d, m, len(ts))))
+        telemetry.configure("all", synthetic_points_per_s=200, publish_interval_s=0.2)
+        telemetry.wait_for("synthetic_0", devices=["sim-01", "sim-02"], count=20, timeout=30)
+        deadline = time.monotonic() + 20
+        while {d for d, _, _ in seen} != {"sim-01", "sim-02"}:
+            assert time.monotonic() < deadline, f"the live stream brought {seen[:5]}"
+            time.sleep(0.2)
+        unsubscribe()
+        assert all(m == "synthetic_0" and n > 0 for _, m, n in seen)
+        telemetry.configure("all", synthetic_points_per_s=0)
+        health = telemetry.health().set_index("device_id")
+        assert health.loc["sim-01", "online"] and health["cpu_percent"].notna().all()
+        assert set(telemetry.stats()["device_id"]) == {"sim-01", "sim-02"}
+        assert [r.name for r in telemetry.rules()] == ["any-synthetic"]
+        deadline = time.monotonic() + 20
+        while set(telemetry.alerts()["device_id"]) != {"sim-01", "sim-02"}:
+            assert time.monotonic() < deadline, telemetry.alerts()
+            time.sleep(0.3)
+        stored = telemetry.query("synthetic_0", since="5m")
+    # A viewer that connects later sees the history at once, from the hub's store.
+    with workbench.connect(run_dir=record["run_dir"]) as later:
+        history = later.telemetry.query("synthetic_0", since="5m")
+        assert len(history) >= len(stored) > 40
+        assert set(later.telemetry.alerts()["rule"]) == {"any-synthetic"}
 
 
 def test_hub_serves_prometheus_metrics_and_health_without_a_token(fleet_factory: FleetFactory) -> None:

@@ -197,4 +197,4 @@ def test_cli_up_status_down_work_when_fleet_is_secure(broker: str, tmp_path: Pat
     finally:
         down_out = run_cli("down", "--run-dir", run_dir)
     assert down_out.returncode == 0, down_out.stderr
-    assert "stopped 3 processes" in down_out.stdout  # broker, one agent process, artifact server
+    assert "stopped 4 processes" in down_out.stdout  # broker, one agent process, artifact server, hub

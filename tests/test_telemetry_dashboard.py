@@ -36,11 +36,15 @@ def test_dashboard_draws_a_line_per_device_that_grows_when_telemetry_arrives(sha
         names = {(trace.name, trace.yaxis) for trace in dashboard.figure.data}
         assert {name for name, _ in names} == {"sim-01", "sim-02", "sim-03"} and len(names) == 6
         before = {trace.name: len(trace.x) for trace in dashboard.figure.data if trace.yaxis == "y2"}
-        time.sleep(1.0)
-        fleet.telemetry.ingestor.wait_idle()
-        dashboard.refresh()
-        after = {trace.name: len(trace.x) for trace in dashboard.figure.data if trace.yaxis == "y2"}
-        assert all(after[name] > before[name] for name in before)
+        deadline = time.monotonic() + 15  # live points come from the hub's stream, a moment after it stores them
+        while True:
+            time.sleep(0.5)
+            fleet.telemetry.flush(timeout=10.0)
+            dashboard.refresh()
+            after = {trace.name: len(trace.x) for trace in dashboard.figure.data if trace.yaxis == "y2"}
+            if all(after[name] > before[name] for name in before) or time.monotonic() > deadline:
+                break
+        assert all(after[name] > before[name] for name in before), (before, after)
         assert "sim-02" in dashboard.health.value and "sync backlog" in dashboard.health.value
         assert "no alerts" in dashboard.alert_list.value
         dashboard.stop()
@@ -80,7 +84,7 @@ def test_dashboard_updates_name_date_type_of_each_axis_with_traces_only_when_a_c
         deadline = time.monotonic() + 10
         while not sent and time.monotonic() < deadline:  # the first drawing happened in the constructor
             time.sleep(0.3)
-            fleet.telemetry.ingestor.wait_idle()
+            fleet.telemetry.flush(timeout=10.0)
             dashboard.refresh()
         state = dashboard.figure.get_state()["_widget_layout"]
         axes = sorted(name for name in state if name.startswith("xaxis"))

@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--per-process", type=int, help="simulated devices per agent process")
     up.add_argument("--secure", action="store_true",
                     help="per-device credentials, ACLs and TLS with a generated CA")
-    up.add_argument("--hub", action="store_true", help="also run the fleet hub: the one receiver and store of "
-                    "the fleet's data, queried by every notebook, dashboard and command")
+    up.add_argument("--no-hub", dest="hub", action="store_false",
+                    help="run no fleet hub (by default it runs: the one receiver and store of the fleet's data, which "
+                    "every notebook, dashboard and command reads); each client then receives for itself")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all devices")
     up.add_argument("--json", action="store_true", help="print JSON")
     up.set_defaults(func=_up)

@@ -139,7 +139,7 @@ def query_command(args: argparse.Namespace) -> int:
         rd = RunDir.resolve(args.run_dir)
         record = rd.read()
         if record is None:
-            raise ConfigError(f"no local fleet in {rd.path}; start one with `workbench up --hub`, or give --hub URL")
+            raise ConfigError(f"no local fleet in {rd.path}; start one with `workbench up`, or give --hub URL")
         client = HubClient.for_record(record)
     with client:
         devices = [d for d in args.devices.split(",") if d] if args.devices else "all"

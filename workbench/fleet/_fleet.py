@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from workbench.hub import HubClient
     from workbench.sync._client import Sync
-    from workbench.telemetry._client import Telemetry, TelemetryViews
+    from workbench.telemetry._client import TelemetryViews
 
 log = logging.getLogger("workbench.fleet")
 
@@ -58,6 +58,10 @@ class Fleet:
     """
 
     local_record: dict[str, Any] | None = None  # the fleet.json of a local fleet (set by connect)
+    # Started on first use (see the properties); declared for the type checker.
+    _telemetry: TelemetryViews | None
+    _sync: Sync | None
+    _hub: HubClient | None
 
     def __init__(
         self,
@@ -251,13 +255,20 @@ class Fleet:
         return result if isinstance(result, dict) else {"result": result}
 
     @property
-    def telemetry(self) -> Telemetry:
+    def telemetry(self) -> TelemetryViews:
         """The fleet's telemetry (store, queries, alerts), started on first use; see workbench.telemetry."""
-        if getattr(self, "_telemetry", None) is None:
-            from workbench.telemetry._client import Telemetry
+        telemetry = getattr(self, "_telemetry", None)
+        if telemetry is None:
+            if self.has_hub:
+                from workbench.hub._telemetry import HubTelemetry
 
-            self._telemetry = Telemetry(self)
-        return self._telemetry
+                telemetry = HubTelemetry(self, self.hub)
+            else:
+                from workbench.telemetry._client import Telemetry
+
+                telemetry = Telemetry(self)
+            self._telemetry = telemetry
+        return telemetry
 
     @property
     def running_telemetry(self) -> TelemetryViews | None:
@@ -271,28 +282,34 @@ class Fleet:
 
     @property
     def hub(self) -> HubClient:
-        """The fleet's hub (``workbench up --hub``): the same stored history for every client.
+        """The fleet's hub (``workbench up`` runs it): the same stored history for every client.
 
         Raises :class:`~workbench.errors.HubError` when the fleet runs no hub.
 
         Example:
             >>> fleet.hub.query("latency_p95_ms", since="1h", every="1m")   # doctest: +SKIP
         """
-        if getattr(self, "_hub", None) is None:
+        hub = getattr(self, "_hub", None)
+        if hub is None:
             from workbench.hub import HubClient
 
-            self._hub = HubClient.for_record(self.local_record or {})
-        return self._hub
+            hub = self._hub = HubClient.for_record(self.local_record or {})
+        return hub
+
+    @property
+    def has_hub(self) -> bool:
+        """Whether this fleet's hub receives its data (a local fleet started with a hub)."""
+        return bool(((self.local_record or {}).get("hub") or {}).get("url"))
 
     def refuse_receiving_beside_hub(self, what: str) -> None:
         """Raise :class:`~workbench.errors.HubError` when this fleet's hub is its receiver: a second receiver in this
         process would acknowledge devices' items against it."""
         from workbench.errors import HubError
 
-        if ((self.local_record or {}).get("hub") or {}).get("url"):
-            raise HubError(f"this fleet runs a hub, which receives and stores its {what}: query it with "
-                           "fleet.hub.query(...) / fleet.hub.stats(); a receiver in this process as well would "
-                           "acknowledge devices' items against it")
+        if self.has_hub:
+            raise HubError(f"this fleet runs a hub, which receives and stores its {what}: fleet.telemetry and "
+                           "fleet.sync read it; a receiver in this process as well would acknowledge devices' "
+                           "items against it")
 
     def deploy(self, package: Any, devices: Any = None, **options: Any) -> Any:
         """Deploy a model package to devices; returns the running rollout (see :func:`workbench.deploy.deploy`).
@@ -313,11 +330,12 @@ class Fleet:
     @property
     def sync(self) -> Sync:
         """The fleet's sync (receiver, store, devices' sync state), started on first use; see workbench.sync."""
-        if getattr(self, "_sync", None) is None:
+        sync = getattr(self, "_sync", None)
+        if sync is None:
             from workbench.sync._client import Sync
 
-            self._sync = Sync(self)
-        return self._sync
+            sync = self._sync = Sync(self, receive=False, hub=self.hub) if self.has_hub else Sync(self)
+        return sync
 
     def sync_state(self) -> pd.DataFrame:
         """Per device and priority: backlog, oldest unsent age, last sync, throughput, ratios, drops, dedups."""
@@ -331,12 +349,9 @@ class Fleet:
         """Disconnect from the broker. The devices keep running."""
         if not getattr(self, "_closed", True):
             self._closed = True
-            if getattr(self, "_hub", None) is not None:
-                self._hub.close()
-            if getattr(self, "_sync", None) is not None:
-                self._sync.close()
-            if getattr(self, "_telemetry", None) is not None:
-                self._telemetry.close()
+            for part in (getattr(self, "_sync", None), getattr(self, "_telemetry", None), getattr(self, "_hub", None)):
+                if part is not None:  # the hub's client last: the telemetry's streams are its own
+                    part.close()
             close_client(self._client)
 
     # -- MQTT callbacks (network thread) ------------------------------------------------------

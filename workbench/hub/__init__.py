@@ -1,6 +1,6 @@
 """The fleet hub: one persistent service that receives, stores and serves what a fleet sends.
 
-``workbench hub`` (or ``workbench up --hub``) runs it; :class:`HubClient` queries it. See
+``workbench hub`` (and ``workbench up``, for the local fleet) runs it; :class:`HubClient` queries it. See
 docs/architecture.md for where it sits.
 
 Example:

@@ -11,14 +11,15 @@ float64) at a fraction of JSON's size and parse time. Flight would add gRPC for 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from workbench.errors import ConfigError, HubError, WorkbenchError
 from workbench.hub._arrow import MEDIA_TYPE, table_to_ipc, to_ipc
@@ -36,6 +37,11 @@ log = logging.getLogger("workbench.hub")
 MAX_NAMES = 1000
 MAX_NAME_LENGTH = 200
 MAX_BODY_BYTES = 64 * 1024
+MAX_FLUSH_S = 10.0
+# Events a stream client may fall behind by before its oldest are dropped (counted in hub.stream_drops).
+STREAM_QUEUE = 2000
+# A comment line this often keeps proxies from closing an idle stream and notices a client that left.
+STREAM_HEARTBEAT_S = 2.0
 AGGREGATES = ("mean", "min", "max", "sum", "count", "first", "last")
 
 
@@ -61,6 +67,23 @@ def _number(request: Request, key: str) -> float | None:
     if not math.isfinite(value):
         raise ConfigError(f"{key}={raw[:40]!r} must be a finite number")
     return value
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: a value that is not a number yet (no inference, no offset) goes as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _json(content: Any) -> Response:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(_finite(content))
 
 
 def make_app(hub: Hub, token: str) -> Starlette:
@@ -126,10 +149,73 @@ def make_app(hub: Hub, token: str) -> Starlette:
         return RawResponse(table_to_ipc(table), media_type=MEDIA_TYPE)
 
     async def stats(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(hub.stats))
+        return _json(await run_in_threadpool(hub.stats))
 
     async def sync_stats(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(hub.sync_stats))
+
+    async def feeds(request: Request) -> Response:
+        return _json(await run_in_threadpool(hub.feeds))
+
+    async def flush(request: Request) -> Response:
+        timeout = min(max(_number(request, "timeout") or 1.0, 0.0), MAX_FLUSH_S)
+        return JSONResponse({"idle": await run_in_threadpool(hub.wait_idle, timeout)})
+
+    async def stream(request: Request) -> Response:
+        from starlette.responses import StreamingResponse
+
+        metrics = _names(request, "metric", required=True) or []
+        wanted = set(metrics)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=STREAM_QUEUE)
+
+        def put(event: str) -> None:
+            if queue.full():  # a slow client loses its oldest points, never the hub its pace
+                queue.get_nowait()
+                hub.stream_drops += 1
+            queue.put_nowait(event)
+
+        def listener(device: str, metric: str, ts: Any, values: Any) -> None:  # the hub's writer thread
+            if metric not in wanted:
+                return
+            try:
+                event = json.dumps({"device": device, "metric": metric, "ts": ts.tolist(), "values": values.tolist()})
+                loop.call_soon_threadsafe(put, event)
+            except Exception:  # a closed loop or a bad value must not reach the writer thread
+                hub.stream_drops += 1
+
+        unsubscribe = hub.subscribe(metrics, listener)
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield ": stream open\n\n"
+                while True:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), timeout=STREAM_HEARTBEAT_S)
+                    except asyncio.TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        yield ": keepalive\n\n"
+                        continue
+                    yield f"data: {event}\n\n"
+            finally:
+                unsubscribe()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    def _device(request: Request) -> str:
+        names = _names(request, "device", required=True) or []
+        if len(names) != 1:
+            raise ConfigError("give one device=ID")
+        return names[0]
+
+    async def sync_rows(request: Request) -> Response:
+        rows = await run_in_threadpool(hub.sync_rows, _device(request))
+        return JSONResponse([list(row) for row in rows])
+
+    async def sync_seqs(request: Request) -> Response:
+        kind = request.query_params.get("kind") or None
+        return JSONResponse(await run_in_threadpool(hub.sync_seqs, _device(request), kind))
 
     async def ingest(request: Request) -> Response:
         after = _number(request, "after")
@@ -165,7 +251,10 @@ def make_app(hub: Hub, token: str) -> Starlette:
     routes = [
         Route("/healthz", healthz), Route("/metrics", metrics),
         Route("/v1/telemetry/query", query), Route("/v1/telemetry/stats", stats),
-        Route("/v1/sync/stats", sync_stats), Route("/v1/ingest", ingest), Route("/v1/alerts", alerts),
+        Route("/v1/telemetry/feeds", feeds), Route("/v1/telemetry/stream", stream),
+        Route("/v1/flush", flush, methods=["POST"]),
+        Route("/v1/sync/stats", sync_stats), Route("/v1/sync/rows", sync_rows), Route("/v1/sync/seqs", sync_seqs),
+        Route("/v1/ingest", ingest), Route("/v1/alerts", alerts),
         Route("/v1/alerts/rules", rules, methods=["GET", "POST"]),
     ]
     return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],

@@ -6,8 +6,10 @@ The HTTP transport is an ``httpx.Client``; pass ``http=`` to run against anythin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,8 @@ from workbench.telemetry._time import Duration, Instant, epoch, seconds
 if TYPE_CHECKING:
     import httpx
     import pandas as pd
+
+    from workbench.telemetry._ingest import PointsListener
 
 
 def read_token(path: str | os.PathLike[str]) -> str:
@@ -36,6 +40,86 @@ def read_token(path: str | os.PathLike[str]) -> str:
     if not token:
         raise HubAuthError(f"the hub token file {path} is empty")
     return token
+
+
+class HubStream:
+    """A live stream of the hub's committed points (server-sent events), read by a thread of its own.
+
+    The thread never dies silently: an error, a broken connection or a listener that raises is
+    counted in :attr:`errors` and the stream reconnects with backoff until :meth:`close`.
+    """
+
+    def __init__(self, client: HubClient, metrics: list[str], listener: PointsListener) -> None:
+        self.client = client
+        self.metrics = metrics
+        self.listener = listener
+        self.events = 0
+        self.errors: dict[str, int] = {}
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._response: Any = None
+        self._thread = threading.Thread(target=self._run, name="wb-hub-stream", daemon=True)
+        self._thread.start()
+
+    def _count(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def _run(self) -> None:
+        import httpx
+
+        backoff = 0.2
+        params = {"metric": list(self.metrics)}
+        while not self._stop.is_set():
+            try:
+                with httpx.Client(base_url=self.client.url, timeout=httpx.Timeout(10.0, read=30.0),
+                                  verify=self.client.verify) as http, \
+                        http.stream("GET", "/v1/telemetry/stream", params=params, headers=self.client.headers) as reply:
+                    if reply.status_code != 200:
+                        self._count(f"http_{reply.status_code}")
+                        raise HubError(f"the hub's stream answered {reply.status_code}")
+                    self._response = reply
+                    self.connected.set()
+                    backoff = 0.2
+                    for line in reply.iter_lines():
+                        if self._stop.is_set():
+                            return
+                        if line.startswith("data: "):
+                            self._deliver(line[6:])
+            except Exception as exc:  # network, protocol or a closed response: count it, wait, reconnect
+                if self._stop.is_set():
+                    return
+                self._count(type(exc).__name__)
+            finally:
+                self.connected.clear()
+                self._response = None
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _deliver(self, data: str) -> None:
+        import numpy as np
+
+        try:
+            event = json.loads(data)
+            ts = np.asarray(event["ts"], dtype=np.float64)
+            values = np.asarray(event["values"], dtype=np.float64)
+            device, metric = str(event["device"]), str(event["metric"])
+        except (ValueError, KeyError, TypeError):
+            self._count("bad_event")
+            return
+        try:
+            self.listener(device, metric, ts, values)
+            self.events += 1
+        except Exception:  # the listener's bug must not end the stream
+            self._count("listener_error")
+
+    def close(self) -> None:
+        """End the stream and its thread."""
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.close()
+        self._thread.join(timeout=5)
 
 
 class HubClient:
@@ -58,17 +142,18 @@ class HubClient:
             raise HubAuthError(f"no token for the hub at {url}: pass token= or token_file= (a local fleet's is "
                                "hub.token in its run dir)")
         self.url = url.rstrip("/")
+        self.verify = verify
         self._http = http or httpx.Client(base_url=self.url, timeout=timeout, verify=verify)
         self._owns_http = http is None
-        self._headers = {"Authorization": f"Bearer {token}"}
+        self.headers = {"Authorization": f"Bearer {token}"}
 
     @classmethod
     def for_record(cls, record: dict[str, Any], **options: Any) -> HubClient:
         """The hub of a local fleet's record (fleet.json); raises :class:`HubError` if it has none."""
         entry = record.get("hub") or {}
         if not entry.get("url") or not entry.get("token_file"):
-            raise HubError("this fleet runs no hub: start it with `workbench up --hub` (or run `workbench hub` "
-                           "against its broker)")
+            raise HubError("this fleet runs no hub: it was started with `workbench up --no-hub`; start it without "
+                           "that option, or run `workbench hub` against its broker")
         return cls(str(entry["url"]), token_file=entry["token_file"], **options)
 
     # -- transport ----------------------------------------------------------------------------------
@@ -78,10 +163,10 @@ class HubClient:
         import httpx
 
         try:
-            response = self._http.request(method, path, headers={**self._headers, **(headers or {})}, **kwargs)
+            response = self._http.request(method, path, headers={**self.headers, **(headers or {})}, **kwargs)
         except httpx.TransportError as exc:
             raise HubUnreachableError(f"no hub answered at {self.url} ({type(exc).__name__}: {exc}); start it "
-                                      "(`workbench up --hub` for a local fleet, `workbench hub` for a real one) or "
+                                      "(`workbench up` for a local fleet, `workbench hub` for a real one) or "
                                       "check the address") from None
         if response.status_code == 200:
             return response
@@ -128,11 +213,44 @@ class HubClient:
         params.append(("agg", agg))
         return points_frame(self._request("GET", "/v1/telemetry/query", params=params).content)
 
+    def counters(self) -> dict[str, dict[str, Any]]:
+        """Per-device ingestion counters, as a dict by device."""
+        return dict(self._json("/v1/telemetry/stats"))
+
+    def feeds(self) -> dict[str, dict[str, Any]]:
+        """Each device's stream: last batch received, tags, newest value of each metric, missing batches."""
+        return dict(self._json("/v1/telemetry/feeds"))
+
+    def flush(self, timeout: float = 1.0) -> bool:
+        """Wait (at most ``timeout`` s) until what the hub received so far can be queried."""
+        answer = self._request("POST", "/v1/flush", params={"timeout": repr(float(timeout))},
+                               timeout=float(timeout) + 10.0).json()
+        return bool(answer.get("idle"))
+
+    def sync_rows(self, device: str) -> list[tuple[int, str, str, float]]:
+        """``(seq, priority, kind, stored_at)`` of every sync item the hub stored for ``device``."""
+        return [(int(s), str(p), str(k), float(t)) for s, p, k, t in self._json("/v1/sync/rows",
+                                                                               params={"device": device})]
+
+    def sync_seqs(self, device: str, kind: str | None = None) -> list[int]:
+        params = {"device": device, **({"kind": kind} if kind else {})}
+        return [int(seq) for seq in self._json("/v1/sync/seqs", params=params)]
+
+    def stream(self, metrics: list[str], listener: PointsListener) -> HubStream:
+        """Call ``listener(device, metric, ts, values)`` with every new point of ``metrics``, from a thread.
+
+        The stream reconnects by itself; :meth:`HubStream.close` ends it.
+
+        Example:
+            >>> stream = hub.stream(["latency_p95_ms"], print); time.sleep(5); stream.close()   # doctest: +SKIP
+        """
+        return HubStream(self, list(metrics), listener)
+
     def stats(self) -> pd.DataFrame:
         """Per-device ingestion counters, one row per device."""
         import pandas as pd
 
-        frame = pd.DataFrame.from_dict(self._json("/v1/telemetry/stats"), orient="index")
+        frame = pd.DataFrame.from_dict(self.counters(), orient="index")
         frame.index.name = "device_id"
         return frame.reset_index()
 

@@ -8,12 +8,14 @@ in the stores themselves). One hub owns a store: a second one is refused, naming
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +27,7 @@ from workbench.sync._receiver import SyncReceiver
 from workbench.sync._store import SyncStore
 from workbench.telemetry._alerts import AlertEngine, AlertRule
 from workbench.telemetry._client import open_store
-from workbench.telemetry._ingest import Ingestor
+from workbench.telemetry._ingest import Ingestor, PointsListener
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -100,6 +102,7 @@ class Hub:
         folder.mkdir(parents=True, exist_ok=True)
         self.data_dir = folder
         self.started = time.time()
+        self.stream_drops = 0  # live points a slow stream client did not get (it can query them)
         self._exclusive = _Exclusive(self.store_url, folder)
         self._closed = threading.Event()
         try:
@@ -139,6 +142,31 @@ class Hub:
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-device ingestion counters (points, batches, duplicates, rejects)."""
         return self.ingestor.stats()
+
+    def feeds(self) -> dict[str, dict[str, Any]]:
+        """Each device's stream: last batch received, tags, newest value of each metric, missing batches."""
+        return {device: {"last_received": feed.last_received, "tags": dict(feed.tags),
+                         "latest": {name: [ts, value] for name, (ts, value) in dict(feed.latest).items()},
+                         "missing": int(feed.counters["missing"])}
+                for device, feed in list(self.ingestor.feeds.items())}
+
+    def subscribe(self, metrics: list[str], listener: PointsListener) -> Callable[[], None]:
+        """Call ``listener`` (in the writer thread) with every committed point of ``metrics``; returns the remover."""
+        self.ingestor.watched.update(metrics)
+        self.ingestor.listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self.ingestor.listeners.remove(listener)
+
+        return unsubscribe
+
+    def sync_rows(self, device: str) -> list[tuple[int, str, str, float]]:
+        """``(seq, priority, kind, stored_at)`` of every sync item stored for ``device``, in storing order."""
+        return self.sync_store.rows(device)
+
+    def sync_seqs(self, device: str, kind: str | None = None) -> list[int]:
+        return self.sync_store.seqs(device, kind)
 
     def sync_stats(self) -> dict[str, dict[str, int]]:
         """Per-device sync receiver counters (stored, duplicates, rejects)."""
@@ -207,7 +235,7 @@ class Hub:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Until everything received is committed (tests and benchmarks)."""
+        """Until everything received so far is committed and queryable; True if it is within ``timeout``."""
         return self.receiver.wait_idle(timeout) and self.ingestor.wait_idle(timeout)
 
     def close(self) -> None:

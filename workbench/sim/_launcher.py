@@ -89,15 +89,16 @@ def up(
     keepalive: int = 10,
     per_process: int | None = None,
     secure: bool = False,
-    hub: bool = False,
+    hub: bool = True,
     timeout: float = 120.0,
 ) -> dict[str, Any]:
     """Start a broker and ``devices`` simulated devices as real agent processes; wait until all are online.
 
     Returns the fleet record (also written to ``RUN_DIR/fleet.json``). Raises
-    :class:`FleetAlreadyRunningError` if this run directory's fleet is up. With ``hub=True``
-    the fleet hub runs too (store ``RUN_DIR/hub/fleet.duckdb``, token ``RUN_DIR/hub.token``),
-    and receives, stores and serves what the devices send.
+    :class:`FleetAlreadyRunningError` if this run directory's fleet is up. The fleet hub runs
+    too (store ``RUN_DIR/hub/fleet.duckdb``, token ``RUN_DIR/hub.token``): it receives, stores
+    and serves what the devices send to every client. ``hub=False`` leaves receiving to each
+    client process, as for a fleet reached by its broker URL alone.
 
     Example:
         >>> record = up(devices=3, run_dir="/tmp/wb-fleet")   # doctest: +SKIP

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from workbench.fleet._fleet import Fleet
+    from workbench.hub._client import HubClient
+    from workbench.hub._telemetry import HubSyncStore
     from workbench.telemetry._client import Telemetry
 
 STATE_COLUMNS = ["device_id", "priority", "queued_items", "queued_bytes", "oldest_unsent_age_s", "last_sync",
@@ -50,8 +52,9 @@ class Sync:
     """
 
     def __init__(self, fleet: Fleet, *, path: str | os.PathLike[str] | None = None, receive: bool = True,
-                 telemetry: Telemetry | None = None) -> None:
+                 telemetry: Telemetry | None = None, hub: HubClient | None = None) -> None:
         self.fleet = fleet
+        self.hub = hub  # the fleet's hub stores what devices send; this process only shows it
         if receive:
             fleet.refuse_receiving_beside_hub("sync items")
         path = path if path is not None else settings().sync_db
@@ -83,7 +86,12 @@ class Sync:
             self.revision += 1
 
     @property
-    def store(self) -> SyncStore | None:
+    def store(self) -> SyncStore | HubSyncStore | None:
+        """Where the items devices sent are stored: this process's receiver's store, or the hub's."""
+        if self.hub is not None:
+            from workbench.hub._telemetry import HubSyncStore
+
+            return HubSyncStore(self.hub)
         return self.receiver.store if self.receiver is not None else None
 
     # -- the table --------------------------------------------------------------------------
@@ -99,7 +107,7 @@ class Sync:
 
         with self._lock:
             states = dict(self.states)
-        dedup = self.receiver.stats() if self.receiver is not None else {}
+        dedup = self.hub.sync_stats() if self.hub is not None else self.receiver.stats() if self.receiver else {}
         rows = []
         for device, body in sorted(states.items()):
             sender = body.get("sender") or {}
