@@ -27,7 +27,7 @@ from workbench.agent._services import AgentService, service_factories
 from workbench.errors import ConfigError, DuplicateDeviceError, PayloadError, WorkbenchError
 from workbench.fleet import schema, topics
 from workbench.fleet._mqtt import BrokerAddress, close_client, is_auth_failure, make_client, new_client_id
-from workbench.profiles import HardwareProfile, detect_hardware, get_profile
+from workbench.profiles import HardwareProfile, detect_hardware, device_providers, get_profile
 
 log = logging.getLogger("workbench.agent")
 
@@ -198,6 +198,9 @@ class DeviceAgent:
         hardware = dict(_host_hardware())
         if refresh:
             hardware["disk_free_mb"] = detect_hardware(self.config.data_dir)["disk_free_mb"]
+        if self.profile is not None and self.config.simulated:
+            # A simulated Pi runs on this host's wheel, but must not offer what a Pi lacks (CUDA...).
+            hardware["execution_providers"] = device_providers(hardware["execution_providers"], self.profile)
         return {
             "device_id": self.device_id,
             "instance": self.instance,
