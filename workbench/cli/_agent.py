@@ -32,7 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", type=Path, help="an ONNX model to serve from the start")
     parser.add_argument("--trusted-keys", type=Path, help="directory of the public keys whose signed packages this "
                         "device installs (default: $WORKBENCH_TRUSTED_KEYS or DATA_DIR/trusted_keys)")
-    parser.add_argument("--health-port", type=int, help="serve GET /healthz on this port (0: a free one)")
+    health_port = os.environ.get("WORKBENCH_HEALTH_PORT")
+    parser.add_argument("--health-port", type=int, default=int(health_port) if health_port else None,
+                        help="serve GET /healthz on this port (0: a free one; default: $WORKBENCH_HEALTH_PORT, "
+                        "which the agent's image sets to 8081)")
     parser.add_argument("--health-host", default="0.0.0.0", help="address of the health endpoint (default: all)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.set_defaults(func=run)
