@@ -107,6 +107,20 @@ def test_systemd_analyze_security_rates_the_unit_ok_or_better(tmp_path: Path) ->
     assert float(match.group(1)) <= 4.0, result.stdout  # systemd calls < 5 "OK", < 2 "SAFE"
 
 
+def test_systemd_sysusers_creates_the_agents_system_user_from_the_installed_entry(tmp_path: Path) -> None:
+    _systemd_analyze()
+    sysusers = shutil.which("systemd-sysusers")
+    if sysusers is None:
+        pytest.skip("systemd-sysusers is not installed (apt-get install systemd)")
+    install(_spec(), tmp_path)
+    result = subprocess.run([sysusers, f"--root={tmp_path}"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    user = next(line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines()
+                if line.startswith("workbench:"))
+    assert int(user[2]) < 1000  # a system user
+    assert user[5:] == ["/var/lib/workbench", "/usr/sbin/nologin"]
+
+
 def test_uninstall_removes_exactly_what_install_wrote_when_other_files_share_its_dirs(tmp_path: Path) -> None:
     (tmp_path / "etc/systemd/system").mkdir(parents=True)
     (tmp_path / "etc/systemd/system/ssh.service").write_text("[Service]\nExecStart=/usr/sbin/sshd\n")

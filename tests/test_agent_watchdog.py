@@ -111,6 +111,28 @@ def test_agent_process_sends_ready_then_pings_then_stopping_when_run_under_syste
     assert any(m == "STOPPING=1" for _, m in listener.messages)
 
 
+def test_agent_waiting_for_its_ca_file_is_ready_and_fed_so_systemd_does_not_kill_the_wait(
+        notify_socket: tuple[str, NotifySocket], tmp_path: Path) -> None:
+    path, listener = notify_socket
+    ca = tmp_path / "ca.pem"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"}
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "agent", "--device-id", "svc-02",
+                             "--broker", "mqtts://127.0.0.1:1", "--ca-file", str(ca),
+                             "--data-dir", str(tmp_path / "data")],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        listener.wait_for("READY=1", 30)
+        ready = next(m for _, m in listener.messages if "READY=1" in m)
+        assert f"TLS CA file {ca} is missing" in ready  # systemctl status shows what it waits for
+        listener.read(2.5)
+        assert sum(m == "WATCHDOG=1" for _, m in listener.messages) >= 3
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
 def test_watchdog_pings_stop_when_the_agents_network_thread_dies(
         fleet_factory: FleetFactory, notify_socket: tuple[str, NotifySocket], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

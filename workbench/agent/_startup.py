@@ -15,6 +15,7 @@ import ssl
 import stat
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -109,12 +110,14 @@ def _load_ca(path: Path) -> object:
     return ssl.create_default_context(cafile=str(path))
 
 
-def wait_for_files(files: list[tuple[str, Path]], stop: threading.Event, *,
-                   min_delay: float = 1.0, max_delay: float = 60.0) -> bool:
+def wait_for_files(files: list[tuple[str, Path]], stop: threading.Event, *, min_delay: float = 1.0,
+                   max_delay: float = 60.0, on_problem: Callable[[str], object] | None = None,
+                   tick: Callable[[], object] | None = None, tick_every: float = 0.2) -> bool:
     """Wait until every ``(kind, path)`` can be read (CA certificates: loaded); False if ``stop`` came first.
 
-    Logs one line per new problem, and one when all are resolved; retries with doubling
-    delays between ``min_delay`` and ``max_delay`` seconds.
+    Logs one line per new problem (and passes it to ``on_problem``), and one when all are
+    resolved; retries with doubling delays between ``min_delay`` and ``max_delay`` seconds,
+    calling ``tick`` every ``tick_every`` seconds meanwhile (the service watchdog's ping).
 
     Example:
         >>> wait_for_files([], threading.Event())
@@ -132,8 +135,14 @@ def wait_for_files(files: list[tuple[str, Path]], stop: threading.Event, *,
         if text != reported:
             log.error("%s; retrying with backoff (%g s up to %g s)", text, min_delay, max_delay)
             reported = text
-        if stop.wait(delay):
-            return False
+            if on_problem is not None:
+                on_problem(text)
+        deadline = time.monotonic() + delay
+        while (remaining := deadline - time.monotonic()) > 0:
+            if stop.wait(min(remaining, tick_every)):
+                return False
+            if tick is not None:
+                tick()
         delay = min(delay * 2, max_delay)
 
 

@@ -43,6 +43,9 @@ WATCHDOG_SEC = 60
 # credentials (3), or the data dir is not writable (77).
 _NO_RESTART = (3, 77)
 
+# Not set, on purpose: ProtectClock= and PrivateDevices= close /dev to an allow list, and a
+# Jetson's CUDA and TensorRT providers need its GPU device nodes (/dev/nvhost-*, /dev/nvmap).
+
 # Characters that would change the meaning of a word in ExecStart= or in the environment file.
 _UNSAFE = re.compile(r"[\s\"'\\$%;`]")
 
@@ -159,7 +162,6 @@ ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
 ProtectControlGroups=yes
-ProtectClock=yes
 ProtectHostname=yes
 RestrictSUIDSGID=yes
 RestrictRealtime=yes

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     from workbench.agent import AgentConfig, run_agents
     from workbench.agent._startup import EXIT_NO_PERMISSION, DataDirError, check_data_dir, wait_for_files
+    from workbench.agent._watchdog import Watchdog
     from workbench.errors import ConfigError
     from workbench.fleet._mqtt import BrokerAddress
 
@@ -149,7 +150,11 @@ def run(args: argparse.Namespace) -> int:
     stopped = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: stopped.set())
     try:
-        if not wait_for_files(needed, stopped):
+        # Under systemd, waiting is a state, not a failed start: READY now, STATUS says what it waits
+        # for, and the watchdog is fed, so neither TimeoutStartSec= nor WatchdogSec= kills the wait.
+        watchdog = Watchdog(lambda: [])
+        if needed and not wait_for_files(needed, stopped, on_problem=lambda text: watchdog.ready(text),
+                                         tick=watchdog.tick, tick_every=watchdog.poll_seconds):
             return 0  # told to stop while waiting: a clean stop, not a failure
     finally:
         signal.signal(signal.SIGTERM, previous)
