@@ -127,6 +127,8 @@ def test_fleet_inventory_flags_an_agent_older_than_the_workbench(fleet_factory: 
                     break
                 time.sleep(0.1)
             assert rows.loc["old-01", "agent_version"] == "0.0.9"
+            # A real (not simulated) agent without --profile takes the one its board matches.
+            assert rows.loc["old-01", "profile"] == detect_hardware()["detected_profile"]
             assert bool(rows.loc["old-01", "agent_outdated"]) is True
             assert rows.loc["sim-01", "agent_version"] == workbench.__version__
             assert bool(rows.loc["sim-01", "agent_outdated"]) is False

@@ -158,9 +158,18 @@ def run(args: argparse.Namespace) -> int:
             return 0  # told to stop while waiting: a clean stop, not a failure
     finally:
         signal.signal(signal.SIGTERM, previous)
+    detected = None
+    if not profiles and not args.simulated:
+        # A real device without --profile names itself from its board (device tree or DMI).
+        from workbench.profiles import detect_hardware
+
+        hardware = detect_hardware(data_dirs[0])
+        detected = hardware["detected_profile"]
+        logging.getLogger("workbench.agent").info("detected %s (%s): profile %s", hardware["board"] or "an unknown "
+                                                  "board", hardware["cpu_model"], detected)
     configs = []
     for index, device_id in enumerate(ids):
-        profile = profiles[index if len(profiles) > 1 else 0] if profiles else None
+        profile = profiles[index if len(profiles) > 1 else 0] if profiles else detected
         username, password = args.username, None
         if args.password_file is not None:
             password = args.password_file.read_text().strip()
