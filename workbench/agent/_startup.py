@@ -110,6 +110,12 @@ def _load_ca(path: Path) -> object:
     return ssl.create_default_context(cafile=str(path))
 
 
+CA_FILE = "TLS CA file"
+PASSWORD_FILE = "broker password file"
+# A file of these kinds must also load, not just open: a CA file that is not a certificate waits too.
+_LOADERS: dict[str, Callable[[Path], object]] = {CA_FILE: _load_ca}
+
+
 def wait_for_files(files: list[tuple[str, Path]], stop: threading.Event, *, min_delay: float = 1.0,
                    max_delay: float = 60.0, on_problem: Callable[[str], object] | None = None,
                    tick: Callable[[], object] | None = None, tick_every: float = 0.2) -> bool:
@@ -125,8 +131,7 @@ def wait_for_files(files: list[tuple[str, Path]], stop: threading.Event, *, min_
     """
     delay, reported = min_delay, ""
     while True:
-        problems = [p for kind, path in files
-                    if (p := _problem(kind, path, _load_ca if "CA" in kind else None)) is not None]
+        problems = [p for kind, path in files if (p := _problem(kind, path, _LOADERS.get(kind))) is not None]
         if not problems:
             if reported:
                 log.warning("%s: now readable; starting", ", ".join(str(path) for _, path in files))

@@ -113,7 +113,14 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from workbench.agent import AgentConfig, run_agents
-    from workbench.agent._startup import EXIT_NO_PERMISSION, DataDirError, check_data_dir, wait_for_files
+    from workbench.agent._startup import (
+        CA_FILE,
+        EXIT_NO_PERMISSION,
+        PASSWORD_FILE,
+        DataDirError,
+        check_data_dir,
+        wait_for_files,
+    )
     from workbench.agent._watchdog import Watchdog
     from workbench.errors import ConfigError
     from workbench.fleet._mqtt import BrokerAddress
@@ -142,11 +149,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"workbench agent: error: {exc}", file=sys.stderr)
             return EXIT_NO_PERMISSION
     # Files that appear later (a certificate copied after the service started) are waited for.
-    needed = [("TLS CA file", Path(args.ca_file))] if args.ca_file else []
+    needed = [(CA_FILE, Path(args.ca_file))] if args.ca_file else []
     if args.password_file is not None:
-        needed.append(("broker password file", args.password_file))
+        needed.append((PASSWORD_FILE, args.password_file))
     elif args.credentials_dir is not None:
-        needed += [("broker password file", args.credentials_dir / f"{d}.password") for d in ids]
+        needed += [(PASSWORD_FILE, args.credentials_dir / f"{d}.password") for d in ids]
     stopped = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: stopped.set())
     try:
