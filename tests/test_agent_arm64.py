@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +94,38 @@ def test_every_dependency_but_onnxruntime_resolves_for_manylinux2014_aarch64(tmp
     result, installs = _resolve([onnxruntime], "aarch64", 17, tmp_path, no_deps=True)
     assert result.returncode != 0 and "onnxruntime" in result.stderr, (
         "onnxruntime now has manylinux2014 arm64 wheels: update the README's glibc note and this test")
+
+
+def test_image_wheel_builds_from_its_context_and_resolves_for_amd64_and_arm64(tmp_path: Path) -> None:
+    # What the Containerfile does: `pip wheel .` on the context .containerignore lets through, then
+    # `pip install --only-binary=:all:` of that wheel on python:3.11-slim-bookworm (glibc 2.36).
+    _index_reachable()
+    context = tmp_path / "context"
+    context.mkdir()
+    patterns = [line for line in (REPO / ".containerignore").read_text().splitlines()
+                if line.startswith("!")]
+    for pattern in patterns:
+        source = REPO / pattern[1:].rstrip("/")
+        if source.is_dir():
+            shutil.copytree(source, context / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, context / source.name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--isolated", "--quiet", "--no-deps",
+                            "--disable-pip-version-check", "--wheel-dir", str(tmp_path / "wheels"), str(context)],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    wheel = next((tmp_path / "wheels").glob("edge_workbench-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "workbench/agent/_device.py" in names and not any(n.startswith("widgets/") for n in names)
+    base = {re.split(r"[<>=!~\[ ;]", line.split(":", 1)[1].strip(), maxsplit=1)[0].lower()
+            for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line}
+    assert base == AGENT_PACKAGES  # the image gets the agent's dependencies, no notebook extras
+    for arch in ("aarch64", "x86_64"):
+        (tmp_path / arch).mkdir()
+        result, installs = _resolve([str(wheel)], arch, 28, tmp_path / arch)
+        assert result.returncode == 0, f"{arch}: {result.stderr}"
+        wheels = _names(installs)
+        assert set(wheels) >= AGENT_PACKAGES | {"edge-workbench"}, wheels
+        assert all(w.endswith(".whl") for w in wheels.values()), wheels
