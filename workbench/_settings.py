@@ -26,6 +26,8 @@ VARIABLES: dict[str, tuple[str, str, str]] = {
                 "`workbench dashboard` meet", "~/.workbench/fleet"),
     "broker": ("WORKBENCH_BROKER", "the broker URL `workbench agent` connects to", "mqtt://127.0.0.1:1883"),
     "data_dir": ("WORKBENCH_DATA_DIR", "where `workbench agent` keeps models and state", "./wb-data"),
+    "health_port": ("WORKBENCH_HEALTH_PORT", "the port of `workbench agent`'s /healthz (the agent's image sets "
+                    "8081)", "no health endpoint"),
     "trusted_keys": ("WORKBENCH_TRUSTED_KEYS", "the public keys whose signed packages an agent installs",
                      "DATA_DIR/trusted_keys"),
     "keys_dir": ("WORKBENCH_KEYS_DIR", "the workbench's package signing key pair", "~/.workbench/keys"),
@@ -43,6 +45,8 @@ VARIABLES: dict[str, tuple[str, str, str]] = {
                           "dashboard --metrics` sets it)", "latency_p95_ms,throughput,cpu_percent"),
     "test_postgres_dsn": ("WORKBENCH_TEST_POSTGRES_DSN", "tests only: the PostgreSQL server the telemetry store's "
                           "postgres backend is tested on (.ci/run starts one)", "unset: those tests skip"),
+    "arm64_root": ("WORKBENCH_ARM64_ROOT", "tests only: where the emulated arm64 run keeps its Debian root",
+                   "/var/tmp/wb-arm64"),
     "binder_check": ("WORKBENCH_BINDER_CHECK", "tests only: 1 runs the Binder check (a fresh venv from binder/, "
                      "then the quickstart); .ci/run sets it", "unset: skipped"),
 }
@@ -62,6 +66,7 @@ class Settings:
     run_dir: Path | None = None
     broker: str | None = None
     data_dir: Path | None = None
+    health_port: int | None = None
     trusted_keys: Path | None = None
     keys_dir: Path | None = None
     deploy_history: Path | None = None
@@ -73,6 +78,7 @@ class Settings:
     datasets: Path | None = None
     dashboard_metrics: tuple[str, ...] | None = None
     test_postgres_dsn: str | None = None
+    arm64_root: Path | None = None
     binder_check: bool | None = None
 
     @classmethod
@@ -104,8 +110,8 @@ class Settings:
                 for variable, what, default in VARIABLES.values()]
 
 
-_PATHS = {"run_dir", "data_dir", "trusted_keys", "keys_dir", "deploy_history", "artifacts", "telemetry_db",
-          "sync_db", "cache_dir", "datasets"}
+_PATHS = {"run_dir", "arm64_root", "data_dir", "trusted_keys", "keys_dir", "deploy_history", "artifacts",
+          "telemetry_db", "sync_db", "cache_dir", "datasets"}
 
 
 def _parse(name: str, env: str, raw: str) -> Any:
@@ -116,6 +122,14 @@ def _parse(name: str, env: str, raw: str) -> Any:
         if value not in _TRUE | _FALSE:
             raise ConfigError(f"{env}={raw!r} is not a yes/no value; set it to 1 or 0")
         return value in _TRUE
+    if name == "health_port":
+        try:
+            port = int(raw)
+        except ValueError:
+            port = -1
+        if not 0 <= port < 65536:
+            raise ConfigError(f"{env}={raw!r} is not a port; set 0-65535 (0: a free one), or unset it")
+        return port
     if name == "dashboard_metrics":
         metrics = tuple(part.strip() for part in raw.split(",") if part.strip())
         if not metrics:

@@ -24,10 +24,11 @@ from workbench.agent._commands import command_names, get_command, is_inline
 from workbench.agent._limits import DeviceLimits
 from workbench.agent._runtime import ModelRuntime
 from workbench.agent._services import AgentService, service_factories
+from workbench.agent._startup import ConnectFailureLog
 from workbench.errors import ConfigError, DuplicateDeviceError, PayloadError, WorkbenchError
 from workbench.fleet import schema, topics
 from workbench.fleet._mqtt import BrokerAddress, close_client, is_auth_failure, make_client, new_client_id
-from workbench.profiles import HardwareProfile, detect_hardware, get_profile
+from workbench.profiles import HardwareProfile, detect_hardware, device_providers, get_profile
 
 log = logging.getLogger("workbench.agent")
 
@@ -119,6 +120,8 @@ class DeviceAgent:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._connect_log = ConnectFailureLog(self.device_id, config.broker.url)
+        self._client.on_connect_fail = lambda _client, _userdata: self._connect_log.failed()
         self.runtime = ModelRuntime(self.limits)
         if config.model is not None:
             loaded = self.runtime.load(config.model, name=config.model.stem)
@@ -175,6 +178,12 @@ class DeviceAgent:
     def fatal(self) -> str | None:
         return self._fatal
 
+    @property
+    def network_alive(self) -> bool:
+        """False when paho's network thread died while the agent should be listening (a deaf agent)."""
+        thread = getattr(self._client, "_thread", None)  # paho 2.x sets it in loop_start, clears it on exit
+        return self._stopping or self._fatal is not None or (thread is not None and thread.is_alive())
+
     # -- state ---------------------------------------------------------------------
 
     def _load_state(self) -> dict[str, Any]:
@@ -198,6 +207,9 @@ class DeviceAgent:
         hardware = dict(_host_hardware())
         if refresh:
             hardware["disk_free_mb"] = detect_hardware(self.config.data_dir)["disk_free_mb"]
+        if self.profile is not None and self.config.simulated:
+            # A simulated Pi runs on this host's wheel, but must not offer what a Pi lacks (CUDA...).
+            hardware["execution_providers"] = device_providers(hardware["execution_providers"], self.profile)
         return {
             "device_id": self.device_id,
             "instance": self.instance,
@@ -268,6 +280,7 @@ class DeviceAgent:
                 log.warning("%s: broker at %s refused the connection: %s; retrying", self.device_id, url, reason_code)
             return
         self.counters["connects"] += 1
+        self._connect_log.connected()
         device = self.device_id
         client.subscribe(
             [

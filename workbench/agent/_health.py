@@ -43,10 +43,13 @@ def device_health(agent: DeviceAgent) -> dict[str, Any]:
     needed = bool(deploy_state.get("handled")) or agent.config.model is not None
     problem = getattr(installer, "boot_problem", None)
     serving_ok = (active is not None and (from_package or from_operator)) or (active is None and not needed)
-    healthy = bool(agent.online) and serving_ok
+    listening = agent.network_alive
+    healthy = bool(agent.online) and serving_ok and listening
     reasons = []
     if not agent.online:
         reasons.append("not connected to the broker")
+    if not listening:
+        reasons.append("its network thread died: it no longer hears commands; restart the agent")
     if not serving_ok:
         reasons.append("no verified model is serving" if needed else "serves a model that was not verified")
     return {"device_id": agent.device_id, "healthy": healthy, "connected": bool(agent.online),

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 from workbench.agent._device import AgentConfig, DeviceAgent
+from workbench.agent._watchdog import Watchdog
 
 log = logging.getLogger("workbench.agent")
 
@@ -37,13 +38,19 @@ def run_agents(configs: list[AgentConfig], *, stop: threading.Event | None = Non
         agents = [DeviceAgent(config, executor) for config in configs]
         for agent in agents:
             agent.start()
+        # READY once connecting runs in the background: waiting for the broker here would let
+        # systemd's start timeout kill an agent whose broker is merely down.
+        watchdog = Watchdog(lambda: [a.device_id for a in agents if not a.network_alive])
+        watchdog.ready(f"{len(agents)} device(s) connecting to {configs[0].broker.url}" if configs else "no devices")
         refused = 0
         while agents and not stop.is_set():
             for agent in [a for a in agents if a.fatal]:
                 agent.stop()
                 agents.remove(agent)
                 refused += 1
-            stop.wait(0.2)
+            watchdog.tick()
+            stop.wait(watchdog.poll_seconds)
+        watchdog.stopping()
         for agent in agents:
             agent.stop()
     return EXIT_REFUSED if refused else EXIT_OK

@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, default=Path("k8s"))
     export.add_argument("--broker", required=True, help="broker URL the agents connect to")
     export.add_argument("--profile", help="target profile (default: the package's target)")
-    export.add_argument("--image", default="edge-workbench-agent:0.1.0")
+    export.add_argument("--image", help="agent image (default: edge-workbench-agent:VERSION, the Containerfile's)")
     export.add_argument("--namespace", default="workbench")
     export.add_argument("--kubeedge", action="store_true", help="select KubeEdge edge nodes too")
     export.add_argument("--keys-dir", type=Path)

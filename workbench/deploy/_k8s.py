@@ -20,10 +20,24 @@ from workbench.profiles import get_profile
 
 PROFILE_LABEL = "workbench.io/profile"
 HEALTH_PORT = 8081  # the agent's /healthz, probed by the kubelet
+AGENT_IMAGE = "edge-workbench-agent"  # what the repository's Containerfile builds (README, "On a real device")
+AGENT_UID = 10001  # the Containerfile's non-root user
+
+
+def default_image() -> str:
+    """The agent image of this workbench release, as the Containerfile is tagged: ``edge-workbench-agent:VERSION``.
+
+    Example:
+        >>> default_image().startswith("edge-workbench-agent:")
+        True
+    """
+    from workbench import __version__
+
+    return f"{AGENT_IMAGE}:{__version__}"
 
 
 def manifests(package_dir: str | os.PathLike[str], *, broker: str, profile: str | None = None,
-              image: str = "edge-workbench-agent:0.1.0", namespace: str = "workbench",
+              image: str | None = None, namespace: str = "workbench",
               keys_dir: str | os.PathLike[str] | None = None, kubeedge: bool = False) -> dict[str, dict[str, Any]]:
     """The manifests as ``{file name: object}``.
 
@@ -42,7 +56,7 @@ def manifests(package_dir: str | os.PathLike[str], *, broker: str, profile: str 
     memory_mb = spec.memory_mb
     container = {
         "name": "agent",
-        "image": image,
+        "image": image or default_image(),
         "args": ["agent", "--device-id", "$(NODE_NAME)", "--broker", broker, "--profile", spec.name,
                  "--data-dir", "/var/lib/workbench", "--trusted-keys", "/etc/workbench/trusted_keys",
                  "--health-port", str(HEALTH_PORT)],
@@ -53,6 +67,8 @@ def manifests(package_dir: str | os.PathLike[str], *, broker: str, profile: str 
         # 200 only while the agent is connected and serves a verified model (or needs none).
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "health"},
                           "initialDelaySeconds": 30, "periodSeconds": 15, "failureThreshold": 4},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": AGENT_UID, "runAsGroup": AGENT_UID,
+                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [{"name": "data", "mountPath": "/var/lib/workbench"},
                          {"name": "trusted-keys", "mountPath": "/etc/workbench/trusted_keys", "readOnly": True}],
     }
@@ -75,6 +91,15 @@ def manifests(package_dir: str | os.PathLike[str], *, broker: str, profile: str 
                     "metadata": {"labels": labels},
                     "spec": {
                         "nodeSelector": node_selector,
+                        # A hostPath is created root-owned; the agent's user must own it to write models.
+                        "initContainers": [{
+                            "name": "data-owner", "image": image or default_image(),
+                            "command": ["chown", f"{AGENT_UID}:{AGENT_UID}", "/var/lib/workbench"],
+                            "securityContext": {"runAsUser": 0, "runAsNonRoot": False,
+                                                "allowPrivilegeEscalation": False,
+                                                "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]}},
+                            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/workbench"}],
+                        }],
                         "containers": [container],
                         "volumes": [
                             {"name": "data", "hostPath": {"path": "/var/lib/workbench", "type": "DirectoryOrCreate"}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -107,8 +108,29 @@ class Device:
             "onnxruntime": hw.get("onnxruntime"),
             "execution_providers": ",".join(hw.get("execution_providers") or []),
             "agent_version": inv.get("agent_version"),
+            "agent_outdated": agent_outdated(inv.get("agent_version")),
             "last_seen": self.last_seen,
         }
+
+
+def agent_outdated(agent_version: Any) -> bool | None:
+    """True when a device's agent is older than this workbench (upgrade it); None when it did not say.
+
+    Example:
+        >>> agent_outdated("0.0.9"), agent_outdated(None)
+        (True, None)
+    """
+    from workbench import __version__
+
+    if not isinstance(agent_version, str) or not agent_version:
+        return None
+    return _release(agent_version) < _release(__version__)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    # "0.1.0", "0.2.0rc1", "0.1.0+local": the leading numbers decide; pre-release tags count as the release.
+    match = re.match(r"\d+(?:\.\d+)*", version.strip())
+    return tuple(int(part) for part in match.group(0).split(".")) if match else ()
 
 
 def _model_label(model: Any) -> str | None:
