@@ -1,0 +1,239 @@
+"""`workbench optimize` on models as people bring them: one tiny fixture model per trait, built here with onnx.helper.
+
+Each trait (a -1 dim, symbolic dims, old opsets, int64 ids, a state fed back, control flow, two inputs,
+external data) must give exit 0 and a package whose outputs match FP32 within the quality limit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from workbench.cli.main import main
+
+# Quick timing: these tests are about what gets built and packaged, not about the numbers.
+CLI_FAST = ["--no-cache", "--iterations", "4", "--rounds", "1", "--warmup", "1"]
+MAX_DROP = 0.01
+
+
+def _w(name: str, shape: tuple[int, ...], seed: int, scale: float = 0.4) -> onnx.TensorProto:
+    return numpy_helper.from_array((np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32),
+                                   name)
+
+
+def _save(graph: onnx.GraphProto, path: Path, opset: int, **kwargs: Any) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 8)  # old opsets ship in old IR versions
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path), **kwargs)
+    return path
+
+
+def conv_classifier(path: Path, dims: list[Any], opset: int) -> Path:
+    """A text-direction-style CNN: Conv, Relu, global pool, Gemm to 4 classes, on an image input of ``dims``."""
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "cw", "cb"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+         helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+         helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+         helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], name="fc")],
+        "cls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [dims[0], 4])],
+        [_w("cw", (8, 3, 3, 3), 0), _w("cb", (8,), 1, 0.1), _w("fw", (8, 4), 2, 1.0), _w("fb", (4,), 3, 0.1)])
+    return _save(graph, path, opset)
+
+
+def detector(path: Path) -> Path:
+    """A DB-detector-style net (opset 12): symbolic batch, height and width; a stride-2 branch upsampled back
+    and added to a full-resolution branch, so odd sizes break the Add."""
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["full"], pads=[1, 1, 1, 1], name="conv_full"),
+         helper.make_node("Conv", ["x", "w2"], ["half"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv_half"),
+         helper.make_node("Resize", ["half", "roi", "scales"], ["up"], mode="nearest", name="up"),
+         helper.make_node("Add", ["full", "up"], ["sum"], name="add"),
+         helper.make_node("Sigmoid", ["sum"], ["prob"], name="prob")],
+        "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["batch", 4, "height", "width"])],
+        [_w("w1", (4, 3, 3, 3), 4), _w("w2", (4, 3, 3, 3), 5), numpy_helper.from_array(np.zeros(0, np.float32), "roi"),
+         numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
+    return _save(graph, path, 12)
+
+
+def mlp(path: Path, opset: int, *, external: bool = False, width: int = 16) -> Path:
+    """A Gemm-Relu-Gemm MLP at ``opset``; ``external`` saves its weights in model.onnx.data."""
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], name="fc2")],
+        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [_w("w1", (width, 32), 6), _w("b1", (32,), 7, 0.1), _w("w2", (32, 10), 8), _w("b2", (10,), 9, 0.1)])
+    if external:
+        return _save(graph, path, opset, save_as_external_data=True, all_tensors_to_one_file=True,
+                     location=f"{path.name}.data", size_threshold=0)
+    return _save(graph, path, opset)
+
+
+def token_classifier(path: Path) -> Path:
+    """int64 token ids [batch, seq] into a 50-word embedding: ids of 50 or more make Gather fail."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+         helper.make_node("ReduceMean", ["e"], ["pooled"], axes=[1], keepdims=0, name="pool"),
+         helper.make_node("MatMul", ["pooled", "w"], ["logits"], name="head")],
+        "tokens", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])],
+        [_w("emb", (50, 16), 10, 1.0), _w("w", (16, 5), 11)])
+    return _save(graph, path, 17)
+
+
+def voice_activity(path: Path) -> Path:
+    """A stateful VAD-style model (opset 15): audio ``input`` [?, 64], ``state`` [2, ?, 8] fed back as
+    ``stateN``, and a scalar int64 sample rate ``sr`` that scales the features."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w_in"], ["h"], name="proj"),
+         helper.make_node("ReduceSum", ["state", "axis0"], ["carried"], keepdims=0, name="carry"),
+         helper.make_node("Add", ["h", "carried"], ["mixed"], name="mix"),
+         helper.make_node("Tanh", ["mixed"], ["new_h"], name="cell"),
+         helper.make_node("Cast", ["sr"], ["sr_f"], to=TensorProto.FLOAT, name="sr_float"),
+         helper.make_node("Div", ["sr_f", "rate"], ["ratio"], name="sr_ratio"),
+         helper.make_node("Mul", ["new_h", "ratio"], ["scaled"], name="scale"),
+         helper.make_node("MatMul", ["scaled", "w_out"], ["logit"], name="head"),
+         helper.make_node("Sigmoid", ["logit"], ["output"], name="prob"),
+         helper.make_node("Unsqueeze", ["new_h", "axis0"], ["one"], name="lift"),
+         helper.make_node("Concat", ["one", "one"], ["stateN"], axis=0, name="stack")],
+        "vad",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, None, 8]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 1]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, None, 8])],
+        [_w("w_in", (64, 8), 12, 0.2), _w("w_out", (8, 1), 13, 1.0),
+         numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+         numpy_helper.from_array(np.array(16000.0, np.float32), "rate")])
+    return _save(graph, path, 15)
+
+
+def with_if(path: Path) -> Path:
+    """An If node: a positive input sum takes the Relu branch, else the Tanh branch; both share a weight."""
+    then_graph = helper.make_graph([helper.make_node("Relu", ["x"], ["t"]), helper.make_node("MatMul", ["t", "w"],
+                                                                                             ["then_out"])],
+                                   "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, None)])
+    else_graph = helper.make_graph([helper.make_node("Tanh", ["x"], ["e"]), helper.make_node("MatMul", ["e", "w"],
+                                                                                             ["else_out"])],
+                                   "else", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0, name="sum"),
+         helper.make_node("Greater", ["total", "zero"], ["cond"], name="positive"),
+         helper.make_node("If", ["cond"], ["logits"], then_branch=then_graph, else_branch=else_graph, name="branch")],
+        "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 6])],
+        [_w("w", (8, 6), 14, 1.0), numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    return _save(graph, path, 17)
+
+
+def with_loop(path: Path) -> Path:
+    """A Loop that applies a Tanh(MatMul) cell three times to a carried state (an unrolled RNN)."""
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["v_in", "w"], ["m"]), helper.make_node("Tanh", ["m"], ["v_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body, name="loop")],
+        "loop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [_w("w", (8, 8), 15, 0.5), numpy_helper.from_array(np.array(3, np.int64), "trips")])
+    return _save(graph, path, 17)
+
+
+def two_inputs(path: Path) -> Path:
+    """Two float inputs added, then a Gemm."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+         helper.make_node("Gemm", ["s", "w", "bias"], ["logits"], name="fc")],
+        "two", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 8]),
+                helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])],
+        [_w("w", (8, 5), 16, 1.0), _w("bias", (5,), 17, 0.1)])
+    return _save(graph, path, 17)
+
+
+def _feeds(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    """Test inputs of the model's dtypes (independent of the optimizer's generator)."""
+    rng = np.random.default_rng(42)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds: dict[str, np.ndarray] = {}
+    for item in session.get_inputs():
+        shape = (shapes or {}).get(item.name) or tuple(d if isinstance(d, int) and d > 0 else (2 if i == 0 else 16)
+                                                       for i, d in enumerate(item.shape))
+        if item.type == "tensor(int64)":
+            feeds[item.name] = np.array(16000, np.int64) if item.name == "sr" else rng.integers(0, 50, shape)
+        elif item.name == "state":
+            feeds[item.name] = np.zeros(shape, np.float32)
+        else:
+            feeds[item.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a64 @ b64 / max(np.linalg.norm(a64) * np.linalg.norm(b64), 1e-30))
+
+
+def _optimize_cli(model: Path, out: Path, *extra: str) -> int:
+    return main(["optimize", str(model), "--target", "x86-server", "--out", str(out), *CLI_FAST, *extra])
+
+
+def _assert_package_matches_fp32(model: Path, out: Path, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    report = json.loads((out / "report.json").read_text())
+    chosen = report["best"]["variant"]
+    rows = {row["variant"]: row for row in report["candidates"]}
+    assert rows[chosen]["quality"] >= rows["fp32"]["quality"] - MAX_DROP
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["files"]) >= {"model.onnx"}
+    reference = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, feeds)
+    packaged = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert len(packaged) == len(reference)
+    for want, have in zip(reference, packaged, strict=True):
+        assert have.shape == want.shape
+        assert _cosine(want, have) > 0.98, (chosen, _cosine(want, have))
+    return report
+
+
+TRAITS: dict[str, tuple[Callable[[Path], Path], dict[str, tuple[int, ...]] | None]] = {
+    "minus-one-dims-opset11": (lambda p: conv_classifier(p, [-1, 3, -1, -1], 11), {"x": (2, 3, 24, 24)}),
+    "symbolic-dims-opset12": (detector, {"x": (1, 3, 32, 48)}),
+    "opset9": (lambda p: mlp(p, 9), None),
+    "opset11": (lambda p: mlp(p, 11), None),
+    "int64-token-ids": (token_classifier, {"ids": (2, 12)}),
+    "state-in-out-and-sample-rate": (voice_activity, {"input": (1, 64), "state": (2, 1, 8)}),
+    "if-node": (with_if, None),
+    "loop-node": (with_loop, None),
+    "two-inputs": (two_inputs, None),
+    "external-data": (lambda p: mlp(p, 17, external=True), None),
+}
+
+
+@pytest.mark.parametrize("trait", sorted(TRAITS))
+def test_cli_optimize_packages_model_matching_fp32_when_model_has_trait(trait: str, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    build, shapes = TRAITS[trait]
+    model = build(tmp_path / "model.onnx")
+    out = tmp_path / "pkg"
+    code = _optimize_cli(model, out, "--passes", "int8-static-minmax,int8-dynamic")
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    report = _assert_package_matches_fp32(model, out, _feeds(model, shapes))
+    assert "generated" in report["data"]["eval"]
+    assert not any(why.startswith("failed") for why in report["skipped"].values()), report["skipped"]
