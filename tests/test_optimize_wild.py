@@ -169,6 +169,19 @@ def two_inputs(path: Path) -> Path:
     return _save(graph, path, 17)
 
 
+def masked(path: Path) -> Path:
+    """A float input and a bool mask [batch, 8]: masked-out features are zeroed before a Gemm."""
+    graph = helper.make_graph(
+        [helper.make_node("Where", ["keep", "x", "zero"], ["kept"], name="mask"),
+         helper.make_node("Gemm", ["kept", "w", "b"], ["logits"], name="fc")],
+        "masked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
+                   helper.make_tensor_value_info("keep", TensorProto.BOOL, ["batch", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero"), _w("w", (8, 4), 21, 1.0),
+         _w("b", (4,), 22, 0.1)])
+    return _save(graph, path, 17)
+
+
 def _feeds(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     """Test inputs of the model's dtypes (independent of the optimizer's generator)."""
     rng = np.random.default_rng(42)
@@ -177,7 +190,9 @@ def _feeds(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> dict
     for item in session.get_inputs():
         shape = (shapes or {}).get(item.name) or tuple(d if isinstance(d, int) and d > 0 else (2 if i == 0 else 16)
                                                        for i, d in enumerate(item.shape))
-        if item.type == "tensor(int64)":
+        if item.type == "tensor(bool)":
+            feeds[item.name] = rng.integers(0, 2, shape).astype(bool)
+        elif item.type == "tensor(int64)":
             feeds[item.name] = np.array(16000, np.int64) if item.name == "sr" else rng.integers(0, 50, shape)
         elif item.name == "state":
             feeds[item.name] = np.zeros(shape, np.float32)
@@ -214,6 +229,7 @@ def _assert_package_matches_fp32(model: Path, out: Path, feeds: dict[str, np.nda
 TRAITS: dict[str, tuple[Callable[[Path], Path], dict[str, tuple[int, ...]] | None]] = {
     "minus-one-dims-opset11": (lambda p: conv_classifier(p, [-1, 3, -1, -1], 11), {"x": (2, 3, 24, 24)}),
     "symbolic-dims-opset12": (detector, {"x": (1, 3, 32, 48)}),
+    "opset7": (lambda p: mlp(p, 7), None),
     "opset9": (lambda p: mlp(p, 9), None),
     "opset11": (lambda p: mlp(p, 11), None),
     "int64-token-ids": (token_classifier, {"ids": (2, 12)}),
@@ -221,6 +237,7 @@ TRAITS: dict[str, tuple[Callable[[Path], Path], dict[str, tuple[int, ...]] | Non
     "if-node": (with_if, None),
     "loop-node": (with_loop, None),
     "two-inputs": (two_inputs, None),
+    "bool-mask-input": (masked, None),
     "external-data": (lambda p: mlp(p, 17, external=True), None),
 }
 
@@ -237,3 +254,163 @@ def test_cli_optimize_packages_model_matching_fp32_when_model_has_trait(trait: s
     report = _assert_package_matches_fp32(model, out, _feeds(model, shapes))
     assert "generated" in report["data"]["eval"]
     assert not any(why.startswith("failed") for why in report["skipped"].values()), report["skipped"]
+
+
+def test_package_carries_external_data_when_model_keeps_weights_outside(tmp_path: Path) -> None:
+    from workbench.deploy import sha256_file
+    from workbench.optimize import optimize
+
+    model = mlp(tmp_path / "big.onnx", 17, external=True, width=256)
+    result = optimize(model, "x86-server", passes=["int8-dynamic", "int8-static-minmax"], use_cache=False,
+                      sweep=False, warmup=1, iterations=4, rounds=1)
+    for variant in ("fp32", "int8-dynamic", "int8-static-minmax"):
+        out = result.save(tmp_path / variant, variant=variant)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert set(manifest["files"]) == {"model.onnx", "model.onnx.data"}, variant
+        for name, entry in manifest["files"].items():
+            assert entry["sha256"] == sha256_file(out / name)
+        # The weights really live in the data file: the .onnx alone is a few hundred bytes.
+        assert (out / "model.onnx.data").stat().st_size > (out / "model.onnx").stat().st_size
+        feeds = _feeds(model)
+        want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        have = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        assert _cosine(want, have) > 0.98
+    assert result.source["size_mb"] * 2**20 > 256 * 32 * 4
+
+
+def reshape_35(path: Path) -> Path:
+    """Input x [batch, n] reshaped to [batch, 5, 7]: only n = 35 runs, which no guess hits."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "to"], ["r"], name="reshape"),
+         helper.make_node("ReduceMean", ["r"], ["m"], axes=[2], keepdims=0, name="pool"),
+         helper.make_node("MatMul", ["m", "w"], ["logits"], name="head")],
+        "r35", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(np.array([0, 5, 7], np.int64), "to"), _w("w", (5, 3), 18, 1.0)])
+    return _save(graph, path, 17)
+
+
+def test_cli_names_input_dim_and_flag_when_dynamic_dim_cannot_be_guessed(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    model = reshape_35(tmp_path / "r35.onnx")
+    code = _optimize_cli(model, tmp_path / "pkg", "--passes", "int8-dynamic")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "input 'x'" in err and "axis 1 ('n')" in err and "--input-shape x=1,D1" in err
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_cli_runs_when_input_shape_flag_gives_the_dim(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = reshape_35(tmp_path / "r35.onnx")
+    code = _optimize_cli(model, tmp_path / "pkg", "--passes", "int8-dynamic", "--input-shape", "x=1,35")
+    assert code == 0, capsys.readouterr().err
+    report = _assert_package_matches_fp32(model, tmp_path / "pkg", {"x": np.ones((3, 35), np.float32)})
+    assert "x=[N,35]" in report["data"]["input_shapes"]
+
+
+def test_cli_rejects_input_shape_when_flag_is_malformed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = reshape_35(tmp_path / "r35.onnx")
+    assert _optimize_cli(model, tmp_path / "pkg", "--input-shape", "x:1,35") == 1
+    assert "NAME=D1,D2" in capsys.readouterr().err
+    assert _optimize_cli(model, tmp_path / "pkg", "--input-shape", "y=1,35") == 1
+    assert "'y'" in capsys.readouterr().err
+
+
+def test_cli_says_model_is_not_onnx_when_file_is_unreadable(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "photo.onnx"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a model " * 50)
+    assert _optimize_cli(bad, tmp_path / "pkg") == 1
+    err = capsys.readouterr().err
+    assert "photo.onnx is not a valid ONNX model" in err and "re-export" in err
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_cli_says_runtime_cannot_load_when_model_uses_unknown_operator(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    graph = helper.make_graph([helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example")], "custom",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.example", 1)]), str(path))
+    assert _optimize_cli(path, tmp_path / "pkg") == 1
+    err = capsys.readouterr().err
+    assert "ONNX Runtime cannot load the FP32 model custom.onnx" in err and "Frobnicate" in err
+
+
+def test_cli_says_fp32_does_not_run_when_model_breaks_on_its_own_inputs(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "to"], ["y"])], "broken",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])],
+                              [numpy_helper.from_array(np.array([3, 5], np.int64), "to")])
+    path = _save(graph, tmp_path / "broken.onnx", 17)
+    assert _optimize_cli(path, tmp_path / "pkg") == 1
+    err = capsys.readouterr().err
+    assert "FP32 model does not run" in err and "x [1, 16]" in err
+
+
+# -- a failing pass ------------------------------------------------------------------------
+
+
+def _raising_apply(src: Path, dst: Path, ctx: Any, options: dict[str, Any]) -> None:
+    # A real failure: the pass asks onnx to convert to an opset that does not exist.
+    from onnx import version_converter
+
+    version_converter.convert_version(onnx.load(str(src)), 999)
+
+
+def _invalid_apply(src: Path, dst: Path, ctx: Any, options: dict[str, Any]) -> None:
+    # Writes a graph whose node reads a tensor nothing produces: onnx saves it, ONNX Runtime refuses it.
+    model = onnx.load(str(src))
+    model.graph.node[0].input[0] = "nowhere"
+    onnx.save(model, str(dst))
+
+
+@pytest.fixture
+def failing_passes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from workbench.optimize import _passes
+
+    always = lambda ctx: (True, "always")  # noqa: E731
+    monkeypatch.setitem(_passes._PASSES, "raises", _passes.Pass("raises", "graph", "fails", always, _raising_apply))
+    monkeypatch.setitem(_passes._PASSES, "invalid", _passes.Pass("invalid", "graph", "breaks", always, _invalid_apply))
+    return ["raises", "invalid"]
+
+
+def test_cli_packages_other_variants_and_names_failures_when_passes_fail(
+        tmp_path: Path, failing_passes: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    model = mlp(tmp_path / "model.onnx", 17)
+    out = tmp_path / "pkg"
+    code = _optimize_cli(model, out, "--passes", ",".join(["int8-dynamic", *failing_passes]))
+    printed = capsys.readouterr().out
+    assert code == 0
+    report = _assert_package_matches_fp32(model, out, _feeds(model))
+    assert {row["variant"] for row in report["candidates"]} == {"fp32", "int8-dynamic"}
+    assert report["skipped"]["raises"].startswith("failed: pass raises failed: ")
+    assert report["skipped"]["invalid"].startswith("failed: the built model does not run: ")
+    assert "nowhere" in report["skipped"]["invalid"]
+    assert all("\n" not in why for why in report["skipped"].values())
+    assert "skipped raises: failed" in printed and "skipped invalid: failed" in printed
+
+
+def test_int8_is_skipped_with_reason_when_opset_cannot_be_upgraded(tmp_path: Path) -> None:
+    from workbench.optimize import optimize
+
+    # Opset 7 BatchNormalization with spatial=0 runs in ONNX Runtime, but onnx's version converter has no
+    # adapter for it: both INT8 passes (which need opset 11 and 13) are skipped, and FP32 is still offered.
+    stats = [numpy_helper.from_array(np.full(8, v, np.float32), n) for n, v in
+             (("scale", 1.0), ("shift", 0.0), ("mean", 0.1), ("var", 1.0))]
+    graph = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["x", "scale", "shift", "mean", "var"], ["n"], spatial=0, name="bn"),
+         helper.make_node("Gemm", ["n", "w", "b"], ["logits"], name="fc")],
+        "bn7", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [*stats, _w("w", (8, 4), 19, 1.0), _w("b", (4,), 20, 0.1)])
+    path = _save(graph, tmp_path / "bn7.onnx", 7)
+    result = optimize(path, "x86-server", passes=["int8-static-minmax", "int8-dynamic"], use_cache=False,
+                      sweep=False, warmup=1, iterations=4, rounds=1)
+    for variant, needed in (("int8-static-minmax", 13), ("int8-dynamic", 11)):
+        why = result.skipped[variant]
+        assert f"needs opset {needed}" in why and "the model has 7" in why and "version converter" in why
+    assert result.best.variant == "fp32"

@@ -191,7 +191,7 @@ def optimize(
     source_path, source_name, module = _source(model, example_input, workdir)
     spec = ModelSpec.from_path(source_path)
     shapes = resolve_shapes(spec, source_path, input_shapes,
-                            need_generated=eval_data is None or calibration_data is None)
+                            need_generated=eval_data is None or calibration_data is None, name=source_name)
     if shapes.guessed or shapes.user:
         notes.append(f"input shapes used for generated inputs: {shapes.describe()}" + (
             "; pass --input-shape NAME=D1,D2,... (input_shapes= in Python) to set them" if shapes.guessed else ""))

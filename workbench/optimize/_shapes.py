@@ -126,12 +126,12 @@ def _filled(spec: ModelSpec, dims: dict[str, tuple[Dim, ...]]) -> ModelSpec:
 
 
 def resolve_shapes(spec: ModelSpec, path: Path, input_shapes: Mapping[str, Any] | None = None, *,
-                   need_generated: bool = True) -> ShapePlan:
+                   need_generated: bool = True, name: str | None = None) -> ShapePlan:
     """Fill the model's dynamic dims: the user's ``input_shapes`` first, then guesses tried on the FP32 model.
 
     Raises :class:`ConfigError` naming the input, the dim and the ``--input-shape`` flag to pass when no
     guess runs (only when inputs must be generated, ``need_generated``), and :class:`OptimizeError`
-    when the FP32 model does not load or run at all.
+    when the FP32 model does not load or run at all (``name``: the model as the user knows it).
 
     Example:
         >>> plan = resolve_shapes(ModelSpec.from_path("det.onnx"), Path("det.onnx"),   # doctest: +SKIP
@@ -160,7 +160,7 @@ def resolve_shapes(spec: ModelSpec, path: Path, input_shapes: Mapping[str, Any] 
             slots.setdefault(tensor.name, []).append((axis, _kind(tensor, axis, dim, stacked)))
     kinds = {kind for entries in slots.values() for _, kind in entries}
     tries = len(_SPATIAL_TRIES) if kinds & {"spatial", "length"} else 1
-    session = _session(path)
+    session = _session(path, name or path.name)
     last_error = ""
     for attempt in range(tries):
         full_dims = dict(given_dims)
@@ -212,7 +212,7 @@ def _show(shape: tuple[Any, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _session(path: Path) -> Any:
+def _session(path: Path, name: str) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -220,7 +220,7 @@ def _session(path: Path) -> Any:
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise OptimizeError(f"ONNX Runtime cannot load the FP32 model {path.name}: {one_line(exc)}; the model is "
+        raise OptimizeError(f"ONNX Runtime cannot load the FP32 model {name}: {one_line(exc)}; the model is "
                             "malformed or uses operators ONNX Runtime lacks; re-export it") from exc
 
 
