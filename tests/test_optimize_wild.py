@@ -414,3 +414,99 @@ def test_int8_is_skipped_with_reason_when_opset_cannot_be_upgraded(tmp_path: Pat
         why = result.skipped[variant]
         assert f"needs opset {needed}" in why and "the model has 7" in why and "version converter" in why
     assert result.best.variant == "fp32"
+
+
+# -- generated and given data ------------------------------------------------------------------
+
+
+def test_generated_data_respects_dtype_and_role_when_inputs_are_rate_state_ids_and_mask(tmp_path: Path) -> None:
+    from workbench.optimize._data import generated_samples
+    from workbench.optimize._spec import ModelSpec
+
+    vad = ModelSpec.from_path(voice_activity(tmp_path / "vad.onnx"))
+    vad_samples = generated_samples(vad, 8, seed=0)
+    assert not vad_samples.stacked  # a scalar sr: fed one sample at a time
+    assert vad_samples.inputs["sr"].dtype == np.int64 and set(vad_samples.inputs["sr"].tolist()) == {16000}
+    assert vad_samples.inputs["state"].shape[1] == 2 and not vad_samples.inputs["state"].any()
+    tokens = ModelSpec.from_path(token_classifier(tmp_path / "tok.onnx"))
+    assert tokens.inputs[0].high == 50  # the embedding table's rows
+    ids = generated_samples(tokens, 16, seed=0).inputs["ids"]
+    assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 50 and len(np.unique(ids)) > 10
+    keep = generated_samples(ModelSpec.from_path(masked(tmp_path / "mask.onnx")), 4).inputs["keep"]
+    assert keep.dtype == np.bool_ and keep.any() and not keep.all()
+
+
+def test_state_input_gets_previous_fp32_state_when_samples_are_generated(tmp_path: Path) -> None:
+    from workbench.optimize._data import generated_samples
+    from workbench.optimize._shapes import resolve_shapes
+    from workbench.optimize._spec import ModelSpec
+    from workbench.optimize._state import roll_state, state_pairs
+
+    path = voice_activity(tmp_path / "vad.onnx")
+    spec = ModelSpec.from_path(path)
+    assert state_pairs(spec) == {"state": "stateN"}
+    shapes = resolve_shapes(spec, path)
+    samples = roll_state(path, generated_samples(shapes.full, 4, seed=0, stacked=shapes.stacked),
+                         state_pairs(spec))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    states = samples.inputs["state"]
+    assert not states[0].any()
+    for index in range(3):
+        feeds = {name: array[index, ...] for name, array in samples.inputs.items()}
+        expected = session.run(["stateN"], feeds)[0]
+        np.testing.assert_array_equal(states[index + 1], expected)
+    assert states[3].any()
+
+
+def test_report_names_npz_data_when_cli_is_given_npz_keyed_by_input_names(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = two_inputs(tmp_path / "two.onnx")
+    rng = np.random.default_rng(5)
+    data = tmp_path / "data.npz"
+    np.savez(data, a=rng.standard_normal((24, 8)).astype(np.float32), b=rng.standard_normal((24, 8)).astype(np.float32))
+    code = _optimize_cli(model, tmp_path / "pkg", "--passes", "int8-dynamic", "--eval", str(data), "--calibration",
+                         str(data), "--metric", "agreement")
+    printed = capsys.readouterr().out
+    assert code == 0
+    report = json.loads((tmp_path / "pkg" / "report.json").read_text())
+    assert report["data"]["eval"] == "given: npz file data.npz" and report["data"]["eval_samples"] == 24
+    assert report["data"]["calibration"] == "given: npz file data.npz"
+    assert "data: eval given: npz file data.npz (24 samples)" in printed
+
+
+def test_images_are_resized_to_the_input_when_data_is_a_directory_of_images(tmp_path: Path) -> None:
+    from workbench.optimize import optimize
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(6)
+    for index in range(5):
+        np.save(images / f"img{index}.npy", rng.integers(0, 256, (40 + index, 30, 3)).astype(np.uint8))
+    model = conv_classifier(tmp_path / "cls.onnx", [-1, 3, -1, -1], 11)
+    result = optimize(model, "x86-server", calibration_data=images, eval_data=images, metric="agreement",
+                      input_shapes={"x": (1, 3, 32, 32)}, passes=["int8-static-minmax"], use_cache=False,
+                      sweep=False, warmup=1, iterations=4, rounds=1)
+    assert result.data["eval"] == "given: 5 images from images/, resized to 32x32, scaled to [0, 1]"
+    assert result.data["calibration_samples"] == 5
+    assert "x=[N,3,32,32]" in result.data["input_shapes"]
+
+
+def test_torch_dataloader_and_callable_are_read_when_given_as_data(tmp_path: Path) -> None:
+    import torch
+
+    from workbench.optimize._data import to_samples
+    from workbench.optimize._spec import ModelSpec
+
+    spec = ModelSpec.from_path(mlp(tmp_path / "mlp.onnx", 17))
+    x = torch.randn(10, 16)
+    y = torch.arange(10) % 3
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    from_loader = to_samples(loader, spec, what="eval data")
+    assert from_loader.count == 10 and from_loader.origin == "given: torch DataLoader (3 batches)"
+    np.testing.assert_array_equal(from_loader.labels, y.numpy())
+
+    def calibration_set() -> np.ndarray:
+        return x.numpy()[:6]
+
+    from_callable = to_samples(calibration_set, spec, what="calibration data")
+    assert from_callable.count == 6 and from_callable.origin == "given: callable calibration_set()"

@@ -27,6 +27,7 @@ from workbench.optimize._preflight import int8_outlook
 from workbench.optimize._result import OptimizeResult
 from workbench.optimize._shapes import ShapePlan, one_line, resolve_shapes
 from workbench.optimize._spec import ModelSpec, load_model
+from workbench.optimize._state import roll_state, state_pairs
 from workbench.optimize._target import resolve_target
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -196,13 +197,21 @@ def optimize(
         notes.append(f"input shapes used for generated inputs: {shapes.describe()}" + (
             "; pass --input-shape NAME=D1,D2,... (input_shapes= in Python) to set them" if shapes.guessed else ""))
     samples = _eval_samples(eval_data, shapes, metric, notes)
+    pairs = state_pairs(spec)
+    if eval_data is None:
+        samples = roll_state(source_path, samples, pairs)
     if calibration_data is None:
-        calibration = generated_samples(shapes.full, 64, seed=2, stacked=shapes.stacked)
+        calibration = roll_state(source_path, generated_samples(shapes.full, 64, seed=2, stacked=shapes.stacked),
+                                 pairs)
         notes.append("no calibration data given: 64 inputs were generated from the model's input spec; give real "
                      "calibration data for usable INT8 ranges")
     else:
         calibration = to_samples(calibration_data, shapes.given, what="calibration data", stacked=shapes.stacked,
                                  sizes=shapes.full)
+    if pairs and (eval_data is None or calibration_data is None):
+        notes.append("generated samples run as a stream: each state input (" + ", ".join(
+            f"{i} <- {o}" for i, o in pairs.items()) + ") gets the FP32 model's state from the sample before; "
+            "the first starts from zeros")
     finetune = to_samples(finetune_data, shapes.given, what="fine-tuning data", stacked=shapes.stacked,
                           sizes=shapes.full) if finetune_data is not None else None
     ctx = PassContext(workdir, calibration, resolved.profile.precisions, resolved.providers,
