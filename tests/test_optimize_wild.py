@@ -182,6 +182,21 @@ def masked(path: Path) -> Path:
     return _save(graph, path, 17)
 
 
+def tf2onnx_style(path: Path) -> Path:
+    """A tf2onnx-style NHWC classifier: input ``input_1:0`` [unk__1, unk__2, unk__3, 3], transposed to NCHW."""
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["input_1:0"], ["nchw"], perm=[0, 3, 1, 2], name="to_nchw"),
+         helper.make_node("Conv", ["nchw", "cw"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+         helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+         helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+         helper.make_node("MatMul", ["f", "fw"], ["Identity:0"], name="fc")],
+        "tf2onnx", [helper.make_tensor_value_info("input_1:0", TensorProto.FLOAT, ["unk__1", "unk__2", "unk__3", 3])],
+        [helper.make_tensor_value_info("Identity:0", TensorProto.FLOAT, ["unk__1", 4])],
+        [_w("cw", (8, 3, 3, 3), 23), _w("fw", (8, 4), 24, 1.0)])
+    return _save(graph, path, 13)
+
+
 def _feeds(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     """Test inputs of the model's dtypes (independent of the optimizer's generator)."""
     rng = np.random.default_rng(42)
@@ -238,7 +253,18 @@ TRAITS: dict[str, tuple[Callable[[Path], Path], dict[str, tuple[int, ...]] | Non
     "loop-node": (with_loop, None),
     "two-inputs": (two_inputs, None),
     "bool-mask-input": (masked, None),
+    "tf2onnx-nhwc-unknown-dims": (tf2onnx_style, {"input_1:0": (2, 20, 28, 3)}),
     "external-data": (lambda p: mlp(p, 17, external=True), None),
+}
+
+
+# Shapes the optimizer must guess for the generated inputs (the rest have no dims to guess).
+GUESSED = {
+    "minus-one-dims-opset11": "x=[N,3,224,224] (guessed axes [2, 3])",
+    "symbolic-dims-opset12": "x=[N,3,224,224] (guessed axes [2, 3])",
+    "tf2onnx-nhwc-unknown-dims": "input_1:0=[N,224,224,3] (guessed axes [1, 2])",
+    "state-in-out-and-sample-rate": "input=[1,64] (guessed axes [0]); state=[2,1,8] (guessed axes [1]); sr=[]",
+    "int64-token-ids": "ids=[N,16] (guessed axes [1])",
 }
 
 
@@ -253,6 +279,11 @@ def test_cli_optimize_packages_model_matching_fp32_when_model_has_trait(trait: s
     assert code == 0, printed.err
     report = _assert_package_matches_fp32(model, out, _feeds(model, shapes))
     assert "generated" in report["data"]["eval"]
+    if trait in GUESSED:
+        assert report["data"]["input_shapes"] == GUESSED[trait]
+    if "opset" in trait:  # below 13: static INT8 ran on a copy upgraded by onnx's version converter, and says so
+        assert any("was upgraded to 13 with onnx's version converter" in note for note in report["notes"])
+        assert "int8-static-minmax" in {row["variant"] for row in report["candidates"]}
     assert not any(why.startswith("failed") for why in report["skipped"].values()), report["skipped"]
 
 
@@ -472,6 +503,7 @@ def test_report_names_npz_data_when_cli_is_given_npz_keyed_by_input_names(
     assert report["data"]["eval"] == "given: npz file data.npz" and report["data"]["eval_samples"] == 24
     assert report["data"]["calibration"] == "given: npz file data.npz"
     assert "data: eval given: npz file data.npz (24 samples)" in printed
+    assert "<b>Data:</b> eval: given: npz file data.npz (24 samples)" in (tmp_path / "pkg" / "report.html").read_text()
 
 
 def test_images_are_resized_to_the_input_when_data_is_a_directory_of_images(tmp_path: Path) -> None:
