@@ -542,3 +542,14 @@ def test_torch_dataloader_and_callable_are_read_when_given_as_data(tmp_path: Pat
 
     from_callable = to_samples(calibration_set, spec, what="calibration data")
     assert from_callable.count == 6 and from_callable.origin == "given: callable calibration_set()"
+
+
+def test_optimize_says_fp32_does_not_run_on_eval_data_when_given_data_breaks_the_model(tmp_path: Path) -> None:
+    from workbench.errors import OptimizeError
+    from workbench.optimize import optimize
+
+    model = reshape_35(tmp_path / "r35.onnx")
+    wrong = np.zeros((4, 36), np.float32)  # the model's dim is dynamic, so only running it shows 36 is wrong
+    with pytest.raises(OptimizeError, match=r"FP32 model does not run on the eval data.*x\['batch', 'n'\]"):
+        optimize(model, "x86-server", eval_data=wrong, calibration_data=wrong, metric="agreement", use_cache=False,
+                 sweep=False, warmup=1, iterations=4, rounds=1)

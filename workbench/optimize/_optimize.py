@@ -235,6 +235,14 @@ def optimize(
         "int8_likely_helps": outlook_here[0], "why": outlook_here[1], "measured_cpu_isa": list(resolved.isa_features),
         "profile_int8_likely_helps": outlook_profile[0], "profile_why": outlook_profile[1], "summary": summary}
 
+    # The FP32 outputs first: if FP32 cannot run on the eval data, nothing else is worth building.
+    try:
+        reference = run_outputs(str(source_path), samples)
+    except Exception as exc:
+        raise OptimizeError(f"the FP32 model does not run on the eval data in ONNX Runtime: {one_line(exc)}; "
+                            "check the data's shapes and dtypes against the model's inputs "
+                            f"({', '.join(t.name + str(list(t.shape)) for t in spec.inputs)})") from exc
+
     # -- build -----------------------------------------------------------------------
     files: dict[str, Path] = {}
     recipes: dict[str, dict[str, Any]] = {}
@@ -271,12 +279,6 @@ def optimize(
         files[item["variant"]] = cache.put_model(key, out)
 
     # -- quality -----------------------------------------------------------------------
-    try:
-        reference = run_outputs(str(files[BASELINE]), samples)
-    except Exception as exc:
-        raise OptimizeError(f"the FP32 model does not run on the eval data in ONNX Runtime: {one_line(exc)}; "
-                            "check the data's shapes and dtypes against the model's inputs "
-                            f"({', '.join(t.name + str(list(t.shape)) for t in spec.inputs)})") from exc
     rows: dict[str, dict[str, Any]] = {}
 
     def quality_row(variant: str) -> dict[str, Any]:

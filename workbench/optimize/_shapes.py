@@ -130,8 +130,9 @@ def resolve_shapes(spec: ModelSpec, path: Path, input_shapes: Mapping[str, Any] 
     """Fill the model's dynamic dims: the user's ``input_shapes`` first, then guesses tried on the FP32 model.
 
     Raises :class:`ConfigError` naming the input, the dim and the ``--input-shape`` flag to pass when no
-    guess runs (only when inputs must be generated, ``need_generated``), and :class:`OptimizeError`
-    when the FP32 model does not load or run at all (``name``: the model as the user knows it).
+    guess runs, and :class:`OptimizeError` when the FP32 model does not load, or does not run on
+    generated inputs of its own fixed shapes (``name``: the model as the user knows it). When the user
+    gives all the data (``need_generated=False``), a failed try is left for that data to decide.
 
     Example:
         >>> plan = resolve_shapes(ModelSpec.from_path("det.onnx"), Path("det.onnx"),   # doctest: +SKIP
@@ -177,13 +178,14 @@ def resolve_shapes(spec: ModelSpec, path: Path, input_shapes: Mapping[str, Any] 
         if error is None:
             return ShapePlan(given, full, stacked, guessed, user)
         last_error = error
+    if not need_generated:
+        # The user's eval and calibration data decide: generated inputs may miss values the model needs.
+        return ShapePlan(given, given, stacked, {}, user)
     if not slots:
         shapes = ", ".join(f"{t.name} {_show(t.shape)}" for t in given.inputs)
         raise OptimizeError(f"the FP32 model does not run in ONNX Runtime on inputs shaped {shapes}: {last_error}. "
                             "The model itself is broken or expects other inputs; check it with onnxruntime "
                             "before optimizing")
-    if not need_generated:
-        return ShapePlan(given, given, stacked, {}, user)
     raise ConfigError(_cannot_guess(given, slots, tries, last_error))
 
 
