@@ -336,6 +336,7 @@ def optimize(
     base = rows[BASELINE]
     for row in rows.values():
         row["speedup"] = speedup(row, base)
+    notes.extend(_exclusion_costs(rows))
     parts = {v: {"recipe": recipes[v], "versions": versions, "target": fingerprint, "measure": measure_settings}
              for v in rows}
     diff = cache.diff_against_last(key_of({"source": source_sha, "target": resolved.name}), parts)
@@ -396,7 +397,7 @@ def _exclude_layers(static: list[str], rows: dict[str, dict[str, Any]], files: d
             files[variant] = out
             recipes[variant] = {**recipes[best_static], "steps": steps}
             try:
-                rows[variant] = quality_row(variant)
+                rows[variant] = {**quality_row(variant), "excluded_layers": excluded}
             except Exception:
                 del files[variant]
                 raise
@@ -409,6 +410,21 @@ def _exclude_layers(static: list[str], rows: dict[str, dict[str, Any]], files: d
         else:
             notes.append(f"{best_static}: excluding up to {len(ranked)} layers did not meet the accuracy "
                          "constraint")
+
+
+def _exclusion_costs(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per variant built with layers kept in FP32: which layers, and what that gained and cost."""
+    lines = []
+    for variant, row in rows.items():
+        excluded = row.get("excluded_layers")
+        plain = rows.get(variant.rsplit("-excl", 1)[0]) if excluded else None
+        if not excluded or plain is None:
+            continue
+        lines.append(f"{variant} keeps {len(excluded)} layer(s) in FP32 ({', '.join(excluded)}): "
+                     f"{row['quality_name']} {plain['quality']:.4g} -> {row['quality']:.4g} "
+                     f"(FP32 {rows[BASELINE]['quality']:.4g}), p50 {plain['p50_ms']:.4g} -> {row['p50_ms']:.4g} ms "
+                     f"(FP32 {rows[BASELINE]['p50_ms']:.4g} ms)")
+    return lines
 
 
 def _likely(value: bool | None) -> str:
