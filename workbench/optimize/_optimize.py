@@ -325,7 +325,7 @@ def optimize(
                                                 "iterations", "threads", "measured_on", "provider", "round_p50_ms")}
                    for v, r in cached_rows.items() if r is not None}
     elif resolved.device is not None:
-        timings = measure_on_device(files, feeds, spec, resolved, warmup=warmup, iterations=iterations,
+        timings = measure_on_device(files, feeds, shapes.full, resolved, warmup=warmup, iterations=iterations,
                                     rounds=rounds, artifact_host=artifact_host, timeout=timeout)
     else:
         timings = measure_on_host(files, feeds, resolved, warmup=warmup, iterations=iterations, rounds=rounds)
@@ -352,7 +352,7 @@ def optimize(
     if sweep and resolved.threads > 1 and not all_hit:
         # The thread count is part of the recipe: fewer threads can win on a busy or small CPU.
         picked = {v: files[v] for v in {BASELINE, choice.variant or BASELINE}}
-        tried = sweep_threads(picked, feeds, spec, resolved, warmup=warmup, iterations=iterations,
+        tried = sweep_threads(picked, feeds, shapes.full, resolved, warmup=warmup, iterations=iterations,
                               rounds=rounds, artifact_host=artifact_host, timeout=timeout)
         best_variant = choice.variant or BASELINE
         best_count = min(tried, key=lambda n: tried[n][best_variant])
