@@ -157,6 +157,29 @@ def with_loop(path: Path) -> Path:
     return _save(graph, path, 17)
 
 
+def with_scan(path: Path) -> Path:
+    """A Scan over axis 1 of x [batch, seq, 4]: an RNN cell Tanh(h + x_t W) whose last state is classified."""
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["x_t", "w"], ["m"]), helper.make_node("Add", ["h_in", "m"], ["s"]),
+         helper.make_node("Tanh", ["s"], ["h_out"]), helper.make_node("Identity", ["h_out"], ["y_t"])],
+        "cell", [helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["batch", 4]),
+                 helper.make_tensor_value_info("x_t", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("y_t", TensorProto.FLOAT, ["batch", 4])])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axis1"], ["summed"], keepdims=0, name="sum"),
+         helper.make_node("Mul", ["summed", "zero"], ["h0"], name="zeros"),
+         helper.make_node("Scan", ["h0", "x"], ["h_last", "ys"], body=body, num_scan_inputs=1,
+                          scan_input_axes=[1], scan_output_axes=[1], name="scan"),
+         helper.make_node("MatMul", ["h_last", "head"], ["logits"], name="head")],
+        "scan", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [_w("w", (4, 4), 25, 0.5), _w("head", (4, 3), 26, 1.0), numpy_helper.from_array(np.array(0.0, np.float32),
+                                                                                          "zero"),
+         numpy_helper.from_array(np.array([1], np.int64), "axis1")])
+    return _save(graph, path, 17)
+
+
 def two_inputs(path: Path) -> Path:
     """Two float inputs added, then a Gemm."""
     graph = helper.make_graph(
@@ -251,6 +274,7 @@ TRAITS: dict[str, tuple[Callable[[Path], Path], dict[str, tuple[int, ...]] | Non
     "state-in-out-and-sample-rate": (voice_activity, {"input": (1, 64), "state": (2, 1, 8)}),
     "if-node": (with_if, None),
     "loop-node": (with_loop, None),
+    "scan-node": (with_scan, {"x": (2, 5, 4)}),
     "two-inputs": (two_inputs, None),
     "bool-mask-input": (masked, None),
     "tf2onnx-nhwc-unknown-dims": (tf2onnx_style, {"input_1:0": (2, 20, 28, 3)}),
@@ -553,3 +577,14 @@ def test_optimize_says_fp32_does_not_run_on_eval_data_when_given_data_breaks_the
     with pytest.raises(OptimizeError, match=r"FP32 model does not run on the eval data.*x\['batch', 'n'\]"):
         optimize(model, "x86-server", eval_data=wrong, calibration_data=wrong, metric="agreement", use_cache=False,
                  sweep=False, warmup=1, iterations=4, rounds=1)
+
+
+def test_optimize_rejects_input_shapes_when_rank_or_fixed_size_disagrees(tmp_path: Path) -> None:
+    from workbench.errors import ConfigError
+    from workbench.optimize import optimize
+
+    model = conv_classifier(tmp_path / "cls.onnx", [-1, 3, -1, -1], 11)
+    with pytest.raises(ConfigError, match=r"input 'x' has rank 4 \[\?, 3, \?, \?\].*3 dims"):
+        optimize(model, "x86-server", input_shapes={"x": (1, 3, 32)}, use_cache=False)
+    with pytest.raises(ConfigError, match=r"fixed size 3 on axis 1.*says 4"):
+        optimize(model, "x86-server", input_shapes={"x": "1,4,32,32"}, use_cache=False)
