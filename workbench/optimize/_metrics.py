@@ -58,8 +58,10 @@ def agreement(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[
     """
     ref = reference[0].astype(np.float64).reshape(reference[0].shape[0], -1)
     got = candidate[0].astype(np.float64).reshape(candidate[0].shape[0], -1)
-    # Top-1 only for class scores [N, classes]; a map (a detector's [N, C, H, W]) is compared by cosine.
-    classes = reference[0].ndim == 2 and ref.shape[1] > 1
+    # Top-1 only for class scores [N, classes] (or [N, 1, classes] from a model fed one sample at a time);
+    # a map (a detector's [N, C, H, W]) is compared by cosine.
+    shape = reference[0].shape
+    classes = len(shape) >= 2 and shape[-1] > 1 and int(np.prod(shape[1:-1])) == 1
     top1 = float(np.mean(np.argmax(ref, axis=1) == np.argmax(got, axis=1))) if classes else float("nan")
     flat_ref = np.concatenate([r.astype(np.float64).ravel() for r in reference])
     flat_got = np.concatenate([c.astype(np.float64).ravel() for c in candidate])
