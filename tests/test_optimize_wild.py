@@ -588,3 +588,20 @@ def test_optimize_rejects_input_shapes_when_rank_or_fixed_size_disagrees(tmp_pat
         optimize(model, "x86-server", input_shapes={"x": (1, 3, 32)}, use_cache=False)
     with pytest.raises(ConfigError, match=r"fixed size 3 on axis 1.*says 4"):
         optimize(model, "x86-server", input_shapes={"x": "1,4,32,32"}, use_cache=False)
+
+
+def test_grey_images_become_nhwc_rgb_when_model_takes_channels_last(tmp_path: Path) -> None:
+    from workbench.optimize._data import to_samples
+    from workbench.optimize._shapes import resolve_shapes
+    from workbench.optimize._spec import ModelSpec
+
+    images = tmp_path / "grey"
+    images.mkdir()
+    for index in range(3):
+        np.save(images / f"g{index}.npy", np.full((10, 14), 51 * index, np.uint8))
+    path = tf2onnx_style(tmp_path / "tf.onnx")
+    shapes = resolve_shapes(ModelSpec.from_path(path), path, {"input_1:0": (1, 20, 28, 3)})
+    samples = to_samples(images, shapes.given, what="calibration data", sizes=shapes.full)
+    batch = samples.inputs["input_1:0"]
+    assert batch.shape == (3, 20, 28, 3) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[:, 0, 0, :], [[0.0] * 3, [0.2] * 3, [0.4] * 3], atol=1e-6)

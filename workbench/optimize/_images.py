@@ -63,6 +63,20 @@ def _read(path: Path) -> np.ndarray:
     return array
 
 
+def _channels(image: np.ndarray, channels: int, file: Path) -> np.ndarray:
+    """Grey to RGB by repeating, RGB to grey by averaging, RGBA to RGB by dropping alpha."""
+    have = image.shape[2]
+    if have == channels:
+        return image
+    if channels == 1:
+        return image[:, :, :3].mean(axis=2, keepdims=True)
+    if have == 1:
+        return np.repeat(image, channels, axis=2)
+    if have > channels:
+        return image[:, :, :channels]
+    raise ConfigError(f"image {file} has {have} channels; the model's input takes {channels}")
+
+
 def load_image_dir(directory: Path, spec: ModelSpec, *, what: str) -> tuple[np.ndarray, str]:
     """Every image in ``directory`` (sorted by name, at most 1024) as one batch for the model's single input.
 
@@ -85,11 +99,7 @@ def load_image_dir(directory: Path, spec: ModelSpec, *, what: str) -> tuple[np.n
     files = files[:_MAX_IMAGES]
     images = []
     for file in files:
-        image = _resize(_read(file), height, width)
-        if image.shape[2] != channels:
-            image = image.mean(axis=2, keepdims=True) if channels == 1 else np.repeat(image[:, :, :1], channels, 2) \
-                if image.shape[2] == 1 else image[:, :, :channels]
-        images.append(image)
+        images.append(_channels(_resize(_read(file), height, width), channels, file))
     batch = np.stack(images).astype(np.dtype(tensor.dtype))
     if layout == "nchw":
         batch = batch.transpose(0, 3, 1, 2)
