@@ -12,6 +12,11 @@ arguments; and ``workbench.optimize``'s choice for this host (x86-server profile
 here). Speed is reported as ratios against FP32 measured in the same run.
 
 Run: ``.venv/bin/python benchmarks/optimize.py [--quick]``
+
+``--zoo [--models mobilenet_v2,resnet18,yolo_small,bert_small,audio_gru]`` runs the realistic-size
+models of ``benchmarks/zoo.py`` (random weights, calibrated BatchNorm, no downloads) against
+``quantize_dynamic`` and ``quantize_static`` with defaults and ``quantize_static`` per-channel QDQ after
+``quant_pre_process``; quality is agreement with the FP32 outputs on random inputs.
 """
 
 from __future__ import annotations
@@ -164,15 +169,120 @@ def bench(name: str, model: torch.nn.Module, x_train: np.ndarray, y_train: np.nd
     return rows
 
 
+def plain_zoo_tools(fp32: Path, calib: list[dict[str, np.ndarray]], workdir: Path) -> dict[str, Path | str]:
+    """The plain tools on a zoo model: quantize_dynamic and quantize_static with defaults, and quantize_static
+    per-channel QDQ after quant_pre_process. A tool that fails is reported with its error, not fatal."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calib)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    def per_channel(out: Path) -> None:
+        pre = workdir / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre))
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+
+    tools: dict[str, Any] = {
+        "ort quantize_dynamic": lambda out: quantize_dynamic(str(fp32), str(out)),
+        "ort quantize_static": lambda out: quantize_static(str(fp32), str(out), Reader()),
+        "ort pre_process + static per-channel QDQ": per_channel,
+    }
+    built: dict[str, Path | str] = {}
+    for index, (label, tool) in enumerate(tools.items()):
+        out = workdir / f"plain{index}.onnx"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tool(out)
+            built[label] = out
+        except Exception as exc:
+            built[label] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    return built
+
+
+def bench_zoo(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One zoo model: FP32, the plain tools and workbench.optimize's choice, timed in the same rounds."""
+    from zoo import ZOO, build_onnx
+
+    from workbench.optimize._metrics import agreement
+    from workbench.optimize._shapes import stacks_on_first_axis
+    from workbench.optimize._spec import ModelSpec
+
+    entry = ZOO[name]
+    workdir = Path(tempfile.mkdtemp(prefix=f"wb-zoo-{name}-"))
+    started = time.perf_counter()
+    fp32 = build_onnx(entry, workdir / f"{name}.onnx")
+    spec = ModelSpec.from_path(fp32)
+    stacked = stacks_on_first_axis(spec)
+    rng = np.random.default_rng(7)
+    per_sample = [dict(zip(entry.input_names, entry.inputs(1, rng), strict=True))
+                  for _ in range(args.calibration + args.eval)]
+    calib_list, eval_list = per_sample[:args.calibration], per_sample[args.calibration:]
+
+    def stack(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        join = np.concatenate if stacked else np.stack
+        return {k: join([item[k] for item in items]) for k in entry.input_names}
+
+    plain = plain_zoo_tools(fp32, calib_list, workdir)
+    result = workbench.optimize(fp32, "x86-server", eval_data=stack(eval_list), calibration_data=stack(calib_list),
+                                metric="agreement", iterations=args.iterations, rounds=args.rounds, use_cache=False)
+    chosen = result.best.variant or "fp32"
+    paths: dict[str, Path] = {"fp32": fp32, **{k: v for k, v in plain.items() if isinstance(v, Path)},
+                              f"workbench: {chosen}": result.files[chosen]}
+    feeds = eval_list[0]
+    timing = time_models({k: str(v) for k, v in paths.items()}, feeds, threads=result.target["threads"],
+                         warmup=5, iterations=args.iterations, rounds=args.rounds)
+    samples = Samples(stack(eval_list), None, "given", stacked)
+    reference = run_outputs(str(fp32), samples)
+    base = timing["fp32"].p50_ms
+    print(f"\n== {name}: built in {time.perf_counter() - started:.0f} s; batch 1, {result.target['threads']} "
+          f"threads, CPU flags {','.join(cpu_features()) or 'none'}")
+    print(f"{'variant':<44} {'p50 ms':>9} {'vs FP32':>8} {'top-1 agr':>9} {'cosine':>7} {'size MB':>8}")
+    rows: dict[str, Any] = {}
+    for label, path in paths.items():
+        agree = agreement(reference, run_outputs(str(path), samples))
+        t = timing[label]
+        rows[label] = {"p50_ms": t.p50_ms, "speedup": base / t.p50_ms, **agree}
+        print(f"{label:<44} {t.p50_ms:9.3f} {base / t.p50_ms:7.2f}x {agree['top1']:9.4f} {agree['cosine']:7.4f} "
+              f"{path.stat().st_size / 2**20:8.2f}")
+    for label, why in plain.items():
+        if isinstance(why, str):
+            print(f"{label:<44} {why}")
+    best_plain = max((r["speedup"] for k, r in rows.items() if k.startswith("ort ")), default=float("nan"))
+    mine = rows[f"workbench: {chosen}"]["speedup"]
+    print(f"choice: {result.best}")
+    print(f"choice vs best plain tool: {mine / best_plain:.2f}x; vs FP32: {mine:.2f}x"
+          + (" (goal on VNNI CPUs: >= 0.95x plain and >= 2x FP32)" if entry.cnn else " (goal: >= 0.95x plain)"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer epochs and timed runs")
+    parser.add_argument("--zoo", action="store_true", help="run the model zoo (benchmarks/zoo.py) instead")
+    parser.add_argument("--models", default="mobilenet_v2,resnet18,yolo_small,bert_small,audio_gru",
+                        help="zoo models to run, comma-separated")
     args = parser.parse_args()
     args.epochs = 2 if args.quick else 6
     args.iterations = 60 if args.quick else 300
     args.rounds = 5 if args.quick else 9
     args.finetune_steps = 20 if args.quick else 60
     torch.set_num_threads(2)
+    if args.zoo:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        args.calibration = 16 if args.quick else 64
+        args.eval = 16 if args.quick else 64
+        print(f"CPU flags: {', '.join(cpu_features()) or 'none'}")
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            bench_zoo(name, args)
+        return
     data = np.load(ROOT / "datasets" / "digits" / "digits.npz")
 
     def up(x: np.ndarray) -> np.ndarray:

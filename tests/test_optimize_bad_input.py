@@ -41,7 +41,7 @@ def test_optimize_raises_when_file_is_missing(tmp_path: Path) -> None:
         optimize(tmp_path / "nope.onnx", "x86-server", use_cache=False)
 
 
-@pytest.mark.parametrize("opset", [7, 99])
+@pytest.mark.parametrize("opset", [6, 99])
 def test_optimize_raises_when_opset_is_unsupported(tmp_path: Path, opset: int) -> None:
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],

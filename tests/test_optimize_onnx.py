@@ -131,6 +131,12 @@ def test_optimize_ranks_and_excludes_layers_when_int8_breaks_the_quality_constra
     assert {r["node"] for r in ranked} <= {"fc1", "fc2"} and ranked
     assert all("added_error_db" in r for r in ranked)
     assert any(v.startswith("int8-static-minmax-excl") for v in result.candidates["variant"])
+    # What keeping layers in FP32 gained and cost is reported per excluded variant.
+    excl = [row for row in result.rows if row["variant"].startswith("int8-static-minmax-excl")]
+    for row in excl:
+        assert row["excluded_layers"] and set(row["excluded_layers"]) <= {"fc1", "fc2"}
+        line = next(n for n in result.notes if n.startswith(f"{row['variant']} keeps"))
+        assert ", ".join(row["excluded_layers"]) in line and "p50" in line and "-> " in line
 
 
 def test_optimize_generates_inputs_when_multi_input_model_has_no_data(tmp_path: Path) -> None:

@@ -17,12 +17,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Build the variants worth trying (graph optimization, INT8 dynamic and static, FP16 where it "
         "runs natively), measure them on the target (a profile: on this host with its thread count; a device id: "
         "on the device), choose the fastest within the constraints, never slower than FP32, and write a model "
-        "package with report.json and report.html. DATA is FILE.npz[:INPUTS_KEY[,LABELS_KEY]] (default keys "
-        "'inputs'/'labels' or 'x'/'y') or FILE.npy (inputs only).")
+        "package with report.json and report.html. A pass that fails is listed as skipped with its error; the run "
+        "fails only when the FP32 model cannot run. DATA is FILE.npz[:INPUTS_KEY[,LABELS_KEY]] (default keys: the "
+        "model's input names, 'inputs'/'labels' or 'x'/'y'), FILE.npy (inputs only) or a directory of images "
+        "(resized to the input). Without data, inputs are generated from the model's spec.")
     parser.add_argument("model", help="path to an .onnx model")
     parser.add_argument("--target", required=True, help="a hardware profile name or a device id of the fleet")
     parser.add_argument("--eval", dest="eval_data", metavar="DATA", help="eval data with labels")
     parser.add_argument("--calibration", metavar="DATA", help="calibration inputs for static INT8")
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
+                        help="fix an input's dynamic dims (-1, 0, ? or symbolic), e.g. images=1,3,640,640; "
+                        "repeat for several inputs")
     parser.add_argument("--metric", choices=["accuracy", "agreement"],
                         help="quality measure; 'agreement' compares with the FP32 outputs (no labels needed)")
     parser.add_argument("--max-accuracy-drop", type=float, default=0.01, help="allowed drop, 0.01 = 1 point")
@@ -30,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-size-mb", type=float)
     parser.add_argument("--passes", help="comma-separated variants to build (default: all worth building)")
     parser.add_argument("--iterations", type=int, default=200, help="timed runs per candidate (default 200)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed runs per candidate first (default 5)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the optimize cache")
     parser.add_argument("--cache-dir", help="optimize cache directory (default ~/.cache/workbench/optimize)")
     parser.add_argument("--run-dir", help="local fleet run dir, for a device target")
@@ -48,13 +55,19 @@ def load_data(spec: str) -> Any:
         >>> load_data("datasets/digits/digits.npz:x_test,y_test")[0].shape   # doctest: +SKIP
         (360, 1, 8, 8)
     """
+    from pathlib import Path
+
     import numpy as np
 
     path, _, keys = spec.partition(":")
+    if Path(spec).is_dir():
+        return spec  # a directory of images: optimize() reads and resizes them for the model's input
     if path.endswith(".npy") and not keys:
         return _load(np, path)
     if not path.endswith(".npz"):
         raise ConfigError(f"data {spec!r}: use FILE.npz[:INPUTS[,LABELS]] or FILE.npy")
+    if not keys:
+        return path  # optimize() matches the arrays to the model's input names, or inputs/labels, or x/y
     archive = _load(np, path)
     names = [k for k in keys.split(",") if k] if keys else None
     if names is None:
@@ -101,7 +114,9 @@ def _optimize(args: argparse.Namespace) -> int:
     from workbench.optimize import optimize
     from workbench.optimize._package import write_directory_atomically
     from workbench.optimize._report import write_report
+    from workbench.optimize._shapes import parse_input_shape
 
+    shapes = dict(parse_input_shape(text) for text in args.input_shape)
     eval_data = load_data(args.eval_data) if args.eval_data else None
     calibration = load_data(args.calibration) if args.calibration else None
     if isinstance(calibration, tuple):
@@ -110,8 +125,9 @@ def _optimize(args: argparse.Namespace) -> int:
     try:
         result = optimize(
             args.model, target, eval_data=eval_data, calibration_data=calibration, metric=args.metric,
+            input_shapes=shapes or None,
             max_accuracy_drop=args.max_accuracy_drop, latency_budget_ms=args.latency_budget_ms,
-            max_size_mb=args.max_size_mb, iterations=args.iterations,
+            max_size_mb=args.max_size_mb, iterations=args.iterations, rounds=args.rounds, warmup=args.warmup,
             passes=[p.strip() for p in args.passes.split(",")] if args.passes else None,
             use_cache=not args.no_cache, cache_dir=args.cache_dir, artifact_host=args.artifact_host)
     finally:
@@ -131,6 +147,11 @@ def _optimize(args: argparse.Namespace) -> int:
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(result.candidates[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print(f"\nchosen: {result.best}")
+        print(f"data: eval {result.data['eval']} ({result.data['eval_samples']} samples); calibration "
+              f"{result.data['calibration']} ({result.data['calibration_samples']} samples)")
+        for note in result.notes:
+            if "upgraded" in note or "input shapes" in note:
+                print(f"note: {note}")
         for variant, why in result.skipped.items():
             print(f"skipped {variant}: {why}")
         print(f"wrote {out}" + ("" if result.best.variant else " (report only: nothing met the constraints)"))

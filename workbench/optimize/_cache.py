@@ -74,6 +74,11 @@ class OptimizeCache:
             return path
         target = self.directory / "models" / f"{key}.onnx"
         target.parent.mkdir(parents=True, exist_ok=True)
+        from workbench.optimize._files import copy_model, has_external_data
+
+        if has_external_data(path):
+            # The data file is written first, then the .onnx that names it: a reader sees a whole model or none.
+            return copy_model(path, target)
         tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
         shutil.copyfile(path, tmp)
         os.replace(tmp, target)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from workbench.optimize._data import Samples
+from workbench.optimize._files import has_external_data
 
 _QUANTIZED_OPS = {"Conv", "MatMul", "Gemm", "ConvTranspose", "Attention", "MatMulNBits"}
 
@@ -15,7 +16,8 @@ _QUANTIZED_OPS = {"Conv", "MatMul", "Gemm", "ConvTranspose", "Attention", "MatMu
 def _with_outputs(path: Path, names: list[str], dst: Path) -> None:
     import onnx
 
-    model = onnx.load(str(path))
+    # Without the weights: the probe sits next to the model, so it finds the same external data files.
+    model = onnx.load(str(path), load_external_data=False)
     present = {o.name for o in model.graph.output}
     # The quantizer renames some tensors: probe only those this model computes.
     computed = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
@@ -41,12 +43,13 @@ def rank_layers(fp32: Path, quantized: Path, samples: Samples, workdir: Path) ->
     import onnx
     import onnxruntime as ort
 
-    graph = onnx.load(str(fp32)).graph
+    graph = onnx.load(str(fp32), load_external_data=False).graph
     nodes = [n for n in graph.node if n.op_type in _QUANTIZED_OPS and n.name]
     names = sorted({t for n in nodes for t in (n.input[0], n.output[0])})
     both = []
     for index, path in enumerate((fp32, quantized)):
-        probe = workdir / f"probe{index}.onnx"
+        # A model with external data is probed from its own directory, where its data files are.
+        probe = (path.parent if has_external_data(path) else workdir) / f".probe{index}-{path.name}"
         _with_outputs(path, names, probe)
         options = ort.SessionOptions()
         options.log_severity_level = 3

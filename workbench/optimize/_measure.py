@@ -51,7 +51,8 @@ def measure_on_device(paths: dict[str, Path], feeds: dict[str, np.ndarray], spec
             args["inputs"] = {k: {"dtype": v.dtype.name, "shape": list(v.shape), "data": v.ravel().tolist()}
                               for k, v in feeds.items()}
         else:
-            batch = next(iter(feeds.values())).shape[0]
+            # ``spec`` has every dim filled in but a stacked batch axis, so the device makes the same shapes.
+            batch = next((v.shape[0] for v in feeds.values() if v.ndim), 1)
             args |= {"inputs_spec": [t.to_dict() for t in spec.inputs], "batch": batch, "seed": seed}
         try:
             reply = device.call("benchmark", args, timeout=timeout)

@@ -25,11 +25,15 @@ def run_outputs(path: str, samples: Samples, *, threads: int = 1, batch: int = 2
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
-    fixed = any(isinstance(i.shape[0], int) for i in session.get_inputs() if i.shape)
+    # Large inputs (640x640 images) in batches of at most ~64 MB.
+    batch = max(1, min(batch, (64 << 20) // samples.sample_bytes()))
     parts: list[list[np.ndarray]] = []
-    for feeds in samples.batches(1 if fixed else batch):
+    for feeds in samples.batches(batch):
         parts.append(session.run(None, feeds))
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    if samples.stacked and all(np.ndim(p[i]) > 0 for p in parts for i in range(len(p))):
+        return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    # One sample per run: the outputs get a leading sample axis.
+    return [np.stack([np.asarray(p[i]) for p in parts]) for i in range(len(parts[0]))]
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
@@ -54,7 +58,11 @@ def agreement(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[
     """
     ref = reference[0].astype(np.float64).reshape(reference[0].shape[0], -1)
     got = candidate[0].astype(np.float64).reshape(candidate[0].shape[0], -1)
-    top1 = float(np.mean(np.argmax(ref, axis=1) == np.argmax(got, axis=1))) if ref.shape[1] > 1 else float("nan")
+    # Top-1 only for class scores [N, classes] (or [N, 1, classes] from a model fed one sample at a time);
+    # a map (a detector's [N, C, H, W]) is compared by cosine.
+    shape = reference[0].shape
+    classes = len(shape) >= 2 and shape[-1] > 1 and int(np.prod(shape[1:-1])) == 1
+    top1 = float(np.mean(np.argmax(ref, axis=1) == np.argmax(got, axis=1))) if classes else float("nan")
     flat_ref = np.concatenate([r.astype(np.float64).ravel() for r in reference])
     flat_got = np.concatenate([c.astype(np.float64).ravel() for c in candidate])
     denom = float(np.linalg.norm(flat_ref) * np.linalg.norm(flat_got))

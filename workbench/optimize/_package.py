@@ -48,13 +48,15 @@ def write_directory_atomically(out_dir: str | os.PathLike[str], fill: Callable[[
 
 def write_package(directory: Path, model: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Put ``model`` and a manifest with its hash and size into ``directory`` (already a temp dir)."""
-    target = directory / "model.onnx"
-    shutil.copyfile(model, target)
+    from workbench.optimize._files import copy_model, external_files
+
+    target = copy_model(model, directory / "model.onnx")  # with model.onnx.data where the weights are external
+    listed = [target, *external_files(target)]
     full = {
         "format": "edge-workbench-model-package",
         "format_version": PACKAGE_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": {"model.onnx": {"sha256": sha256_file(target), "size": target.stat().st_size}},
+        "files": {f.name: {"sha256": sha256_file(f), "size": f.stat().st_size} for f in listed},
         **manifest,
     }
     (directory / "manifest.json").write_text(json.dumps(full, indent=2, default=_json_default))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ import numpy as np
 
 from workbench.errors import OptimizeError
 from workbench.optimize._data import Samples
+from workbench.optimize._files import copy_model, data_location, has_external_data, move_model, remove_model, save_model
 
 # Bytes of intermediate outputs the static calibrator may hold at once; the sample count is capped to fit.
 DEFAULT_CALIBRATION_MEMORY_MB = 512
@@ -32,6 +32,11 @@ class PassContext:
 
 Helps = Callable[[PassContext], tuple[bool, str]]
 Apply = Callable[[Path, Path, PassContext, dict[str, Any]], None]
+MinOpset = Callable[[dict[str, Any]], tuple[int, str]]
+
+
+def _any_opset(options: dict[str, Any]) -> tuple[int, str]:
+    return 0, ""
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class Pass:
     description: str
     helps: Helps
     apply: Apply
+    # The lowest opset the pass's output is valid at, for these options, and why; an older model is upgraded first.
+    min_opset: MinOpset = _any_opset
 
 
 _PASSES: dict[str, Pass] = {}
@@ -123,6 +130,11 @@ def _graph_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, Any]
     }[level]
     session_options.optimized_model_filepath = str(dst)
     session_options.log_severity_level = 3
+    if has_external_data(src):  # a model over 2 GB cannot be written as one protobuf
+        session_options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                                 data_location(dst))
+        session_options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                                 "1024")
     ort.InferenceSession(str(src), sess_options=session_options, providers=["CPUExecutionProvider"])
 
 
@@ -145,11 +157,16 @@ def _dynamic_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, An
     with _quiet():
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(options.get("ops", ["MatMul", "Gemm"])),
                          weight_type=QuantType.QInt8, per_channel=bool(options.get("per_channel", False)),
-                         nodes_to_exclude=list(options.get("exclude", [])))
+                         nodes_to_exclude=list(options.get("exclude", [])),
+                         use_external_data_format=has_external_data(src))
+
+
+def _dynamic_opset(options: dict[str, Any]) -> tuple[int, str]:
+    return 11, "DynamicQuantizeLinear needs opset >= 11"
 
 
 register_pass(Pass("int8-dynamic", "quantize", "INT8 dynamic quantization of MatMul/Gemm",
-                   _dynamic_helps, _dynamic_apply))
+                   _dynamic_helps, _dynamic_apply, _dynamic_opset))
 
 
 # -- INT8 static QDQ -----------------------------------------------------------------------
@@ -173,7 +190,10 @@ def activation_bytes_per_sample(path: Path) -> int:
     """An estimate of the bytes of all intermediate tensors for one sample (batch axis = 1)."""
     import onnx
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    try:
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    except Exception:  # shape inference is only for the estimate: count the declared outputs instead
+        model = onnx.load(str(path), load_external_data=False)
     total = 0
     for value in list(model.graph.value_info) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
@@ -212,12 +232,19 @@ def _static_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, Any
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[options.get("method", "minmax")]
     prepared = dst.with_name(dst.stem + ".pre.onnx")
+    external = has_external_data(src)
     with _quiet():
         try:
-            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True, save_as_external_data=external,
+                              all_tensors_to_one_file=True, external_data_location=data_location(prepared))
         except Exception as exc:  # pre-processing is an optimization; quantize the raw model instead
-            ctx.notes.append(f"quant_pre_process failed ({type(exc).__name__}: {exc}); quantized without it")
-            prepared.write_bytes(src.read_bytes())
+            from workbench.optimize._shapes import one_line
+
+            note = f"quant_pre_process failed on {src.name} ({one_line(exc)}); quantized without it"
+            if note not in ctx.notes:
+                ctx.notes.append(note)
+            remove_model(prepared)
+            copy_model(src, prepared)
         batches = calibration_batches(prepared, ctx.calibration, ctx.calibration_memory_mb, ctx.notes)
         # Not CalibMaxIntermediateOutputs: ORT 1.32 drops (not merges) the data it flushes. The sample cap
         # above bounds memory instead.
@@ -229,15 +256,21 @@ def _static_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, Any
                             per_channel=bool(options.get("per_channel", True)),
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=method, nodes_to_exclude=list(options.get("exclude", [])),
-                            extra_options=extra)
+                            extra_options=extra, use_external_data_format=external)
         finally:
-            prepared.unlink(missing_ok=True)
+            remove_model(prepared)
             for leftover in Path(dst.parent).glob("augmented_model*.onnx"):
                 leftover.unlink(missing_ok=True)
 
 
+def _static_opset(options: dict[str, Any]) -> tuple[int, str]:
+    if options.get("per_channel", True):
+        return 13, "per-channel QDQ (DequantizeLinear with axis) needs opset >= 13"
+    return 10, "QuantizeLinear needs opset >= 10"
+
+
 register_pass(Pass("int8-static", "quantize", "INT8 static QDQ quantization with calibration",
-                   _static_helps, _static_apply))
+                   _static_helps, _static_apply, _static_opset))
 
 
 # -- FP16 ---------------------------------------------------------------------------------
@@ -263,33 +296,78 @@ def _fp16_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, Any])
 
     with _quiet():
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save(model, str(dst))
+    save_model(model, dst, external=has_external_data(src))
 
 
 register_pass(Pass("fp16", "precision", "FP16 weights and activations (GPU/accelerator EPs)",
                    _fp16_helps, _fp16_apply))
 
 
+def model_opset(path: Path) -> int:
+    """The default-domain opset a model file imports."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def upgraded(src: Path, dst: Path, opset: int) -> None:
+    """Write a copy of ``src`` converted to ``opset`` with onnx's version converter, or raise OptimizeError."""
+    import onnx
+    from onnx import version_converter
+
+    before = model_opset(src)
+    try:
+        model = version_converter.convert_version(onnx.load(str(src)), opset)
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        from workbench.optimize._shapes import one_line
+
+        raise OptimizeError(f"onnx's version converter could not upgrade opset {before} to {opset}: "
+                            f"{one_line(exc)}") from exc
+    save_model(model, dst, external=has_external_data(src))
+
+
 def apply_recipe(src: Path, steps: list[dict[str, Any]], dst: Path, ctx: PassContext) -> None:
-    """Run the recipe's ONNX passes in order, writing only the final file to ``dst`` (atomically)."""
+    """Run the recipe's ONNX passes in order, writing only the final file to ``dst``.
+
+    A pass that needs a newer opset than the model has (per-channel QDQ needs 13) runs on a copy
+    upgraded with onnx's version converter, and a note says so. Any failure raises
+    :class:`OptimizeError` naming the pass, in one line.
+    """
+    from workbench.optimize._shapes import one_line
+
     current = src
     temps: list[Path] = []
     try:
         for index, step in enumerate(steps):
             item = get_pass(step["pass"])
+            needed, why = item.min_opset(step)
+            have = model_opset(current)
+            if needed > have:
+                lifted = dst.with_name(f"{dst.stem}.step{index}.opset{needed}.onnx")
+                temps.append(lifted)
+                try:
+                    upgraded(current, lifted, needed)
+                except OptimizeError as exc:
+                    raise OptimizeError(f"pass {item.name} needs opset {needed} ({why}) and the model has "
+                                        f"{have}; {exc}") from exc
+                note = (f"{item.name}: the model's opset {have} was upgraded to {needed} with onnx's version "
+                        f"converter ({why})")
+                if note not in ctx.notes:
+                    ctx.notes.append(note)
+                current = lifted
             out = dst.with_name(f"{dst.stem}.step{index}.onnx")
             temps.append(out)
             try:
                 item.apply(current, out, ctx, step)
-            except OptimizeError:
-                raise
             except Exception as exc:
-                raise OptimizeError(f"pass {item.name} failed on {src.name}: {type(exc).__name__}: {exc}") from exc
+                raise OptimizeError(f"pass {item.name} failed: {one_line(exc)}") from exc
             current = out
         if current == src:
-            dst.write_bytes(src.read_bytes())
+            copy_model(src, dst)
         else:
-            os.replace(current, dst)
+            move_model(current, dst)
     finally:
         for temp in temps:
-            temp.unlink(missing_ok=True)
+            remove_model(temp)

@@ -51,8 +51,10 @@ def render_html(result: OptimizeResult) -> str:
     preflight = html.escape(result.preflight.get("summary", ""))
     name = html.escape(str(result.source.get("name")))
     target = html.escape(str(result.target.get("target")))
-    name = html.escape(str(result.source.get("name")))
-    target = html.escape(str(result.target.get("target")))
+    data = result.data
+    data_line = html.escape(f"eval: {data.get('eval')} ({data.get('eval_samples')} samples); calibration: "
+                            f"{data.get('calibration')} ({data.get('calibration_samples')} samples); quality: "
+                            f"{data.get('quality')}; input shapes: {data.get('input_shapes')}")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Optimize report</title>
 <style>body{{font-family:sans-serif;margin:2em}} table.candidates{{border-collapse:collapse;font-size:13px}}
 table.candidates td,table.candidates th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}</style>
@@ -60,6 +62,7 @@ table.candidates td,table.candidates th{{padding:3px 8px;border-bottom:1px solid
 <h1>Optimize report: {name} for {target}</h1>
 <p><b>Chosen:</b> {html.escape(str(result.best.variant))}: {html.escape(result.best.reason)}</p>
 <p><b>Preflight:</b> {preflight}</p>
+<p><b>Data:</b> {data_line}</p>
 {figure}
 <h2>Candidates</h2>{candidates_html(result)}
 <h2>Skipped</h2><ul>{skipped or '<li>none</li>'}</ul>

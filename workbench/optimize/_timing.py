@@ -77,7 +77,11 @@ def time_models(
     peak_rss: dict[str, float] = {}
     warm_ms: dict[str, float] = {}
     for name, path in paths.items():
-        options = session_options if session_options is not None else ort.SessionOptions()
+        if session_options is not None:
+            options = session_options
+        else:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # graph-cleanup warnings about a quantized model are not the user's
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         gc.collect()
