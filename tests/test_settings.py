@@ -30,7 +30,7 @@ def test_nothing_but_the_settings_module_reads_a_workbench_variable_when_the_tre
 
 def test_settings_doc_lists_every_variable_with_its_default_when_compared_with_the_code() -> None:
     text = (REPO / "docs" / "settings.md").read_text()
-    rows = re.findall(r"^\| `(WORKBENCH_[A-Z_]+)` \| (.+?) \| (.+?) \|$", text, re.M)
+    rows = re.findall(r"^\| `(WORKBENCH_[A-Z0-9_]+)` \| (.+?) \| (.+?) \|$", text, re.M)
     assert [(v, w, d) for v, w, d in rows] == [(r["variable"], r["what"], r["default"]) for r in Settings.table()]
 
 
