@@ -245,7 +245,13 @@ class Ingestor:
             while self._inbox and rows < self.flush_rows and not self._abandon.is_set():
                 self._buffered += 1
                 payload, topic, received, receipt, offset = self._inbox.popleft()
-                batch = self._accept(payload, topic, received, receipt, offset)
+                try:
+                    batch = self._accept(payload, topic, received, receipt, offset)
+                except Exception:  # one hostile batch must not end ingestion for every device
+                    self.totals["rejected_internal"] += 1
+                    log.exception("telemetry batch on %s could not be accepted; dropped", topic[:200])
+                    self._settle(receipt)
+                    continue
                 if batch is None:
                     continue
                 if not batch.n:  # nothing to insert: settled as it is
@@ -378,6 +384,15 @@ class Ingestor:
                 self._wake.set()
                 self._flushed.wait(min(remaining, 0.05))
         return True
+
+    def network_alive(self) -> bool:
+        """True while the writer thread that decodes and stores every device's batches runs.
+
+        Example:
+            >>> ingestor.network_alive()   # doctest: +SKIP
+            True
+        """
+        return self._writer.is_alive()
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-device counters, newest sequence number, clock offset and tags."""
