@@ -328,3 +328,21 @@ def test_rejects_are_logged_once_per_device_and_kind_when_a_device_floods_garbag
         assert receiver.reject_log.by_device() == {"evil-01": {"malformed": 1000}, "evil-02": {"malformed": 1}}
     finally:
         receiver.close()
+
+
+# -- command arguments ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    {"inputs": {"x": {"dtype": "V100000000", "shape": [1000], "data": [0] * 1000}}},  # 100 GB of void
+    {"inputs_spec": [{"name": "x", "dtype": "float32", "shape": ["batch", 10**6, 10**6]}]},
+    {"inputs_spec": [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}], "batch": 10**12},
+    {"inputs_spec": [{"name": "x"}]},
+])
+def test_benchmark_inputs_raise_config_error_before_allocating_when_shapes_or_dtypes_are_hostile(
+    args: dict[str, Any],
+) -> None:
+    from workbench.agent._benchmark import _inputs
+
+    with pytest.raises(ConfigError, match="benchmark input"):
+        _inputs(args)

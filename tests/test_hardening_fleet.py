@@ -112,3 +112,31 @@ def test_agent_restarts_its_network_thread_and_answers_again_when_the_thread_die
             assert fleet["solo-01"].ping(timeout=10) > 0
         finally:
             agent.stop()
+
+
+def test_benchmark_errors_are_identical_when_url_is_a_local_file_a_closed_port_or_a_missing_artifact(
+    fleet_factory: FleetFactory, tmp_path: Path
+) -> None:
+    import hashlib
+    import socket
+
+    from workbench.deploy import ArtifactServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    hostname_sha = hashlib.sha256(Path("/etc/hostname").read_bytes()).hexdigest() if Path("/etc/hostname").is_file() \
+        else "f" * 64
+    record = fleet_factory(devices=1)
+    with workbench.connect(run_dir=record["run_dir"]) as fleet, ArtifactServer(tmp_path / "store") as server:
+        device = fleet.wait_for(1, timeout=30)[0]
+        errors = []
+        for url in ("file:///etc/hostname", f"http://127.0.0.1:{closed_port}/artifacts/{'0' * 64}",
+                    server.url("0" * 64)):
+            args = {"url": url, "sha256": "0" * 64, "size": 100,
+                    "inputs": {"x": {"dtype": "float32", "shape": [1, 4], "data": [0.0] * 4}}}
+            with pytest.raises(workbench.RemoteCommandError) as caught:
+                device.call("benchmark", args, timeout=30)
+            errors.append(str(caught.value))
+    assert errors[0] == errors[1] == errors[2], errors  # nothing tells a file, a closed port and a 404 apart
+    assert hostname_sha[:12] not in errors[0]
