@@ -132,7 +132,7 @@ def test_benchmark_errors_are_identical_when_url_is_a_local_file_a_closed_port_o
         device = fleet.wait_for(1, timeout=30)[0]
         errors = []
         for url in ("file:///etc/hostname", f"http://127.0.0.1:{closed_port}/artifacts/{'0' * 64}",
-                    server.url("0" * 64)):
+                    f"{server.base_url}/artifacts/{'0' * 64}"):
             args = {"url": url, "sha256": "0" * 64, "size": 100,
                     "inputs": {"x": {"dtype": "float32", "shape": [1, 4], "data": [0.0] * 4}}}
             with pytest.raises(workbench.RemoteCommandError) as caught:
