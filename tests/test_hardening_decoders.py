@@ -240,10 +240,10 @@ def test_outbox_still_admits_critical_items_over_the_bound_when_under_the_hard_c
     assert box.counters()["over_bound"] == 2
 
 
-class _Flood:
-    """A real HTTP server that sends 5 MiB whatever was asked, and counts what it managed to send."""
+class Flood:
+    """A real HTTP server that sends ``mib`` MiB whatever was asked, and counts what it managed to send."""
 
-    def __init__(self) -> None:
+    def __init__(self, mib: int = 5) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         flood = self
@@ -251,10 +251,10 @@ class _Flood:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 self.send_response(200)
-                self.send_header("Content-Length", str(5 * 2**20))
+                self.send_header("Content-Length", str(mib * 2**20))
                 self.end_headers()
                 try:
-                    for _ in range(5 * 16):
+                    for _ in range(mib * 16):
                         self.wfile.write(b"\0" * 65536)
                         flood.sent += 65536
                 except OSError:
@@ -267,7 +267,8 @@ class _Flood:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/artifacts/x"
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"{self.base_url}/artifacts/x"
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -277,7 +278,7 @@ class _Flood:
 def test_fetch_stops_after_size_bytes_when_the_server_sends_5_mib(tmp_path: Path) -> None:
     from workbench.deploy.artifacts import fetch
 
-    flood = _Flood()
+    flood = Flood()
     try:
         with pytest.raises(ArtifactError, match="larger than the 100 bytes its manifest says"):
             fetch(flood.url, "0" * 64, tmp_path / "m.onnx", size=100, attempts=1)
