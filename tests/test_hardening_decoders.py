@@ -61,6 +61,14 @@ def test_decode_accepts_brackets_inside_strings_when_the_structure_is_shallow() 
     assert body["text"] == "[" * 10_000
 
 
+def test_decode_checks_depth_in_linear_time_when_a_string_holds_100000_escaped_quotes() -> None:
+    payload = b'{"v":1,"a":' + b"[" * 20 + b"]" * 20 + b',"s":"' + b"[" * 20 + b'\\"' * 100_000 + b'"}'
+    started = time.perf_counter()
+    body = schema.decode(payload)
+    assert time.perf_counter() - started < 0.5
+    assert body["s"].endswith('"' * 100_000)
+
+
 def test_decode_rejects_integer_of_5000_digits_as_malformed_when_python_refuses_to_convert_it() -> None:
     with pytest.raises(PayloadError, match="malformed") as caught:
         schema.decode(b'{"v":1,"n":' + b"9" * 5000 + b"}")
