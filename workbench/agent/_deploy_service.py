@@ -309,7 +309,7 @@ class DeployService:
             body = schema.decode(payload)
         except PayloadError as exc:
             self.agent.rejected.reject(exc)
-            log.warning("%s: rejected desired state: %s", self.agent.device_id, exc)
+            self.agent.reject_log.count(self.agent.device_id, "desired_model", f"rejected desired state: {exc}")
             return
         with self._wake:
             self._pending = body

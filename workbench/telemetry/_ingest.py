@@ -43,6 +43,7 @@ import numpy as np
 
 from workbench.errors import PayloadError
 from workbench.fleet import topics
+from workbench.fleet._rejects import RejectLog
 from workbench.telemetry._alerts import AlertEngine
 from workbench.telemetry._wire import MAX_BATCH_BYTES, Batch, decode_batch, problem_kind
 
@@ -115,6 +116,7 @@ class Ingestor:
         self.max_bytes = max_bytes
         self.feeds: dict[str, DeviceFeed] = {}
         self.totals: Counter[str] = Counter()
+        self.reject_log = RejectLog(log, what="telemetry batch")
         self.latencies_ms: deque[float] = deque(maxlen=100_000)  # batch sent -> queryable, same-host clocks
         self.listeners: list[PointsListener] = []
         self.watched: set[str] = set()
@@ -247,9 +249,9 @@ class Ingestor:
                 payload, topic, received, receipt, offset = self._inbox.popleft()
                 try:
                     batch = self._accept(payload, topic, received, receipt, offset)
-                except Exception:  # one hostile batch must not end ingestion for every device
+                except Exception as exc:  # one hostile batch must not end ingestion for every device
                     self.totals["rejected_internal"] += 1
-                    log.exception("telemetry batch on %s could not be accepted; dropped", topic[:200])
+                    self.reject_log.count(topic[:200], "internal", f"batch dropped: {exc!r}")
                     self._settle(receipt)
                     continue
                 if batch is None:
