@@ -18,7 +18,7 @@ from conftest import FleetFactory
 
 import workbench
 from workbench.agent._device import AgentConfig, DeviceAgent
-from workbench.fleet import topics
+from workbench.fleet import schema, topics
 from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
 
 BRACKETS = b"[" * 20_000  # row 1: 20 KB of '['
@@ -140,3 +140,27 @@ def test_benchmark_errors_are_identical_when_url_is_a_local_file_a_closed_port_o
             errors.append(str(caught.value))
     assert errors[0] == errors[1] == errors[2], errors  # nothing tells a file, a closed port and a 404 apart
     assert hostname_sha[:12] not in errors[0]
+
+
+def test_sync_state_table_still_builds_when_a_device_reports_a_state_of_wrong_types(
+    fleet_factory: FleetFactory,
+) -> None:
+    record = fleet_factory(devices=1)
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(1, timeout=30)
+        sync = fleet.sync
+        assert _eventually(lambda: "sim-01" in sync.states, 15)
+        attacker = _attacker(record["broker"]["url"])
+        try:
+            for body in ({"backlog": "x"}, {"backlog": {"critical": {"items": "many"}}},
+                         {"sender": {"last_sync": 1e300}}, {"counters": [1]}):
+                attacker.publish(topics.sync_state_topic("evil-01"), schema.encode(body), qos=1).wait_for_publish(5)
+            # A well-formed state last: once it is here, the hostile ones (same client, in order) were handled.
+            attacker.publish(topics.sync_state_topic("late-01"), schema.encode({}), qos=1).wait_for_publish(5)
+        finally:
+            close_client(attacker)
+        assert _eventually(lambda: "late-01" in sync.states, 10)
+        table = sync.state()  # the old client raised here, on the first wrong type
+        assert set(table["device_id"]) == {"sim-01", "late-01"}
+        assert sync.backlog().keys() == {"sim-01", "late-01"}
+        assert sync.reject_log.by_device() == {"evil-01": {"malformed": 4}}
