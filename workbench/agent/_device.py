@@ -131,6 +131,7 @@ class DeviceAgent:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = guard_messages(self._on_message, self._on_message_failed)
         self._network_guard: threading.Thread | None = None
+        self._guard_lock = threading.Lock()  # stop() and a restart never interleave
         self.runtime = ModelRuntime(self.limits)
         if config.model is not None:
             loaded = self.runtime.load(config.model, name=config.model.stem)
@@ -173,14 +174,15 @@ class DeviceAgent:
         # start it again (a fresh connection, so on_connect announces again), and count it.
         while not self._stopping:
             time.sleep(0.5)
-            if self._stopping or self._fatal is not None or network_alive(self._client):
-                continue
-            self.counters["network_restarts"] += 1
-            log.error("%s: the MQTT network thread died; starting it again", self.device_id)
-            try:
-                restart_network(self._client)
-            except Exception:
-                log.exception("%s: restarting the MQTT network thread failed; retrying", self.device_id)
+            with self._guard_lock:
+                if self._stopping or self._fatal is not None or network_alive(self._client):
+                    continue
+                self.counters["network_restarts"] += 1
+                log.error("%s: the MQTT network thread died; starting it again", self.device_id)
+                try:
+                    restart_network(self._client)
+                except Exception:
+                    log.exception("%s: restarting the MQTT network thread failed; retrying", self.device_id)
 
     def wait_claimed(self, timeout: float | None = None) -> None:
         """Block until this agent owns its id and is online, or raise why it cannot."""
@@ -196,7 +198,8 @@ class DeviceAgent:
 
     def stop(self, reason: str = "shutdown") -> None:
         """Announce a clean shutdown and disconnect (so the broker does not send the will)."""
-        self._stopping = True
+        with self._guard_lock:
+            self._stopping = True
         for name, service in self.services.items():
             try:
                 service.stop()
