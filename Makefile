@@ -43,6 +43,7 @@ down: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check workbench widgets tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 benchmarks: $(STAMP)
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done

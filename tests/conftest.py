@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from workbench import settings
 from workbench.sim import down, up
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def shared_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
 @pytest.fixture
 def postgres_dsn() -> str:
     """The PostgreSQL server of ``WORKBENCH_TEST_POSTGRES_DSN`` (.ci/run starts a throwaway one); skip without."""
-    value = os.environ.get("WORKBENCH_TEST_POSTGRES_DSN")
+    value = settings().test_postgres_dsn
     if not value:
         if os.environ.get("CI") == "true":
             pytest.fail("WORKBENCH_TEST_POSTGRES_DSN is unset under CI=true: .ci/run must start PostgreSQL and "

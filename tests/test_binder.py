@@ -21,6 +21,7 @@ import nbformat
 import pytest
 from conftest import REPO
 
+from workbench import settings
 from workbench.runs import collect_figures
 
 INSTALL_TIMEOUT_S = 1500
@@ -30,7 +31,7 @@ pytestmark = [
     pytest.mark.slow,
     # Beyond the suite's 300 s per test: a full install from the package index is most of it.
     pytest.mark.timeout(2 * INSTALL_TIMEOUT_S + RUN_TIMEOUT_S),
-    pytest.mark.skipif(os.environ.get("WORKBENCH_BINDER_CHECK") != "1",
+    pytest.mark.skipif(not settings().binder_check,
                        reason="installs binder/ into a fresh virtual environment (minutes); "
                               "set WORKBENCH_BINDER_CHECK=1 to run it"),
 ]

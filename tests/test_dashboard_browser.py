@@ -187,3 +187,68 @@ def test_dashboard_cli_exits_naming_the_bad_name_when_metrics_are_malformed() ->
     assert result.returncode != 0
     assert "'cpu percent'" in result.stderr and "--metrics" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _kernels(server: subprocess.Popen[bytes]) -> int:
+    """Kernel processes the Voila server runs now (each visit of the page starts one)."""
+    import psutil
+
+    try:
+        children = psutil.Process(server.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    count = 0
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if any("ipykernel" in part for part in child.cmdline()):
+                count += 1
+    return count
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (apt-get install chromium)")
+def test_closing_the_dashboard_page_shuts_its_kernel_down_when_opened_and_closed_ten_times(tmp_path: Path) -> None:
+    run_dir = tmp_path / "fleet"
+    port, debug_port = _free_port(), _free_port()
+    voila = subprocess.Popen([sys.executable, "-m", "workbench.cli", "dashboard", "--port", str(port), "--run-dir",
+                              str(run_dir), "--no-browser"], cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    browser = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                                "--disable-background-networking", "--disable-dev-shm-usage",
+                                f"--remote-debugging-port={debug_port}", f"--user-data-dir={tmp_path / 'chrome'}",
+                                "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        up(devices=1, run_dir=run_dir)
+        _wait_port(port, timeout=60)
+        _wait_http(f"http://127.0.0.1:{debug_port}/json/version", timeout=30)
+        browser_ws = json.loads(_wait_http(f"http://127.0.0.1:{debug_port}/json/version", timeout=5))
+        control = DevTools(browser_ws["webSocketDebuggerUrl"])
+        before = _kernels(voila)
+        try:
+            for visit in range(10):
+                target = control.call("Target.createTarget", url="about:blank")["targetId"]
+                page = next(t for t in json.loads(_wait_http(f"http://127.0.0.1:{debug_port}/json", timeout=5))
+                            if t.get("id") == target)
+                tools = DevTools(page["webSocketDebuggerUrl"])
+                try:
+                    tools.call("Page.enable")
+                    tools.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
+                    tools.poll("document.body && document.body.innerText.includes('sim-01')", 60,
+                               f"visit {visit + 1}: the dashboard showed no device")
+                    assert _kernels(voila) >= before + 1
+                    tools.call("Page.close")  # runs the page's beforeunload, as closing a tab does
+                finally:
+                    tools.close()
+        finally:
+            control.close()
+        deadline = time.monotonic() + 30
+        while _kernels(voila) > before and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _kernels(voila) == before, f"{_kernels(voila) - before} of 10 closed pages left their kernel running"
+    finally:
+        browser.terminate()
+        voila.terminate()
+        browser.wait(timeout=10)
+        _, errors = voila.communicate(timeout=20)
+        with contextlib.suppress(Exception):  # never came up
+            down(run_dir)
+    assert b"_xsrf' argument missing" not in errors, errors.decode(errors="replace")[-2000:]

@@ -13,7 +13,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from conftest import REPO
+from conftest import REPO, FleetFactory
 
 from workbench.runs import Figure, NotebookRun, declared_parameters, run_notebooks
 from workbench.sim import down, up
@@ -44,6 +44,7 @@ def _check_deploy(figures: dict[str, Figure]) -> None:
     assert figures["canary_status"].value == "succeeded"
     assert figures["bad_package_status"].value == "aborted"
     assert figures["devices_rolled_back"].value == 1
+    assert figures["bad_package_caught_in_wave"].value == 0  # the canary's own soak, not a later wave
     assert figures["devices_on_good_version"].value == FLEET_DEVICES
 
 
@@ -148,6 +149,21 @@ def test_notebook_runs_headless_and_records_sane_figures_when_fleet_is_up(
     assert run.figures, f"{path.name} recorded no figures; call workbench.record(...) for its key results"
     if entry.check is not None:
         entry.check(run.figures)
+
+
+# The deploy notebook's bad model is slow_layers matmuls deep. What a latency gate sees is the model's cost over the
+# CPU's speed, so a model 4x lighter stands for a CPU 4x faster than this one, and 4x heavier for one 4x slower:
+# together with the regular run (16 layers) that spans a 16x range of CPU speed. The canary must catch it either way.
+@pytest.mark.parametrize("slow_layers", [pytest.param(4, id="cpu-4x-faster"), pytest.param(64, id="cpu-4x-slower")])
+def test_deploy_notebook_rolls_back_only_the_canary_when_the_cpu_is_faster_or_slower(
+        slow_layers: int, fleet_factory: FleetFactory, tmp_path: Path) -> None:
+    record = fleet_factory(devices=FLEET_DEVICES, keepalive=5)
+    path = NOTEBOOK_DIR / "03_deploy.ipynb"
+    parameters = {**NOTEBOOKS[path.name].parameters, "run_dir": record["run_dir"], "slow_layers": slow_layers}
+    summary = run_notebooks([path], tmp_path, notebook_parameters={path.name: parameters}, cell_timeout=300)
+    run = summary.runs[0]
+    assert run.ok, f"{path.name} failed in cell {run.error_cell}: {run.error} (executed copy: {tmp_path / run.output})"
+    _check_deploy(run.figures)
 
 
 def test_notebook_entries_name_existing_notebooks_when_listed() -> None:

@@ -29,4 +29,38 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'widgets' has no attribute {name!r}")
 
 
-__all__ = sorted(_LAZY)
+def _display_rollout(rollout: Any) -> None:
+    from IPython.display import display
+
+    from widgets._rollout_progress import RolloutProgress
+
+    display(RolloutProgress(rollout))
+
+
+def register_formatters(shell: Any = None) -> bool:
+    """Show core objects as widgets in IPython: a displayed ``Rollout`` becomes its live ``RolloutProgress``.
+
+    Called when ``widgets`` is imported; registers with ``shell`` (default: the running IPython),
+    by type name, so nothing of the core is imported here. Returns False outside IPython.
+
+    Example:
+        >>> import widgets
+        >>> widgets.register_formatters()   # in plain Python there is no IPython shell to register with
+        False
+    """
+    if shell is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return False
+        shell = get_ipython()
+        if shell is None:
+            return False
+    formatter = shell.display_formatter.ipython_display_formatter
+    formatter.for_type_by_name("workbench.deploy._rollout", "Rollout", _display_rollout)
+    return True
+
+
+register_formatters()
+
+__all__ = [*sorted(_LAZY), "register_formatters"]

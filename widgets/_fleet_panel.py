@@ -120,13 +120,13 @@ class FleetPanel(ipywidgets.VBox):
 
     def _read_metrics(self) -> None:
         found: dict[str, dict[str, Any]] = {}
-        telemetry = getattr(self.fleet, "_telemetry", None)
+        telemetry = self.fleet.running_telemetry  # shown when running; never started by a panel
         if telemetry is not None:
-            for device_id, feed in list(telemetry.ingestor.feeds.items()):
-                latest = feed.latest.get("latency_p95_ms")
+            for device_id, feed in telemetry.feeds().items():
+                latest = feed.latest_value("latency_p95_ms")
                 if latest is not None:
-                    found.setdefault(device_id, {})["p95_ms"] = latest[1]
-        sync = getattr(self.fleet, "_sync", None)
+                    found.setdefault(device_id, {})["p95_ms"] = latest
+        sync = self.fleet.running_sync
         if sync is not None:
             for device_id, items in sync.backlog().items():
                 found.setdefault(device_id, {})["sync_backlog"] = items

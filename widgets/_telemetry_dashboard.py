@@ -99,8 +99,7 @@ class TelemetryDashboard(w.VBox):
         self.add_class("wb-telemetry-dashboard")
         telemetry = fleet.telemetry
         self._seed(telemetry)
-        telemetry.ingestor.watched.update(self.metrics)
-        telemetry.ingestor.listeners.append(self._on_points)
+        self._unsubscribe = telemetry.subscribe(self.metrics, self._on_points)
         self._task: asyncio.Task[None] | None = None
         self.refresh()
         if start:
@@ -189,5 +188,4 @@ class TelemetryDashboard(w.VBox):
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        with contextlib.suppress(ValueError):
-            self.fleet.telemetry.ingestor.listeners.remove(self._on_points)
+        self._unsubscribe()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from workbench._lazy import lazy_getattr
+from workbench._settings import Settings, settings
 from workbench.errors import (
     ArtifactError,
     AuthenticationError,
@@ -29,6 +30,10 @@ from workbench.errors import (
     FleetNotRunningError,
     FleetTimeoutError,
     HealthCheckError,
+    HubAlreadyRunningError,
+    HubAuthError,
+    HubError,
+    HubUnreachableError,
     OptimizeError,
     PackageError,
     PayloadError,
@@ -84,12 +89,17 @@ __all__ = [
     "FleetTimeoutError",
     "HardwareProfile",
     "HealthCheckError",
+    "HubAlreadyRunningError",
+    "HubAuthError",
+    "HubError",
+    "HubUnreachableError",
     "OptimizeError",
     "PackageError",
     "PayloadError",
     "RemoteCommandError",
     "ResourceLimitError",
     "RolloutAbortedError",
+    "Settings",
     "Shadow",
     "SignatureError",
     "UnknownDeviceError",
@@ -103,4 +113,5 @@ __all__ = [
     "optimize",
     "record",
     "register_profile",
+    "settings",
 ]

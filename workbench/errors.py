@@ -24,6 +24,10 @@ what to do next.
     │   └── RemoteCommandError  the device answered with an error
     ├── PayloadError            a message that does not follow the topic schema
     ├── OptimizeError           model optimization and measurement
+    ├── HubError                the fleet hub cannot be used
+    │   ├── HubUnreachableError nothing answered at the hub's address
+    │   ├── HubAuthError        the hub refused the token (401)
+    │   └── HubAlreadyRunningError another hub owns the store
     └── DeployError             a deployment could not be prepared or run
         ├── PackageError        a package is malformed, incomplete or tampered with
         │   └── SignatureError  the signature is missing, invalid or by an untrusted key
@@ -132,6 +136,22 @@ class PayloadError(WorkbenchError, ValueError):
 
 class OptimizeError(WorkbenchError):
     """Exporting, transforming or measuring a model failed."""
+
+
+class HubError(WorkbenchError):
+    """The fleet hub cannot be used, or refused a request."""
+
+
+class HubUnreachableError(HubError, ConnectionError):
+    """Nothing answered at the hub's address."""
+
+
+class HubAuthError(HubError, PermissionError):
+    """The hub refused the request's token (HTTP 401)."""
+
+
+class HubAlreadyRunningError(HubError):
+    """Another hub already owns the store: one hub receives and acknowledges a fleet's data."""
 
 
 class DeployError(WorkbenchError):

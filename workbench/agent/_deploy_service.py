@@ -11,7 +11,6 @@ active model serving and reports why.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workbench._settings import settings
 from workbench.agent._commands import register_command
 from workbench.agent._runtime import LoadedModel, ModelRuntime
 from workbench.agent._services import register_service
@@ -280,8 +280,7 @@ def trusted_keys_dir(agent: DeviceAgent) -> Path:
     """The trusted keys: ``--trusted-keys``, ``$WORKBENCH_TRUSTED_KEYS`` or ``DATA_DIR/trusted_keys``."""
     if agent.config.trusted_keys is not None:
         return agent.config.trusted_keys
-    env = os.environ.get("WORKBENCH_TRUSTED_KEYS")
-    return Path(env) if env else agent.config.data_dir / "trusted_keys"
+    return settings().trusted_keys or agent.config.data_dir / "trusted_keys"
 
 
 class DeployService:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
+
+from workbench._settings import settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,11 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "simulated devices in one process.")
     parser.add_argument("--device-id", action="append", required=True, dest="device_ids",
                         help="this device's id (repeatable for simulated devices)")
-    parser.add_argument("--broker", default=os.environ.get("WORKBENCH_BROKER", "mqtt://127.0.0.1:1883"),
+    parser.add_argument("--broker", default=settings().broker or "mqtt://127.0.0.1:1883",
                         help="broker URL, mqtt://[user:pass@]host:port or mqtts://... (default: %(default)s)")
     parser.add_argument("--profile", action="append", dest="profiles", default=[],
                         help="hardware profile name (one, or one per --device-id)")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("WORKBENCH_DATA_DIR", "./wb-data")),
+    parser.add_argument("--data-dir", type=Path, default=settings().data_dir or Path("./wb-data"),
                         help="where the agent keeps models and state (per device: DATA_DIR/DEVICE_ID)")
     parser.add_argument("--simulated", action="store_true",
                         help="a simulated device: honour the profile's core and memory limits on this host")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -23,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--per-process", type=int, help="simulated devices per agent process")
     up.add_argument("--secure", action="store_true",
                     help="per-device credentials, ACLs and TLS with a generated CA")
+    up.add_argument("--hub", action="store_true", help="also run the fleet hub: the one receiver and store of "
+                    "the fleet's data, queried by every notebook, dashboard and command")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all devices")
     up.add_argument("--json", action="store_true", help="print JSON")
     up.set_defaults(func=_up)
@@ -39,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
     return {"run_dir": record["run_dir"], "broker": record["broker"]["url"], "broker_kind": record["broker"]["kind"],
-            "secure": record.get("secure") is not None, "devices": record["devices"]}
+            "secure": record.get("secure") is not None, "hub": (record.get("hub") or {}).get("url"),
+            "devices": record["devices"]}
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -50,7 +54,7 @@ def _up(args: argparse.Namespace) -> int:
     try:
         record = up(devices=args.devices, profiles=profiles, run_dir=args.run_dir, port=args.port,
                     broker=args.broker, keepalive=args.keepalive, per_process=args.per_process,
-                    secure=args.secure, timeout=args.timeout)
+                    secure=args.secure, hub=args.hub, timeout=args.timeout)
         already = False
     except FleetAlreadyRunningError as exc:
         print(f"workbench up: {exc}", file=sys.stderr)
@@ -63,6 +67,8 @@ def _up(args: argparse.Namespace) -> int:
         state = "already up" if already else "up"
         print(f"fleet {state}: broker {summary['broker']} ({summary['broker_kind']}), "
               f"{len(summary['devices'])} devices, run dir {summary['run_dir']}")
+        if summary["hub"]:
+            print(f"hub: {summary['hub']} (token in {Path(summary['run_dir']) / 'hub.token'})")
         for device in summary["devices"]:
             print(f"  {device['device_id']:<10} {device['profile']}")
     return 0

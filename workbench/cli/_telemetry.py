@@ -8,11 +8,12 @@ import re
 import sys
 from pathlib import Path
 
+from workbench._settings import Settings
 from workbench.errors import ConfigError
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "dashboard.ipynb"
 # The dashboard notebook's parameters cell reads its charts from here (Voila passes no parameters).
-METRICS_ENV = "WORKBENCH_DASHBOARD_METRICS"
+METRICS_ENV = Settings.env_name("dashboard_metrics")
 _METRIC = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*")
 
 
@@ -34,7 +35,7 @@ def command(args: argparse.Namespace) -> list[str]:
         raise ConfigError(f"the dashboard notebook {NOTEBOOK} is missing; restore notebooks/ from the repository")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1-65535, got {args.port}")
-    argv = [sys.executable, "-m", "voila", str(NOTEBOOK), f"--port={args.port}", "--Voila.ip=127.0.0.1",
+    argv = [sys.executable, "-m", "workbench.cli._voila", str(NOTEBOOK), f"--port={args.port}", "--Voila.ip=127.0.0.1",
             "--VoilaConfiguration.file_allowlist=['.*']",
             # Kernels on Unix sockets: over loopback TCP each warns that its traffic is unencrypted.
             "--KernelManager.transport=ipc"]
@@ -61,7 +62,7 @@ def metrics(value: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.run_dir:
-        env["WORKBENCH_RUN_DIR"] = str(Path(args.run_dir).resolve())
+        env[Settings.env_name("run_dir")] = str(Path(args.run_dir).resolve())
     if args.metrics is not None:
         env[METRICS_ENV] = ",".join(metrics(args.metrics))
     argv = command(args)

@@ -14,6 +14,7 @@ _COMMAND_MODULES = (
     "workbench.cli._agent",
     "workbench.cli._deploy",
     "workbench.cli._fleet",
+    "workbench.cli._hub",
     "workbench.cli._optimize",
     "workbench.cli._runs",
     "workbench.cli._telemetry",
@@ -52,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`workbench telemetry query ... | head`): not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from workbench.deploy._gates import Gate, MetricSource, ProbeMetrics, gate
 from workbench.deploy._keys import init_keys, load_signing_key, load_trusted_keys
 from workbench.deploy._package import Package, build_package, load_package, sign_package, verify_package
 from workbench.deploy._rollout import Rollout, RolloutReport, deploy, history, prepare_package
-from workbench.deploy._strategies import AllAtOnce, Canary, Shadow
+from workbench.deploy._strategies import AllAtOnce, Canary, Outcome, Shadow, Strategy, Wave, WaveResult
 from workbench.errors import (
     DeployConflictError,
     DeployError,
@@ -28,7 +28,8 @@ from workbench.errors import (
 
 __all__ += [
     "AllAtOnce", "Canary", "DeployConflictError", "DeployError", "Gate", "HealthCheckError", "MetricSource",
-    "Package", "PackageError", "ProbeMetrics", "Rollout", "RolloutAbortedError", "RolloutReport", "Shadow",
-    "SignatureError", "build_package", "deploy", "gate", "history", "init_keys", "load_package",
+    "Outcome", "Package", "PackageError", "ProbeMetrics", "Rollout", "RolloutAbortedError", "RolloutReport",
+    "Shadow", "SignatureError", "Strategy", "Wave", "WaveResult", "build_package", "deploy", "gate", "history",
+    "init_keys", "load_package",
     "load_signing_key", "load_trusted_keys", "prepare_package", "sign_package", "verify_package",
 ]

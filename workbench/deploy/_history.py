@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench._settings import settings
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -22,8 +24,7 @@ def history_file() -> Path:
         >>> history_file().suffix
         '.jsonl'
     """
-    env = os.environ.get("WORKBENCH_DEPLOY_HISTORY")
-    return Path(env).expanduser() if env else Path.home() / ".workbench" / "deployments.jsonl"
+    return settings().deploy_history or Path.home() / ".workbench" / "deployments.jsonl"
 
 
 def append(record: dict[str, Any], path: Path | None = None) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._files import write_private
+from workbench._settings import settings
 from workbench.errors import ConfigError, SignatureError
 
 PRIVATE_NAME = "signing.key"
@@ -29,11 +30,10 @@ def default_keys_dir() -> Path:
     """``$WORKBENCH_KEYS_DIR``, else ``~/.workbench/keys``.
 
     Example:
-        >>> default_keys_dir().name in ("keys", os.environ.get("WORKBENCH_KEYS_DIR", "keys").rsplit("/", 1)[-1])
+        >>> default_keys_dir().is_absolute() or settings().keys_dir is not None
         True
     """
-    env = os.environ.get("WORKBENCH_KEYS_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".workbench" / "keys"
+    return settings().keys_dir or Path.home() / ".workbench" / "keys"
 
 
 def key_id(public_key: Any) -> str:

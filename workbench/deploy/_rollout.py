@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench._settings import settings
 from workbench.deploy import _history
 from workbench.deploy._desired import desired_install, desired_rollback, stage_package
 from workbench.deploy._gates import Gate, MetricSource, ProbeMetrics
@@ -26,7 +27,7 @@ from workbench.deploy._keys import load_signing_key
 from workbench.deploy._package import Package, load_package, sign_package, verify_package
 from workbench.deploy._preflight import preflight
 from workbench.deploy._state import TERMINAL, DeployState
-from workbench.deploy._strategies import AllAtOnce, Canary, Shadow, Strategy, failure_limit
+from workbench.deploy._strategies import AllAtOnce, Outcome, Strategy, WaveResult, failure_limit
 from workbench.deploy.artifacts import ArtifactServer, ArtifactStore
 from workbench.errors import ConfigError, DeployConflictError, DeployError
 
@@ -43,6 +44,8 @@ _BUSY: dict[str, str] = {}
 _BUSY_LOCK = threading.Lock()
 # A desired install older than this no longer blocks another rollout (its rollout is long gone).
 CONFLICT_LEASE_S = 600.0
+# Inferences per probe for relative gates: a p95 of 100 runs moves little when a few are preempted.
+RELATIVE_PROBE_N = 100
 
 
 @dataclass
@@ -131,9 +134,9 @@ class _Context:
                 return store
         with self.lock:
             if self.server is None:
-                folder = directory or Path(os.environ.get("WORKBENCH_ARTIFACTS",
-                                                          Path.home() / ".workbench" / "artifacts"))
-                host = os.environ.get("WORKBENCH_ARTIFACT_HOST", "127.0.0.1")
+                env = settings()
+                folder = directory or env.artifacts or Path.home() / ".workbench" / "artifacts"
+                host = env.artifact_host or "127.0.0.1"
                 self.server = ArtifactServer(folder, host=host).start()
             return self.server
 
@@ -161,7 +164,10 @@ def prepare_package(package: str | os.PathLike[str] | Package, keys_dir: str | o
 
 
 class Rollout:
-    """A running (or finished) rollout. Display it in Jupyter for live progress; ``wait()`` for the report.
+    """A running (or finished) rollout; ``wait()`` for the report.
+
+    After ``import widgets``, displaying it in Jupyter shows its live :class:`widgets.RolloutProgress`
+    (the widgets register that display; the core never imports them).
 
     Example:
         >>> rollout = fleet.deploy("out/digits-int8", strategy=workbench.Canary(first=1))   # doctest: +SKIP
@@ -182,6 +188,10 @@ class Rollout:
 
             metrics = GateMetrics(fleet, model_sha256=str(package.describe()["model_sha256"]))
         self.metrics: MetricSource = metrics or ProbeMetrics(fleet)
+        # Relative gates compare two readings of one kind: the same probe before the wave and during the soak
+        # (telemetry windows and probes measure latency differently), or the caller's own source for both.
+        self.relative_metrics: MetricSource = metrics or ProbeMetrics(fleet, n=RELATIVE_PROBE_N)
+        self.baselines: dict[str, dict[str, float | None]] = {}
         self.device_timeout = device_timeout
         self.id = uuid.uuid4().hex[:10]
         self.started = time.time()
@@ -229,16 +239,6 @@ class Rollout:
     def rows(self) -> list[dict[str, Any]]:
         with self._lock:
             return [d.row() for d in self.devices.values()]
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        try:
-            from widgets import RolloutProgress
-        except ImportError:  # the workbench without the notebook extras: print instead
-            print(self.wait())
-            return
-        display(RolloutProgress(self))
 
     def __repr__(self) -> str:
         return f"<Rollout {self.id} {self.package.name} {self.package.version}: {self.status}>"
@@ -305,19 +305,32 @@ class Rollout:
             self.status, self.reason = "failed", "no device passed preflight"
             return
         staged = stage_package(self.package, self._server)
-        if isinstance(self.strategy, Shadow):
-            self._shadow(self.strategy, eligible, staged)
-            return
-        waves = self.strategy.plan(eligible)
+        steps = self.strategy.steps(eligible)
         updated: list[str] = []
-        for index, wave in enumerate(waves):
+        result: WaveResult | None = None
+        index = 0
+        while True:
+            try:
+                wave = steps.send(result)  # type: ignore[arg-type]  # the first send must be None
+            except StopIteration as stop:
+                outcome: Outcome | None = stop.value
+                break
+            if wave.shadow is not None:
+                self.shadow = wave.shadow
             self.current_wave = index
-            wave_info: dict[str, Any] = {"index": index, "devices": wave, "started": time.time()}
+            wave_info: dict[str, Any] = {"index": index, "devices": wave.devices, "started": time.time()}
+            if wave.action == "shadow":
+                wave_info["shadow"] = True
             self.waves.append(wave_info)
-            self._deploy_wave(index, wave, staged)
+            extra = None
+            if wave.action == "install":
+                self._measure_baselines(wave.devices)
+            else:
+                extra = {"action": wave.action, "duration": wave.duration_s}
+            self._deploy_wave(index, wave.devices, staged, extra=extra, timeout=self.device_timeout + wave.duration_s)
             wave_info["finished"] = time.time()
             wave_info["seconds"] = time.time() - float(wave_info["started"])
-            updated += [d for d in wave if self.devices[d].state == "active"]
+            updated += [d for d in wave.devices if self.devices[d].state == "active" and d not in updated]
             failed = [d for d in eligible if self.devices[d].state in ("failed", "rejected")]
             if self._failure_limit is not None and len(failed) > self._failure_limit:
                 self._abort(updated, f"{len(failed)} device(s) failed, over the limit of {self._failure_limit}")
@@ -326,63 +339,24 @@ class Rollout:
             if problem:
                 self._abort(updated, problem)
                 return
+            result = WaveResult({d: self._wave_entry(d) for d in wave.devices})
+            index += 1
+        if outcome is not None:
+            self.status, self.reason = outcome.status, outcome.reason
+            if outcome.shadow is not None:
+                self.shadow = outcome.shadow
+            return
         failed = [d for d in eligible if self.devices[d].state in ("failed", "rejected")]
         pending = [d for d in eligible if self.devices[d].state == "pending_offline"]
         self.status = "succeeded" if not failed and not pending else "partial"
         if failed or pending:
             self.reason = f"{len(failed)} failed, {len(pending)} offline (they install when back online)"
 
-    def _shadow(self, strategy: Shadow, devices: list[str], staged: dict[str, Any]) -> None:
-        """Shadow on every device; then promote (install) if every device agreed and ``promote``, else discard."""
-        self.current_wave = 0
-        wave_info: dict[str, Any] = {"index": 0, "devices": devices, "started": time.time(), "shadow": True}
-        self.waves.append(wave_info)
-        self._deploy_wave(0, devices, staged, extra={"action": "shadow", "duration": strategy.duration},
-                          timeout=self.device_timeout + strategy.duration)
-        wave_info["finished"] = time.time()
-        wave_info["seconds"] = time.time() - float(wave_info["started"])
-        results: dict[str, dict[str, Any]] = {}
-        problems = []
-        for device_id in devices:
-            progress, report = self.devices[device_id], self._ctx.state.reported(device_id)
-            if report.get("deployment_id") != progress.deployment_id or report.get("state") != "shadowed":
-                problems.append(f"{device_id}: {progress.state} ({progress.reason or 'no shadow result'})")
-                continue
-            stats = results[device_id] = dict(report.get("shadow") or {})
-            if not stats.get("samples"):
-                problems.append(f"{device_id}: no inputs reached the active model during the shadow; send it "
-                                "traffic (e.g. a telemetry source) or shadow longer")
-            elif float(stats.get("agreement") or 0.0) < strategy.min_agreement:
-                problems.append(f"{device_id}: agreement {stats['agreement']:.4g} below {strategy.min_agreement:g}")
-        self.shadow = {"duration_s": strategy.duration, "min_agreement": strategy.min_agreement,
-                       "promote": strategy.promote, "devices": results}
-        if problems:
-            self.shadow["decision"] = "discarded"
-            self.status = "aborted"
-            self.reason = f"shadow: {'; '.join(problems)}; the candidate was discarded, the active model kept serving"
-        elif not strategy.promote:
-            self.shadow["decision"] = "discarded"
-            self.status, self.reason = "succeeded", ("shadow only (promote=False): the candidate agreed; deploy "
-                                                     "it again without Shadow, or with Shadow(promote=True), to "
-                                                     "promote it")
-        else:
-            self.shadow["decision"] = "promoted"
-            self.current_wave = 1
-            promote_info: dict[str, Any] = {"index": 1, "devices": devices, "started": time.time()}
-            self.waves.append(promote_info)
-            self._deploy_wave(1, devices, staged)
-            promote_info["finished"] = time.time()
-            promote_info["seconds"] = time.time() - float(promote_info["started"])
-            updated = [d for d in devices if self.devices[d].state == "active"]
-            problem = self._soak(updated)
-            if problem:
-                self._abort(updated, problem)
-                return
-            failed = [d for d in devices if self.devices[d].state != "active"]
-            self.status = "partial" if failed else "succeeded"
-            if failed:
-                self.reason = f"{len(failed)} device(s) did not activate the promoted candidate"
-        self._changed()
+    def _wave_entry(self, device_id: str) -> dict[str, Any]:
+        """A device's outcome in the wave just run, for the strategy: state, reason, and its report if current."""
+        progress, report = self.devices[device_id], self._ctx.state.reported(device_id)
+        current = report.get("deployment_id") == progress.deployment_id
+        return {"state": progress.state, "reason": progress.reason, "report": report if current else None}
 
     def _deploy_wave(self, index: int, wave: list[str], staged: dict[str, Any], *,
                      extra: dict[str, Any] | None = None, timeout: float | None = None) -> None:
@@ -435,44 +409,72 @@ class Rollout:
                 return
             state.wait(lambda s: False, timeout=0.2)
 
+    def _measure_baselines(self, wave: list[str]) -> None:
+        """Each relative gate's metric on each device of the wave with the model it runs now (None: no model)."""
+        metrics = sorted({g.metric for g in self.gates if g.relative})
+        if not metrics:
+            return
+        self._invalidate()
+        for device_id in wave:
+            # A long window: one probe answers every metric of the device (the caches were just cleared).
+            values = {m: self.relative_metrics(device_id, m, 60.0) for m in metrics}
+            with self._lock:
+                self.baselines[device_id] = values
+        self._invalidate()  # the soak must measure the new model, not reuse these readings
+
+    def _invalidate(self) -> None:
+        """Forget cached readings of every metric source: what the devices run has changed."""
+        for source in (self.metrics, self.relative_metrics):
+            invalidate = getattr(source, "invalidate", None)
+            if invalidate is not None:
+                invalidate()
+
+    def _read_gate(self, gate: Gate, updated: list[str]) -> tuple[dict[str, float | None], dict[str, str]]:
+        """The gate's metric on each updated device, and where each value came from."""
+        if gate.relative:
+            source = self.relative_metrics
+            values = {d: source(d, gate.metric, gate.window_s) for d in updated}
+            name = "probe" if isinstance(source, ProbeMetrics) else type(source).__name__
+            return values, dict.fromkeys(updated, name)
+        read = getattr(self.metrics, "read", None)
+        if read is not None:
+            readings = {d: read(d, gate.metric, gate.window_s) for d in updated}
+            return {d: v for d, (v, _) in readings.items()}, {d: s for d, (_, s) in readings.items()}
+        return ({d: self.metrics(d, gate.metric, gate.window_s) for d in updated},
+                {d: type(self.metrics).__name__ for d in updated})
+
     def _soak(self, updated: list[str]) -> str | None:
         if not self.gates or not updated:
             return None
         soak = max(self.strategy.soak_s, 0.0)
-        invalidate = getattr(self.metrics, "invalidate", None)
-        read = getattr(self.metrics, "read", None)
-        if invalidate is not None:
-            invalidate()
+        self._invalidate()
         settle = getattr(self.metrics, "settle", None)
         if settle is not None:
             settle(updated)
         end = time.monotonic() + soak
         while True:
             for gate in self.gates:
-                if read is not None:
-                    readings = {d: read(d, gate.metric, gate.window_s) for d in updated}
-                    values = {d: v for d, (v, _) in readings.items()}
-                    sources = {d: s for d, (_, s) in readings.items()}
-                else:
-                    values = {d: self.metrics(d, gate.metric, gate.window_s) for d in updated}
-                    sources = {d: type(self.metrics).__name__ for d in updated}
-                failing = {d: v for d, v in values.items() if not gate.passes(v)}
+                values, sources = self._read_gate(gate, updated)
+                with self._lock:
+                    baselines = {d: self.baselines.get(d, {}).get(gate.metric) for d in updated}
+                failing = {d: v for d, v in values.items() if not gate.passes(v, baselines[d])}
                 numbers = [v for v in values.values() if v is not None]
                 worst = max(numbers) if gate.op in ("<=", "<") and numbers else min(numbers) if numbers else None
                 entry = {"ts": time.time(), "wave": self.current_wave, "gate": str(gate), "metric": gate.metric,
                          "value": worst, "passed": not failing, "devices": values, "sources": sources}
+                if gate.relative:
+                    entry["baselines"] = baselines
                 with self._lock:
                     self.gate_values.append(entry)
                 self._changed()
                 if failing:
                     device, value = next(iter(failing.items()))
-                    shown = "no data" if value is None else f"{value:.4g}"
-                    return f"gate {gate} failed on {device} ({gate.metric} = {shown}, from {sources[device]})"
+                    return f"gate {gate} failed on {device} ({_shown(gate, value, baselines[device])}, " \
+                           f"from {sources[device]})"
             if time.monotonic() >= end:
                 return None
             time.sleep(min(1.0, max(0.05, end - time.monotonic())))
-            if invalidate is not None:
-                invalidate()
+            self._invalidate()
 
     def _abort(self, updated: list[str], reason: str) -> None:
         self.status, self.reason = "aborted", reason
@@ -514,6 +516,16 @@ class Rollout:
             log.warning("could not record rollout %s in the history: %s", self.id, exc)
         self._done.set()
         self._changed()
+
+
+def _shown(gate: Gate, value: float | None, baseline: float | None) -> str:
+    """``p95_latency_ms = 6.256``, and for a relative gate what the device measured before."""
+    shown = f"{gate.metric} = {'no data' if value is None else f'{value:.4g}'}"
+    if gate.relative and baseline is not None:
+        shown += f", {gate.relative_to} model {baseline:.4g}"
+        if baseline < gate.floor:
+            shown += f" (counted as the floor {gate.floor:g})"
+    return shown
 
 
 def _user() -> str:
@@ -576,9 +588,10 @@ def deploy(
         'succeeded'
     """
     strategy = strategy or AllAtOnce()
-    if not isinstance(strategy, AllAtOnce | Canary | Shadow):
+    if not callable(getattr(strategy, "steps", None)) or not hasattr(strategy, "soak_s"):
         raise ConfigError(f"unknown strategy {strategy!r}; use workbench.Canary(...), workbench.Shadow(...) "
-                          "or leave it out for all at once")
+                          "or leave it out for all at once (a strategy of your own needs steps(devices), soak_s "
+                          "and max_failures)")
     if isinstance(artifacts, str):
         if artifact_dir is None:
             raise ConfigError(f"artifacts={artifacts!r} names a server; also pass artifact_dir=, the directory it "

@@ -1,11 +1,79 @@
-"""Rollout strategies: which devices get the package in which wave, and what aborts the rollout."""
+"""Rollout strategies: which devices get the package in which wave, and what aborts the rollout.
+
+A strategy is a generator of steps. :meth:`steps` yields :class:`Wave` after :class:`Wave`; the
+rollout deploys each, applies the failure limit and soaks the gates, then sends the wave's
+:class:`WaveResult` back in. The generator may return an :class:`Outcome` to end the rollout with
+its own verdict (a shadow that discards its candidate); returning nothing lets the rollout judge
+by the devices' states. Every strategy goes through this one loop, so ``max_failures`` and the
+gates hold for all of them, a shadow's promote wave included.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from workbench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Wave:
+    """One step: set these devices' desired state, wait for their reports, then check and soak.
+
+    ``action`` is ``install`` (activate the package) or ``shadow`` (run it beside the active
+    model for ``duration_s``). ``shadow`` is a shadow's verdict to show in the report from this
+    wave on.
+    """
+
+    devices: list[str]
+    action: str = "install"
+    duration_s: float = 0.0
+    shadow: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class WaveResult:
+    """What the devices of a wave reported: per device ``state``, ``reason`` and ``report`` (None: none)."""
+
+    devices: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A strategy's own verdict, which ends the rollout."""
+
+    status: str
+    reason: str | None = None
+    shadow: dict[str, Any] | None = None
+
+
+Steps = Generator[Wave, WaveResult, Outcome | None]
+
+
+class Strategy(Protocol):
+    """What a rollout needs of a strategy: its steps, its soak time and its failure limit."""
+
+    @property
+    def soak_s(self) -> float:
+        """Seconds the gates watch the updated devices after each wave."""
+        ...
+
+    @property
+    def max_failures(self) -> int | float | None:
+        """Failed devices that abort the rollout (a float below 1: a fraction; None: never)."""
+        ...
+
+    def steps(self, devices: list[str]) -> Steps:
+        """Yield the waves to deploy; receive each wave's result; optionally return an Outcome."""
+        ...
+
+
+def _waves(plan: list[list[str]]) -> Steps:
+    for devices in plan:
+        yield Wave(devices)
+    return None
 
 
 @dataclass(frozen=True)
@@ -22,6 +90,9 @@ class AllAtOnce:
 
     def plan(self, devices: list[str]) -> list[list[str]]:
         return [list(devices)] if devices else []
+
+    def steps(self, devices: list[str]) -> Steps:
+        return _waves(self.plan(devices))
 
 
 @dataclass(frozen=True)
@@ -56,6 +127,9 @@ class Canary:
                 done = upto
         return [w for w in waves if w]
 
+    def steps(self, devices: list[str]) -> Steps:
+        return _waves(self.plan(devices))
+
 
 @dataclass(frozen=True)
 class Shadow:
@@ -80,8 +154,47 @@ class Shadow:
     def plan(self, devices: list[str]) -> list[list[str]]:
         return [list(devices)] if devices else []
 
+    def steps(self, devices: list[str]) -> Steps:
+        if not devices:
+            return None
+        result = yield Wave(list(devices), action="shadow", duration_s=self.duration)
+        verdict = self.judge(result)
+        if verdict["problems"]:
+            reason = (f"shadow: {'; '.join(verdict['problems'])}; the candidate was discarded, the active model "
+                      "kept serving")
+            return Outcome("aborted", reason, verdict["shadow"] | {"decision": "discarded"})
+        if not self.promote:
+            return Outcome("succeeded", "shadow only (promote=False): the candidate agreed; deploy it again without "
+                           "Shadow, or with Shadow(promote=True), to promote it",
+                           verdict["shadow"] | {"decision": "discarded"})
+        # The promote wave is an ordinary install: the failure limit and the gates' soak hold for it too.
+        yield Wave(list(devices), shadow=verdict["shadow"] | {"decision": "promoted"})
+        return None
 
-Strategy = AllAtOnce | Canary | Shadow
+    def judge(self, result: WaveResult) -> dict[str, Any]:
+        """The shadow wave's verdict: each device's stats and what stops a promotion.
+
+        Example:
+            >>> shadowed = {"state": "shadowed", "reason": None, "report": {"shadow": {"samples": 9, "agreement": 1.0}}}
+            >>> Shadow(promote=True).judge(WaveResult({"a": shadowed}))["problems"]
+            []
+        """
+        stats: dict[str, dict[str, Any]] = {}
+        problems = []
+        for device_id, entry in result.devices.items():
+            report = entry.get("report")
+            if report is None or entry.get("state") != "shadowed":
+                problems.append(f"{device_id}: {entry.get('state')} ({entry.get('reason') or 'no shadow result'})")
+                continue
+            device = stats[device_id] = dict(report.get("shadow") or {})
+            if not device.get("samples"):
+                problems.append(f"{device_id}: no inputs reached the active model during the shadow; send it "
+                                "traffic (e.g. a telemetry source) or shadow longer")
+            elif float(device.get("agreement") or 0.0) < self.min_agreement:
+                problems.append(f"{device_id}: agreement {device['agreement']:.4g} below {self.min_agreement:g}")
+        summary = {"duration_s": self.duration, "min_agreement": self.min_agreement, "promote": self.promote,
+                   "devices": stats}
+        return {"shadow": summary, "problems": problems}
 
 
 def failure_limit(strategy: Strategy, total: int, override: int | float | None = None) -> int | None:

@@ -73,7 +73,7 @@ class GateMetrics:
 
     def _flowing(self, device_id: str, *, any_model: bool = False) -> bool:
         telemetry = self._telemetry
-        feed = telemetry.ingestor.feeds.get(device_id) if telemetry is not None else None
+        feed = telemetry.feed(device_id) if telemetry is not None else None
         return bool(feed is not None and feed.last_received is not None
                     and time.time() - feed.last_received <= FRESH_S and feed.tags.get("source") not in (None, "none")
                     and (any_model or feed.tags.get("model_sha256") == self.model_tag))
@@ -100,17 +100,17 @@ class GateMetrics:
         if not self._flowing(device_id):
             return None
         now = time.time()
-        telemetry.ingestor.wait_idle(timeout=1.0)
+        telemetry.flush(timeout=1.0)
         since = max(activated, now - window_s)
         if metric in ("p95_latency_ms", "p50_latency_ms"):
             name = "latency_p95_ms" if metric == "p95_latency_ms" else "latency_p50_ms"
-            frame = telemetry.store.query(name, [device_id], since, None, None)
+            frame = telemetry.query(name, devices=[device_id], since=since)
             if frame.empty:
                 return None
             values = frame["value"]
             return float(values.max() if metric == "p95_latency_ms" else values.mean())
         if metric in ("error_rate", "errors"):
-            frame = telemetry.store.query(["errors", "inference_count"], [device_id], since, None, None)
+            frame = telemetry.query(["errors", "inference_count"], devices=[device_id], since=since)
             if frame.empty:
                 return None
             growth = {}

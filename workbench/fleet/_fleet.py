@@ -37,8 +37,9 @@ from workbench.fleet._rejects import RejectLog
 if TYPE_CHECKING:
     import pandas as pd
 
+    from workbench.hub import HubClient
     from workbench.sync._client import Sync
-    from workbench.telemetry._client import Telemetry
+    from workbench.telemetry._client import Telemetry, TelemetryViews
 
 log = logging.getLogger("workbench.fleet")
 
@@ -268,6 +269,41 @@ class Fleet:
             self._telemetry = Telemetry(self)
         return self._telemetry
 
+    @property
+    def running_telemetry(self) -> TelemetryViews | None:
+        """``fleet.telemetry`` if something has started it, else None (views that must not start it ask this)."""
+        return getattr(self, "_telemetry", None)
+
+    @property
+    def running_sync(self) -> Sync | None:
+        """``fleet.sync`` if something has started it, else None."""
+        return getattr(self, "_sync", None)
+
+    @property
+    def hub(self) -> HubClient:
+        """The fleet's hub (``workbench up --hub``): the same stored history for every client.
+
+        Raises :class:`~workbench.errors.HubError` when the fleet runs no hub.
+
+        Example:
+            >>> fleet.hub.query("latency_p95_ms", since="1h", every="1m")   # doctest: +SKIP
+        """
+        if getattr(self, "_hub", None) is None:
+            from workbench.hub import HubClient
+
+            self._hub = HubClient.for_record(self.local_record or {})
+        return self._hub
+
+    def refuse_receiving_beside_hub(self, what: str) -> None:
+        """Raise :class:`~workbench.errors.HubError` when this fleet's hub is its receiver: a second receiver in this
+        process would acknowledge devices' items against it."""
+        from workbench.errors import HubError
+
+        if ((self.local_record or {}).get("hub") or {}).get("url"):
+            raise HubError(f"this fleet runs a hub, which receives and stores its {what}: query it with "
+                           "fleet.hub.query(...) / fleet.hub.stats(); a receiver in this process as well would "
+                           "acknowledge devices' items against it")
+
     def deploy(self, package: Any, devices: Any = None, **options: Any) -> Any:
         """Deploy a model package to devices; returns the running rollout (see :func:`workbench.deploy.deploy`).
 
@@ -305,6 +341,8 @@ class Fleet:
         """Disconnect from the broker. The devices keep running."""
         if not getattr(self, "_closed", True):
             self._closed = True
+            if getattr(self, "_hub", None) is not None:
+                self._hub.close()
             if getattr(self, "_sync", None) is not None:
                 self._sync.close()
             if getattr(self, "_telemetry", None) is not None:

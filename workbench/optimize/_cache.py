@@ -9,10 +9,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from workbench._settings import settings
+
 
 def default_cache_dir() -> Path:
     """``$WORKBENCH_CACHE_DIR/optimize`` or ``~/.cache/workbench/optimize``."""
-    root = os.environ.get("WORKBENCH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "workbench")
+    root = settings().cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "workbench")
     return Path(root) / "optimize"
 
 

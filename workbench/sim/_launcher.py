@@ -70,7 +70,8 @@ def _owned_processes(record: dict[str, Any]) -> list[list[dict[str, Any]]]:
     """The processes the fleet started, in the order to stop them: agents (so they announce a clean
     shutdown while the broker still runs), the artifact server, then the broker unless it is external."""
     broker = record.get("broker") or {}
-    return [list(record.get("agents", [])), [record["artifacts"]] if record.get("artifacts") else [],
+    return [list(record.get("agents", [])), [record["hub"]] if record.get("hub") else [],
+            [record["artifacts"]] if record.get("artifacts") else [],
             [broker] if broker.get("pid") is not None else []]
 
 
@@ -88,12 +89,15 @@ def up(
     keepalive: int = 10,
     per_process: int | None = None,
     secure: bool = False,
+    hub: bool = False,
     timeout: float = 120.0,
 ) -> dict[str, Any]:
     """Start a broker and ``devices`` simulated devices as real agent processes; wait until all are online.
 
     Returns the fleet record (also written to ``RUN_DIR/fleet.json``). Raises
-    :class:`FleetAlreadyRunningError` if this run directory's fleet is up.
+    :class:`FleetAlreadyRunningError` if this run directory's fleet is up. With ``hub=True``
+    the fleet hub runs too (store ``RUN_DIR/hub/fleet.duckdb``, token ``RUN_DIR/hub.token``),
+    and receives, stores and serves what the devices send.
 
     Example:
         >>> record = up(devices=3, run_dir="/tmp/wb-fleet")   # doctest: +SKIP
@@ -114,7 +118,7 @@ def up(
         record: dict[str, Any] = {"created": time.time(), "run_dir": str(rd.path), "agents": [],
                                   "devices": [], "keepalive": keepalive, "secure": None}
         try:
-            _start(record, rd, plan, broker=broker, port=port, keepalive=keepalive, secure=secure)
+            _start(record, rd, plan, broker=broker, port=port, keepalive=keepalive, secure=secure, hub=hub)
             rd.write(record)  # written before the wait, so `down` can clean up a fleet that never came up
             _wait_online(record, rd, [d for group in plan for d, _ in group], timeout=timeout)
         except BaseException:
@@ -125,7 +129,7 @@ def up(
 
 
 def _start(record: dict[str, Any], rd: RunDir, plan: list[list[tuple[str, str]]], *, broker: str, port: int,
-           keepalive: int, secure: bool) -> None:
+           keepalive: int, secure: bool, hub: bool) -> None:
     if secure:
         from workbench.sim._security import prepare_secure
 
@@ -146,6 +150,8 @@ def _start(record: dict[str, Any], rd: RunDir, plan: list[list[tuple[str, str]]]
     from workbench.deploy._keys import enroll_local_fleet  # devices trust only packages the workbench's key signed
 
     enroll_local_fleet(rd.data, [d for group in plan for d, _ in group])
+    if hub:
+        record["hub"] = spawn_hub(record, rd)
     for index, group in enumerate(plan):
         argv = [sys.executable, "-m", "workbench.cli", "agent", "--broker", url, "--simulated",
                 "--keepalive", str(keepalive), "--data-dir", str(rd.data), "--log-level", "INFO"]
@@ -157,6 +163,35 @@ def _start(record: dict[str, Any], rd: RunDir, plan: list[list[tuple[str, str]]]
         proc = _procs.spawn(argv, rd.logs / f"agents-{index:03d}.log", env=env)
         record["agents"].append({**proc, "devices": [d for d, _ in group]})
         record["devices"] += [{"device_id": d, "profile": p} for d, p in group]
+
+
+def spawn_hub(record: dict[str, Any], rd: RunDir, *, wait: float = 30.0) -> dict[str, Any]:
+    """Start the fleet's hub process on the fleet's broker (with the workbench's credentials when secure).
+
+    Example:
+        >>> spawn_hub(record, RunDir.resolve("/tmp/wb-fleet"))["url"]   # doctest: +SKIP
+        'http://127.0.0.1:40127'
+    """
+    from workbench.cli._hub import ensure_token
+    from workbench.errors import HubError
+
+    host = "127.0.0.1"
+    hub_port = _procs.free_port(host)
+    token_file = rd.path / "hub.token"
+    ensure_token(token_file)
+    store = rd.path / "hub" / "fleet.duckdb"
+    argv = [sys.executable, "-m", "workbench.cli", "hub", "--broker", record["broker"]["url"],
+            "--store", f"duckdb://{store}", "--host", host, "--port", str(hub_port), "--token-file", str(token_file)]
+    secure = record.get("secure") or {}
+    controller = secure.get("controller") or {}
+    if controller.get("password_file"):
+        argv += ["--username", controller["username"], "--password-file", controller["password_file"]]
+    if secure.get("ca_file"):
+        argv += ["--ca-file", secure["ca_file"]]
+    proc = _procs.spawn_listening(argv, rd.logs / "hub.log", host, hub_port, wait=wait, what="the fleet hub",
+                                  error=HubError)
+    return {"url": f"http://{host}:{hub_port}", "host": host, "port": hub_port, "token_file": str(token_file),
+            "store": f"duckdb://{store}", **proc}
 
 
 def _wait_online(record: dict[str, Any], rd: RunDir, expected: list[str], *, timeout: float) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench._settings import settings
 from workbench.errors import FleetError
 
 RECORD_VERSION = 1
@@ -20,8 +21,7 @@ def default_run_dir() -> Path:
         >>> default_run_dir().name
         'fleet'
     """
-    env = os.environ.get("WORKBENCH_RUN_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".workbench" / "fleet"
+    return settings().run_dir or Path.home() / ".workbench" / "fleet"
 
 
 @dataclass(frozen=True)

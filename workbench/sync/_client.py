@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from workbench._settings import settings
 from workbench.errors import PayloadError
 from workbench.fleet import schema, topics
 from workbench.fleet._mqtt import close_client, connect_blocking, guard_messages, make_client, new_client_id
@@ -76,7 +77,9 @@ class Sync:
     def __init__(self, fleet: Fleet, *, path: str | os.PathLike[str] | None = None, receive: bool = True,
                  telemetry: Telemetry | None = None) -> None:
         self.fleet = fleet
-        path = path if path is not None else os.environ.get("WORKBENCH_SYNC_DB")
+        if receive:
+            fleet.refuse_receiving_beside_hub("sync items")
+        path = path if path is not None else settings().sync_db
         if receive and telemetry is None:
             telemetry = _fleet_telemetry(fleet)
         self.receiver = SyncReceiver(fleet.address, SyncStore(path), telemetry=telemetry.ingestor if telemetry
@@ -241,6 +244,6 @@ def receive_telemetry(fleet: Fleet, telemetry: Telemetry) -> Sync:
     elif sync.receiver is not None:
         sync.receiver.telemetry = telemetry.ingestor
     else:
-        sync.receiver = SyncReceiver(fleet.address, SyncStore(os.environ.get("WORKBENCH_SYNC_DB")),
+        sync.receiver = SyncReceiver(fleet.address, SyncStore(settings().sync_db),
                                      telemetry=telemetry.ingestor)
     return sync

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workbench._settings import settings
 from workbench.errors import ConfigError
 from workbench.fleet import schema, topics
 from workbench.telemetry._alerts import AlertEngine, AlertRule
-from workbench.telemetry._ingest import Ingestor, Store
+from workbench.telemetry._ingest import Ingestor, PointsListener, Store
 from workbench.telemetry._time import Duration, Instant, epoch, seconds
 
 if TYPE_CHECKING:
@@ -41,42 +46,76 @@ def open_store(path: str | os.PathLike[str] | None = None, *, backend: str = "du
     raise ConfigError(f"unknown telemetry backend {backend!r}; choose 'duckdb' or 'postgres'")
 
 
-class Telemetry:
-    """The fleet's telemetry: an ingestor storing every device's batches, and queries over them.
-
-    Made on first use of ``fleet.telemetry`` with an in-memory DuckDB store, or by
-    ``Telemetry(fleet, path=...)`` for a file (``$WORKBENCH_TELEMETRY_DB`` sets the
-    default path) or ``backend="postgres", dsn=...``.
-
-    Devices send telemetry through their sync outbox; the fleet's sync receiver (started
-    here if needed, see :mod:`workbench.sync`) hands each batch to :attr:`ingestor` and
-    acknowledges it once its insert has committed. The newest ``Telemetry`` made for a
-    fleet is the one that receives; ``receive=False`` leaves that to the caller.
+@dataclass(frozen=True)
+class FeedInfo:
+    """What the receiving end knows of one device's telemetry stream, at one moment.
 
     Example:
-        >>> fleet.telemetry.query("latency_p95_ms", devices="all", since="10m", every="5s")   # doctest: +SKIP
-        >>> fleet.telemetry.add_rule("slow", "latency_p95_ms", above=50)                       # doctest: +SKIP
-        >>> fleet.telemetry.alerts()                                                           # doctest: +SKIP
+        >>> FeedInfo(last_received=None, tags={}, latest={}).latest_value("cpu_percent") is None
+        True
     """
 
-    def __init__(self, fleet: Fleet, *, path: str | os.PathLike[str] | None = None, backend: str = "duckdb",
-                 dsn: str | None = None, store: Store | None = None, receive: bool = True,
-                 **ingest_options: Any) -> None:
-        self.fleet = fleet
-        if store is None:
-            store = open_store(path if path is not None else os.environ.get("WORKBENCH_TELEMETRY_DB"),
-                               backend=backend, dsn=dsn)
-        self.store: Any = store
-        self.engine = AlertEngine()
-        self.ingestor = Ingestor(store, alerts=self.engine, **ingest_options)
-        if receive:
-            from workbench.sync._client import receive_telemetry
+    last_received: float | None
+    tags: dict[str, Any]
+    latest: dict[str, tuple[float, float]]  # metric -> (ts, value)
+    missing: int = 0
 
-            if getattr(fleet, "_telemetry", None) is None:
-                fleet._telemetry = self  # so the sync started below finds this one, not a second
-            receive_telemetry(fleet, self)
+    def latest_value(self, metric: str) -> float | None:
+        entry = self.latest.get(metric)
+        return entry[1] if entry is not None else None
 
-    # -- queries ---------------------------------------------------------------------------------
+
+class TelemetryViews(ABC):
+    """What ``fleet.telemetry`` offers, whoever receives: this process (:class:`Telemetry`) or the fleet's hub.
+
+    A receiving end implements :meth:`query`, :meth:`counters`, :meth:`feeds`, :meth:`flush`,
+    :meth:`subscribe`, the alert methods and :meth:`close`; the tables and waits here are built on them.
+    """
+
+    fleet: Fleet
+
+    @abstractmethod
+    def query(self, metric: str | list[str], *, devices: str | list[str] | None = "all", since: Instant = "10m",
+              until: Instant = None, every: Duration | None = None, agg: str = "mean") -> pd.DataFrame:
+        ...
+
+    @abstractmethod
+    def counters(self) -> dict[str, dict[str, Any]]:
+        """Per-device ingestion counters (see :meth:`stats` for the table)."""
+        ...
+
+    @abstractmethod
+    def feeds(self) -> dict[str, FeedInfo]:
+        """Each device's stream: when it last sent, its tags, the newest value of each metric."""
+        ...
+
+    @abstractmethod
+    def flush(self, timeout: float = 1.0) -> bool:
+        """Wait (at most ``timeout`` s) until what was received so far can be queried; True if it can."""
+        ...
+
+    @abstractmethod
+    def subscribe(self, metrics: list[str], listener: PointsListener) -> Callable[[], None]:
+        """Call ``listener(device, metric, ts, values)`` with new points of ``metrics``; returns the unsubscribe."""
+        ...
+
+    @abstractmethod
+    def add_rule(self, name: str, metric: str, **conditions: Any) -> AlertRule:
+        ...
+
+    @abstractmethod
+    def rules(self) -> list[AlertRule]:
+        ...
+
+    @abstractmethod
+    def alerts(self, since: Instant = None) -> pd.DataFrame:
+        ...
+
+    @abstractmethod
+    def close(self, timeout: float = 5.0) -> None:
+        ...
+
+    # -- built on the above ---------------------------------------------------------------------------
 
     def _devices(self, devices: str | list[str] | None) -> list[str] | None:
         if devices in (None, "all"):
@@ -85,35 +124,23 @@ class Telemetry:
             return [devices]
         return list(devices)
 
-    def query(self, metric: str | list[str], *, devices: str | list[str] | None = "all", since: Instant = "10m",
-              until: Instant = None, every: Duration | None = None, agg: str = "mean") -> pd.DataFrame:
-        """History of ``metric`` as a DataFrame with columns time (UTC), device_id, metric, value.
-
-        ``every`` buckets the points (``agg``: mean, min, max, sum, count, first, last).
-
-        Example:
-            >>> fleet.telemetry.query("latency_p95_ms", devices="all", since="10m", every="5s")  # doctest: +SKIP
-        """
-        now = time.time()
-        bucket = seconds(every, "every") if every is not None else None
-        if bucket is not None and bucket <= 0:
-            raise ConfigError(f"every {every!r} must be a positive duration, e.g. '5s' or '1m'")
-        return self.store.query(metric, self._devices(devices), epoch(since, now=now, what="since"),
-                                epoch(until, now=now, what="until"), bucket, agg)
+    def feed(self, device_id: str) -> FeedInfo | None:
+        """One device's :class:`FeedInfo` (None before its first batch)."""
+        return self.feeds().get(device_id)
 
     def latest(self) -> pd.DataFrame:
         """The newest value of every metric per device (one row per device, one column per metric)."""
         import pandas as pd
 
         rows = {device: {name: value for name, (_, value) in feed.latest.items()}
-                for device, feed in list(self.ingestor.feeds.items())}
+                for device, feed in self.feeds().items()}
         return pd.DataFrame.from_dict(rows, orient="index").sort_index()
 
     def stats(self) -> pd.DataFrame:
         """Per-device ingestion counters: points, batches, duplicates, gaps, rejected kinds, clock offset."""
         import pandas as pd
 
-        frame = pd.DataFrame.from_dict(self.ingestor.stats(), orient="index")
+        frame = pd.DataFrame.from_dict(self.counters(), orient="index")
         frame.index.name = "device_id"
         return frame.reset_index()
 
@@ -125,8 +152,8 @@ class Telemetry:
         """
         import pandas as pd
 
-        feeds = dict(self.ingestor.feeds)
-        sync = getattr(self.fleet, "_sync", None)  # running whenever this telemetry receives
+        feeds = self.feeds()
+        sync = self.fleet.running_sync
         backlog = sync.backlog() if sync is not None else {}
         rows = []
         for device in self.fleet.devices:
@@ -145,7 +172,7 @@ class Telemetry:
                 "throughput": latest.get("throughput", (None, np.nan))[1],
                 "errors": latest.get("errors", (None, np.nan))[1],
                 "cpu_percent": latest.get("cpu_percent", (None, np.nan))[1],
-                "missing_batches": feed.counters["missing"] if feed else 0,
+                "missing_batches": feed.missing if feed else 0,
                 "sync_backlog": backlog.get(device.device_id),
                 "last_telemetry": feed.last_received if feed else None,
             })
@@ -153,25 +180,6 @@ class Telemetry:
         if not frame.empty:
             frame["last_telemetry"] = pd.to_datetime(frame["last_telemetry"], unit="s", utc=True)
         return frame
-
-    # -- alerts ---------------------------------------------------------------------------------------
-
-    def add_rule(self, name: str, metric: str, **conditions: Any) -> AlertRule:
-        """Add (or replace) an alert rule; see :class:`AlertRule` for the conditions.
-
-        Example:
-            >>> fleet.telemetry.add_rule("anomaly", "anomaly_score", above=0.5, for_points=3)   # doctest: +SKIP
-        """
-        rule = AlertRule(name, metric, **conditions)
-        self.engine.add(rule)
-        return rule
-
-    def rules(self) -> list[AlertRule]:
-        return list(self.engine.rules.values())
-
-    def alerts(self, since: Instant = None) -> pd.DataFrame:
-        """Fired alerts as a DataFrame: time, device_id, rule, metric, value, message."""
-        return self.store.alerts(epoch(since, what="since"))
 
     # -- devices ---------------------------------------------------------------------------------------
 
@@ -209,7 +217,7 @@ class Telemetry:
         wanted = self._devices(devices)
         deadline = time.monotonic() + timeout
         while True:
-            self.ingestor.wait_idle(timeout=1.0)
+            self.flush(timeout=1.0)
             frame = self.query(metric, devices=wanted or "all", since=since)
             per_device = frame.groupby("device_id").size() if not frame.empty else {}
             have = {d: int(n) for d, n in dict(per_device).items()}
@@ -220,6 +228,100 @@ class Telemetry:
                 raise FleetTimeoutError(f"{metric}: {have or 'no points'} after {timeout:g} s (wanted {count} per "
                                         "device); is telemetry enabled and the source configured?")
             time.sleep(0.1)
+
+class Telemetry(TelemetryViews):
+    """The fleet's telemetry: an ingestor storing every device's batches, and queries over them.
+
+    Made on first use of ``fleet.telemetry`` with an in-memory DuckDB store, or by
+    ``Telemetry(fleet, path=...)`` for a file (``$WORKBENCH_TELEMETRY_DB`` sets the
+    default path) or ``backend="postgres", dsn=...``.
+
+    Devices send telemetry through their sync outbox; the fleet's sync receiver (started
+    here if needed, see :mod:`workbench.sync`) hands each batch to :attr:`ingestor` and
+    acknowledges it once its insert has committed. The newest ``Telemetry`` made for a
+    fleet is the one that receives; ``receive=False`` leaves that to the caller.
+
+    Example:
+        >>> fleet.telemetry.query("latency_p95_ms", devices="all", since="10m", every="5s")   # doctest: +SKIP
+        >>> fleet.telemetry.add_rule("slow", "latency_p95_ms", above=50)                       # doctest: +SKIP
+        >>> fleet.telemetry.alerts()                                                           # doctest: +SKIP
+    """
+
+    def __init__(self, fleet: Fleet, *, path: str | os.PathLike[str] | None = None, backend: str = "duckdb",
+                 dsn: str | None = None, store: Store | None = None, receive: bool = True,
+                 **ingest_options: Any) -> None:
+        self.fleet = fleet
+        if receive:
+            fleet.refuse_receiving_beside_hub("telemetry")
+        if store is None:
+            store = open_store(path if path is not None else settings().telemetry_db,
+                               backend=backend, dsn=dsn)
+        self.store: Any = store
+        self.engine = AlertEngine()
+        self.ingestor = Ingestor(store, alerts=self.engine, **ingest_options)
+        if receive:
+            from workbench.sync._client import receive_telemetry
+
+            if getattr(fleet, "_telemetry", None) is None:
+                fleet._telemetry = self  # so the sync started below finds this one, not a second
+            receive_telemetry(fleet, self)
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def query(self, metric: str | list[str], *, devices: str | list[str] | None = "all", since: Instant = "10m",
+              until: Instant = None, every: Duration | None = None, agg: str = "mean") -> pd.DataFrame:
+        """History of ``metric`` as a DataFrame with columns time (UTC), device_id, metric, value.
+
+        ``every`` buckets the points (``agg``: mean, min, max, sum, count, first, last).
+
+        Example:
+            >>> fleet.telemetry.query("latency_p95_ms", devices="all", since="10m", every="5s")  # doctest: +SKIP
+        """
+        now = time.time()
+        bucket = seconds(every, "every") if every is not None else None
+        if bucket is not None and bucket <= 0:
+            raise ConfigError(f"every {every!r} must be a positive duration, e.g. '5s' or '1m'")
+        return self.store.query(metric, self._devices(devices), epoch(since, now=now, what="since"),
+                                epoch(until, now=now, what="until"), bucket, agg)
+
+    def counters(self) -> dict[str, dict[str, Any]]:
+        return self.ingestor.stats()
+
+    def feeds(self) -> dict[str, FeedInfo]:
+        return {device: FeedInfo(feed.last_received, dict(feed.tags), dict(feed.latest), feed.counters["missing"])
+                for device, feed in list(self.ingestor.feeds.items())}
+
+    def flush(self, timeout: float = 1.0) -> bool:
+        return self.ingestor.wait_idle(timeout=timeout)
+
+    def subscribe(self, metrics: list[str], listener: PointsListener) -> Callable[[], None]:
+        self.ingestor.watched.update(metrics)
+        self.ingestor.listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self.ingestor.listeners.remove(listener)
+
+        return unsubscribe
+
+    # -- alerts ---------------------------------------------------------------------------------------
+
+    def add_rule(self, name: str, metric: str, **conditions: Any) -> AlertRule:
+        """Add (or replace) an alert rule; see :class:`AlertRule` for the conditions.
+
+        Example:
+            >>> fleet.telemetry.add_rule("anomaly", "anomaly_score", above=0.5, for_points=3)   # doctest: +SKIP
+        """
+        rule = AlertRule(name, metric, **conditions)
+        self.engine.add(rule)
+        return rule
+
+    def rules(self) -> list[AlertRule]:
+        return list(self.engine.rules.values())
+
+    def alerts(self, since: Instant = None) -> pd.DataFrame:
+        """Fired alerts as a DataFrame: time, device_id, rule, metric, value, message."""
+        return self.store.alerts(epoch(since, what="since"))
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop intake, let the writer store the backlog (up to ``timeout`` s, the rest is logged), close the store.

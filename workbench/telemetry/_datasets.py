@@ -11,12 +11,12 @@ Example:
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from workbench._settings import settings
 from workbench.errors import ConfigError
 
 SENSOR_CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
@@ -27,8 +27,7 @@ SENSOR_HZ = 10.0
 
 def datasets_dir() -> Path:
     """Where the shipped data sets live: ``$WORKBENCH_DATASETS`` or the repository's ``datasets/``."""
-    override = os.environ.get("WORKBENCH_DATASETS")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "datasets"
+    return settings().datasets or Path(__file__).resolve().parents[2] / "datasets"
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,260 @@
+"""The fleet hub: one receiver and store, the same answers for every client, nothing lost when it is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+from conftest import REPO, FleetFactory, run_cli
+
+import workbench
+from workbench.errors import ConfigError, HubAuthError, HubError, HubUnreachableError
+from workbench.fleet import Fleet
+from workbench.hub import Hub, HubClient, StoreURL, read_token
+from workbench.hub._api import ApiServer
+from workbench.sim import _procs
+
+DEVICE = "sim-01"
+
+
+# -- the store URL --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "backend", "where"), [
+    ("duckdb:///var/lib/workbench/fleet.duckdb", "duckdb", "/var/lib/workbench/fleet.duckdb"),
+    ("duckdb://rel/fleet.duckdb", "duckdb", "rel/fleet.duckdb"),
+    ("/srv/fleet.duckdb", "duckdb", "/srv/fleet.duckdb"),
+    ("postgresql://wb@db/workbench", "postgres", "postgresql://wb@db/workbench"),
+])
+def test_store_url_reads_each_form_when_given_to_the_hub(url: str, backend: str, where: str) -> None:
+    store = StoreURL.parse(url)
+    assert store.backend == backend
+    assert (str(store.path) if backend == "duckdb" else store.dsn) == where
+
+
+@pytest.mark.parametrize(("url", "words"), [("duckdb://:memory:", "keeps nothing"), ("redis://x", "not a store"),
+                                            ("", "needs a store")])
+def test_store_url_names_the_forms_when_it_cannot_be_used(url: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        StoreURL.parse(url)
+
+
+def test_store_url_hides_the_password_when_printed() -> None:
+    assert str(StoreURL.parse("postgresql://wb:s3cret@db:5432/workbench")) == "postgresql://wb:***@db:5432/workbench"
+
+
+# -- the API of a hub in this process, over real HTTP on loopback ----------------------------------------------
+
+
+@pytest.fixture
+def local_hub(tmp_path: Path) -> Iterator[Hub]:
+    hub = Hub(None, f"duckdb://{tmp_path / 'fleet.duckdb'}")
+    yield hub
+    hub.close()
+
+
+@pytest.fixture
+def api(local_hub: Hub) -> Iterator[str]:
+    """The hub's API on a free loopback port, token ``t``."""
+    server = ApiServer(local_hub, "t").start()
+    yield server.url
+    server.stop()
+
+
+def test_hub_api_refuses_a_missing_or_wrong_token_with_401_naming_what_to_send(api: str) -> None:
+    missing = httpx.get(f"{api}/v1/telemetry/stats")
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert "no token" in missing.json()["error"]
+    wrong = httpx.get(f"{api}/v1/telemetry/stats", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "wrong token" in wrong.json()["error"]
+    with HubClient(api, token="nope") as client, pytest.raises(HubAuthError, match="wrong token"):
+        client.stats()
+    assert httpx.get(f"{api}/healthz").json()["status"] == "ok"  # probes need no token
+
+
+@pytest.mark.parametrize(("params", "words"), [
+    ([], "needs metric=NAME"),
+    ([("metric", "cpu_percent"), ("every", "nan")], "finite"),
+    ([("metric", "cpu_percent"), ("every", "-1")], "positive"),
+    ([("metric", "cpu_percent"), ("since", "yesterday")], "not a number"),
+    ([("metric", "cpu_percent"), ("agg", "median; DROP TABLE points")], "is not one of"),
+    ([("metric", "x" * 300)], "at most"),
+])
+def test_hub_api_answers_400_naming_the_parameter_when_a_query_is_malformed(
+        api: str, params: list[tuple[str, str]], words: str) -> None:
+    response = httpx.get(f"{api}/v1/telemetry/query", params=params, headers={"Authorization": "Bearer t"})
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]
+
+
+def test_hub_api_keeps_alert_rules_when_the_hub_restarts(tmp_path: Path) -> None:
+    store = f"duckdb://{tmp_path / 'fleet.duckdb'}"
+    hub = Hub(None, store)
+    server = ApiServer(hub, "t").start()
+    try:
+        with HubClient(server.url, token="t") as client:
+            client.add_rule("slow", "latency_p95_ms", above=50.0, for_points=3)
+            with pytest.raises(ConfigError, match="needs above="):
+                client.add_rule("nothing", "latency_p95_ms")
+    finally:
+        server.stop()
+        hub.close()
+    again = Hub(None, store)
+    try:
+        assert [(r.name, r.above, r.for_points) for r in again.rules()] == [("slow", 50.0, 3)]
+    finally:
+        again.close()
+
+
+def test_second_hub_on_the_same_store_is_refused_naming_the_first(local_hub: Hub, tmp_path: Path) -> None:
+    with pytest.raises(HubError, match=rf"another hub \(pid {os.getpid()}\) already owns the store"):
+        Hub(None, f"duckdb://{tmp_path / 'fleet.duckdb'}")
+
+
+def test_second_hub_on_the_same_postgres_store_is_refused(postgres_dsn: str, tmp_path: Path) -> None:
+    first = Hub(None, postgres_dsn, data_dir=tmp_path / "a")
+    try:
+        with pytest.raises(HubError, match="another hub already owns the store"):
+            Hub(None, postgres_dsn, data_dir=tmp_path / "b")
+    finally:
+        first.close()
+
+
+def test_hub_client_names_the_address_when_no_hub_answers() -> None:
+    port = _procs.free_port("127.0.0.1")
+    with HubClient(f"http://127.0.0.1:{port}", token="t", timeout=2) as client, \
+            pytest.raises(HubUnreachableError, match=rf"no hub answered at http://127.0.0.1:{port}"):
+        client.health()
+
+
+def test_hub_client_names_the_token_file_when_it_cannot_be_read(tmp_path: Path) -> None:
+    with pytest.raises(HubAuthError, match=r"cannot read the hub token .*missing\.token"):
+        read_token(tmp_path / "missing.token")
+
+
+# -- a real fleet with its hub ------------------------------------------------------------------------------
+
+
+def _query_elsewhere(record: dict[str, Any], since: float, until: float) -> str:
+    """The window's points as CSV, asked by another Python process (another kernel, in effect)."""
+    code = (f"import json, workbench\nfrom workbench.hub import HubClient\n"
+            f"record = json.load(open({str(Path(record['run_dir']) / 'fleet.json')!r}))\n"
+            f"with HubClient.for_record(record) as hub:\n"
+            f"    print(hub.query(['cpu_percent', 'memory_mb'], since={since!r}, until={until!r}).to_csv(index=False))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip()
+
+
+def test_two_clients_and_the_cli_get_identical_history_when_the_fleet_has_a_hub(fleet_factory: FleetFactory) -> None:
+    record = fleet_factory(devices=2, keepalive=5, hub=True)
+    assert oct(Path(record["hub"]["token_file"]).stat().st_mode & 0o777) == "0o600"
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(2, timeout=30)
+        since = time.time() - 60
+        deadline = time.monotonic() + 30
+        # Host metrics every second from each device: wait for a few that are already some seconds old.
+        while len(fleet.hub.query("cpu_percent", since=since, until=time.time() - 2)) < 4:
+            assert time.monotonic() < deadline, "the hub stored too few host metrics within 30 s"
+            time.sleep(0.5)
+        until = time.time() - 2
+        for _ in range(5):
+            mine = fleet.hub.query(["cpu_percent", "memory_mb"], since=since, until=until).to_csv(index=False).strip()
+            other = _query_elsewhere(record, since, until)
+            cli = run_cli("telemetry", "query", "cpu_percent", "memory_mb", "--run-dir", record["run_dir"],
+                          "--since", repr(since), "--until", repr(until), "--csv")
+            again = fleet.hub.query(["cpu_percent", "memory_mb"], since=since, until=until).to_csv(index=False).strip()
+            if mine == again:  # a straggler from before `until` arrived meanwhile: ask again
+                break
+        assert cli.returncode == 0, cli.stderr
+        assert mine.count("\n") >= 2
+        assert mine == other == cli.stdout.strip()
+        # No second receiver in a client of a fleet with a hub: it would acknowledge against the hub.
+        with pytest.raises(HubError, match="this fleet runs a hub"):
+            _ = fleet.telemetry
+
+
+def test_hub_serves_prometheus_metrics_and_health_without_a_token(fleet_factory: FleetFactory) -> None:
+    record = fleet_factory(devices=1, keepalive=5, hub=True)
+    url = record["hub"]["url"]
+    deadline = time.monotonic() + 30
+    while True:
+        body = httpx.get(f"{url}/metrics", timeout=5).text
+        if f'workbench_hub_points_total{{device="{DEVICE}"}}' in body:
+            break
+        assert time.monotonic() < deadline, body[-1500:]
+        time.sleep(0.5)
+    health = httpx.get(f"{url}/healthz", timeout=5).json()
+    assert health["status"] == "ok" and health["devices"] == 1 and health["store"].endswith("fleet.duckdb")
+
+
+def _settled(fleet: Fleet, timeout: float = 60.0) -> dict[str, Any]:
+    """The device's sync status once its outbox is empty and stays so: every item produced is acknowledged."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        try:
+            status = fleet.call(DEVICE, "sync.status", timeout=15)
+            if status["outbox_bytes"] == 0:
+                time.sleep(1.0)
+                again = fleet.call(DEVICE, "sync.status", timeout=15)
+                if again["outbox_bytes"] == 0 and again["counters"]["produced"] == status["counters"]["produced"]:
+                    return again
+        except workbench.WorkbenchError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"the outbox did not drain: {status}")
+
+
+def test_hub_killed_mid_ingestion_loses_and_duplicates_no_batch_when_restarted(fleet_factory: FleetFactory) -> None:
+    record = fleet_factory(devices=1, keepalive=5, hub=True)
+    hub = record["hub"]
+    spawned: list[dict[str, Any]] = []
+    try:
+        with workbench.connect(run_dir=record["run_dir"]) as fleet:
+            fleet.wait_for(1, timeout=30)
+            fleet.call(DEVICE, "telemetry.configure", {"synthetic_points_per_s": 5000, "publish_interval_s": 0.1})
+            time.sleep(2.0)
+            os.kill(hub["pid"], signal.SIGKILL)  # mid-insert, mid-ack: it gets no say
+            time.sleep(1.5)  # the device keeps producing into its outbox meanwhile
+            spawned.append(_procs.spawn(hub["argv"], Path(hub["log"])))
+            assert _procs.wait_port("127.0.0.1", hub["port"], timeout=30)
+            time.sleep(2.0)
+            fleet.call(DEVICE, "telemetry.configure", {"enabled": False}, timeout=15)
+            status = _settled(fleet)
+    finally:
+        _procs.stop(spawned)  # the store is read below, by this process alone
+    produced = status["counters"]["produced"]
+    assert status["counters"].get("dropped_normal", 0) == 0
+    with duckdb.connect(str(Path(record["run_dir"]) / "hub" / "fleet.duckdb"), read_only=True) as con:
+        batches = con.execute("SELECT seq, n FROM batches").fetchall()
+        per_seq = dict(con.execute("SELECT seq, count(*) FROM points GROUP BY seq").fetchall())
+        synthetic = con.execute("SELECT count(*) FROM points p JOIN metric_names m ON m.id = p.metric "
+                                "WHERE m.name LIKE 'synthetic_%'").fetchall()[0][0]
+    seqs = [int(seq) for seq, _ in batches]
+    assert len(seqs) == len(set(seqs)) == produced  # every batch the outbox took, stored once
+    assert {int(seq): int(n) for seq, n in batches} == {int(s): int(c) for s, c in per_seq.items()}
+    assert sorted(seq & 0xFFFFFFFF for seq in seqs) == list(range(1, produced + 1))  # none missing
+    assert synthetic > 5000  # the stream ran across the kill, not only before it
+
+
+def test_hub_cli_exits_naming_the_holder_when_a_second_hub_starts_on_a_fleets_store(
+        fleet_factory: FleetFactory) -> None:
+    record = fleet_factory(devices=1, keepalive=5, hub=True)
+    hub = record["hub"]
+    result = run_cli("hub", "--broker", record["broker"]["url"], "--store", hub["store"], "--port", "0",
+                     "--token-file", hub["token_file"])
+    assert result.returncode == 1
+    assert f"another hub (pid {hub['pid']}) already owns the store" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads(httpx.get(f"{hub['url']}/healthz", timeout=5).text)["status"] == "ok"  # the first keeps going

@@ -1,0 +1,154 @@
+"""`workbench hub`: run the fleet hub; `workbench telemetry query`: ask it from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from workbench._files import write_private
+from workbench.errors import ConfigError
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line: what a log shipper (journald, Loki, CloudWatch) parses without rules.
+
+    Example:
+        >>> record = logging.LogRecord("workbench.hub", logging.INFO, __file__, 1, "listening on %s", ("x",), None)
+        >>> json.loads(JsonLogFormatter().format(record))["message"]
+        'listening on x'
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("hub", help="run the fleet hub (receiver, stores, API)",
+                            description="Run the fleet hub: the one receiver and acknowledger of every device's "
+                            "outbox, owner of the telemetry and sync stores, serving queries over HTTP to every "
+                            "notebook, dashboard and command.")
+    parser.add_argument("--broker", required=True, help="the fleet's broker, mqtt://host:port or mqtts://...")
+    parser.add_argument("--store", required=True, help="duckdb:///path/fleet.duckdb (a file) or "
+                        "postgresql://user@host/db")
+    parser.add_argument("--data-dir", type=Path, help="sync store, alert rules, lock (default: beside the DuckDB "
+                        "file; required with PostgreSQL)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8765, help="port to listen on, 0 for a free one "
+                        "(default: %(default)s)")
+    parser.add_argument("--token-file", type=Path, required=True,
+                        help="the clients' token; written (mode 0600) if missing")
+    parser.add_argument("--certfile", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--keyfile", help="the certificate's private key (PEM)")
+    parser.add_argument("--username", help="broker username")
+    parser.add_argument("--password-file", type=Path, help="file holding the broker password")
+    parser.add_argument("--ca-file", help="CA certificate to verify the broker's TLS certificate")
+    parser.set_defaults(func=run)
+
+    telemetry = sub.add_parser("telemetry", help="query the fleet's telemetry through its hub")
+    verbs = telemetry.add_subparsers(dest="verb", required=True, metavar="VERB")
+    query = verbs.add_parser("query", help="print a metric's history as a table or CSV",
+                             description="Query the hub of the local fleet in --run-dir (or --hub URL with "
+                             "--token-file) and print the answer.")
+    query.add_argument("metric", nargs="+", help="metric name(s), e.g. latency_p95_ms")
+    query.add_argument("--devices", help="comma-separated device ids (default: all)")
+    query.add_argument("--since", default="10m", help="how far back, e.g. 10m, 24h, or epoch seconds "
+                       "(default: %(default)s)")
+    query.add_argument("--until", help="the end: a duration ago, or epoch seconds (default: now)")
+    query.add_argument("--every", help="bucket size, e.g. 5s, 1m (default: raw points)")
+    query.add_argument("--agg", default="mean", help="bucket aggregate (default: %(default)s)")
+    query.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    query.add_argument("--run-dir", help="the local fleet's run directory (default: $WORKBENCH_RUN_DIR)")
+    query.add_argument("--hub", help="a hub's URL instead of the local fleet's")
+    query.add_argument("--token-file", type=Path, help="the hub's token (with --hub)")
+    query.set_defaults(func=query_command)
+
+
+def ensure_token(path: Path) -> str:
+    """The token in ``path``, made (random, 0600) when the file does not exist yet.
+
+    Example:
+        >>> len(ensure_token(Path("/tmp/wb-example.token"))) >= 32   # doctest: +SKIP
+        True
+    """
+    if path.exists():
+        from workbench.hub import read_token
+
+        return read_token(path)
+    token = secrets.token_urlsafe(32)
+    write_private(path, token + "\n")
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench.fleet._mqtt import BrokerAddress
+    from workbench.hub._api import serve
+    from workbench.hub._service import Hub
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    log = logging.getLogger("workbench.hub")
+    if not 0 <= args.port < 65536:
+        raise ConfigError(f"--port must be 0-65535, got {args.port}")
+    if bool(args.certfile) != bool(args.keyfile):
+        raise ConfigError("HTTPS needs both --certfile and --keyfile")
+    token = ensure_token(args.token_file)
+    password = args.password_file.read_text().strip() if args.password_file else None
+    broker = BrokerAddress.parse(args.broker, username=args.username, password=password, ca_file=args.ca_file)
+    hub = Hub(broker, args.store, data_dir=args.data_dir)
+    try:
+        serve(hub, token, host=args.host, port=args.port, certfile=args.certfile, keyfile=args.keyfile,
+              on_listening=lambda url: log.info("hub listening on %s, store %s, broker %s", url, hub.store_url,
+                                                broker.url))
+    finally:
+        hub.close()
+        log.info("hub stopped")
+    return 0
+
+
+def _instant(value: str | None) -> str | float | None:
+    """A ``--since``/``--until`` value: epoch seconds as a number, else the duration text as given."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def query_command(args: argparse.Namespace) -> int:
+    from workbench.hub import HubClient
+
+    if args.hub:
+        if args.token_file is None:
+            raise ConfigError("--hub needs --token-file, the hub's token")
+        client = HubClient(args.hub, token_file=args.token_file)
+    else:
+        from workbench.sim._rundir import RunDir
+
+        rd = RunDir.resolve(args.run_dir)
+        record = rd.read()
+        if record is None:
+            raise ConfigError(f"no local fleet in {rd.path}; start one with `workbench up --hub`, or give --hub URL")
+        client = HubClient.for_record(record)
+    with client:
+        devices = [d for d in args.devices.split(",") if d] if args.devices else "all"
+        frame = client.query(args.metric, devices=devices, since=_instant(args.since), until=_instant(args.until),
+                             every=args.every, agg=args.agg)
+    if args.csv:
+        frame.to_csv(sys.stdout, index=False)
+    elif frame.empty:
+        print(f"no points of {', '.join(args.metric)} since {args.since} ({time.strftime('%H:%M:%S')})")
+    else:
+        print(frame.to_string(index=False))
+    return 0

@@ -1,0 +1,182 @@
+"""A client of the hub's API: the same answers in every kernel, dashboard and command.
+
+The HTTP transport is an ``httpx.Client``; pass ``http=`` to run against anything that is one
+(Starlette's in-process ``TestClient``, a client with a proxy or client certificates).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench.errors import ConfigError, HubAuthError, HubError, HubUnreachableError
+from workbench.hub._arrow import from_ipc, points_frame
+from workbench.telemetry._time import Duration, Instant, epoch, seconds
+
+if TYPE_CHECKING:
+    import httpx
+    import pandas as pd
+
+
+def read_token(path: str | os.PathLike[str]) -> str:
+    """The token in ``path``; raises :class:`HubAuthError` naming the file when it cannot be read.
+
+    Example:
+        >>> read_token("/tmp/wb-fleet/hub.token")   # doctest: +SKIP
+        'mN3...'
+    """
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise HubAuthError(f"cannot read the hub token {path}: {exc.strerror}; it is written by `workbench up` "
+                           "(hub.token in the run dir) or `workbench hub --token-file`") from None
+    if not token:
+        raise HubAuthError(f"the hub token file {path} is empty")
+    return token
+
+
+class HubClient:
+    """Queries, counters and alerts of a fleet's hub, as DataFrames.
+
+    Example:
+        >>> hub = HubClient("http://127.0.0.1:8765", token=read_token("/tmp/wb-fleet/hub.token"))  # doctest: +SKIP
+        >>> hub.query("latency_p95_ms", since="1h", every="10s")                                 # doctest: +SKIP
+    """
+
+    def __init__(self, url: str, *, token: str | None = None, token_file: str | os.PathLike[str] | None = None,
+                 timeout: float = 10.0, verify: str | bool = True, http: httpx.Client | None = None) -> None:
+        import httpx
+
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"the hub's address must be http(s)://host:port, got {url!r}")
+        if token is None and token_file is not None:
+            token = read_token(token_file)
+        if not token:
+            raise HubAuthError(f"no token for the hub at {url}: pass token= or token_file= (a local fleet's is "
+                               "hub.token in its run dir)")
+        self.url = url.rstrip("/")
+        self._http = http or httpx.Client(base_url=self.url, timeout=timeout, verify=verify)
+        self._owns_http = http is None
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    @classmethod
+    def for_record(cls, record: dict[str, Any], **options: Any) -> HubClient:
+        """The hub of a local fleet's record (fleet.json); raises :class:`HubError` if it has none."""
+        entry = record.get("hub") or {}
+        if not entry.get("url") or not entry.get("token_file"):
+            raise HubError("this fleet runs no hub: start it with `workbench up --hub` (or run `workbench hub` "
+                           "against its broker)")
+        return cls(str(entry["url"]), token_file=entry["token_file"], **options)
+
+    # -- transport ----------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
+                 **kwargs: Any) -> httpx.Response:
+        import httpx
+
+        try:
+            response = self._http.request(method, path, headers={**self._headers, **(headers or {})}, **kwargs)
+        except httpx.TransportError as exc:
+            raise HubUnreachableError(f"no hub answered at {self.url} ({type(exc).__name__}: {exc}); start it "
+                                      "(`workbench up --hub` for a local fleet, `workbench hub` for a real one) or "
+                                      "check the address") from None
+        if response.status_code == 200:
+            return response
+        try:
+            message = str(response.json().get("error"))
+        except (ValueError, AttributeError):
+            message = response.text[:500]
+        if response.status_code == 401:
+            raise HubAuthError(f"the hub at {self.url} refused the request: {message}")
+        if response.status_code == 400:
+            raise ConfigError(message)
+        raise HubError(f"the hub at {self.url} answered {response.status_code} to {path}: {message}")
+
+    def _json(self, path: str, **kwargs: Any) -> Any:
+        return self._request("GET", path, **kwargs).json()
+
+    # -- API ----------------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``/healthz``: status, uptime, store, devices heard from, ingestion backlog."""
+        return dict(self._json("/healthz"))
+
+    def query(self, metric: str | list[str], *, devices: str | list[str] | None = "all", since: Instant = "10m",
+              until: Instant = None, every: Duration | None = None, agg: str = "mean") -> pd.DataFrame:
+        """History of ``metric`` from the hub's store: time (UTC), device_id, metric, value.
+
+        Same arguments and answer as ``fleet.telemetry.query``.
+
+        Example:
+            >>> hub.query("latency_p95_ms", devices=["sim-01"], since="1h", every="1m", agg="max")  # doctest: +SKIP
+        """
+        now = time.time()
+        params: list[tuple[str, str | float]] = [("metric", m) for m in ([metric] if isinstance(metric, str)
+                                                                        else list(metric))]
+        if devices not in (None, "all"):
+            params += [("device", d) for d in ([devices] if isinstance(devices, str) else list(devices or []))]
+        start, end = epoch(since, now=now, what="since"), epoch(until, now=now, what="until")
+        if start is not None:
+            params.append(("since", repr(start)))
+        if end is not None:
+            params.append(("until", repr(end)))
+        if every is not None:
+            params.append(("every", repr(seconds(every, "every"))))
+        params.append(("agg", agg))
+        return points_frame(self._request("GET", "/v1/telemetry/query", params=params).content)
+
+    def stats(self) -> pd.DataFrame:
+        """Per-device ingestion counters, one row per device."""
+        import pandas as pd
+
+        frame = pd.DataFrame.from_dict(self._json("/v1/telemetry/stats"), orient="index")
+        frame.index.name = "device_id"
+        return frame.reset_index()
+
+    def sync_stats(self) -> dict[str, dict[str, int]]:
+        """Per-device sync receiver counters: stored, duplicates, rejects."""
+        return dict(self._json("/v1/sync/stats"))
+
+    def ingest(self, after: int | None = None) -> dict[str, Any]:
+        """Points and batches the hub committed, and publish-to-commit latency after the ``after``-th batch.
+
+        Example:
+            >>> mark = hub.ingest()["batches"]; time.sleep(10); hub.ingest(after=mark)["latency_ms"]   # doctest: +SKIP
+            {'count': 812, 'p50': 22.4, 'p99': 48.0}
+        """
+        return dict(self._json("/v1/ingest", params={"after": str(after)} if after is not None else {}))
+
+    def alerts(self, since: Instant = None) -> pd.DataFrame:
+        """Fired alerts: time, device_id, rule, metric, value, message."""
+        start = epoch(since, what="since")
+        params = {"since": repr(start)} if start is not None else {}
+        return from_ipc(self._request("GET", "/v1/alerts", params=params).content)
+
+    def add_rule(self, name: str, metric: str, **conditions: Any) -> list[dict[str, Any]]:
+        """Add (or replace) an alert rule in the hub, where it persists; returns every rule.
+
+        Example:
+            >>> hub.add_rule("slow", "latency_p95_ms", above=50, for_points=3)   # doctest: +SKIP
+        """
+        body = json.dumps({"name": name, "metric": metric, **conditions})
+        return list(self._request("POST", "/v1/alerts/rules", content=body,
+                                  headers={"Content-Type": "application/json"}).json())
+
+    def rules(self) -> list[dict[str, Any]]:
+        return list(self._json("/v1/alerts/rules"))
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<HubClient {self.url}>"

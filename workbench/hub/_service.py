@@ -1,0 +1,223 @@
+"""The hub's core: the fleet's one receiver and acknowledger, and the stores it owns.
+
+Devices' outboxes hold every item until it is acknowledged, and only the hub acknowledges,
+after its store has committed: a hub killed at any point loses nothing, and a restarted one
+stores nothing twice (telemetry batches and sync items are deduplicated by (device, sequence)
+in the stores themselves). One hub owns a store: a second one is refused, naming the first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench._files import write_private
+from workbench.errors import ConfigError, HubAlreadyRunningError
+from workbench.fleet._mqtt import BrokerAddress
+from workbench.hub._store_url import StoreURL
+from workbench.sync._receiver import SyncReceiver
+from workbench.sync._store import SyncStore
+from workbench.telemetry._alerts import AlertEngine, AlertRule
+from workbench.telemetry._client import open_store
+from workbench.telemetry._ingest import Ingestor
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger("workbench.hub")
+
+# Any 64-bit number the workbench's hubs agree on: PostgreSQL's advisory lock for "a hub owns this database".
+_PG_LOCK_KEY = 0x5742_4855_4200_0001
+
+
+class _Exclusive:
+    """Proof that this process is the store's only hub: a held flock (DuckDB) or advisory lock (PostgreSQL)."""
+
+    def __init__(self, store: StoreURL, data_dir: Path) -> None:
+        self._handle: Any = None
+        self._pg: Any = None
+        if store.backend == "postgres":
+            import psycopg
+
+            self._pg = psycopg.connect(str(store.dsn), autocommit=True)
+            row = self._pg.execute("SELECT pg_try_advisory_lock(%s)", (_PG_LOCK_KEY,)).fetchone()
+            if not row or not row[0]:
+                self._pg.close()
+                raise HubAlreadyRunningError(f"another hub already owns the store {store}: one hub receives and "
+                                             "acknowledges a fleet's data; stop that one, or connect to it")
+            return
+        lock = data_dir / "hub.lock"
+        handle = open(lock, "a+")  # noqa: SIM115 - held open for the hub's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise HubAlreadyRunningError(
+                f"another hub (pid {holder}) already owns the store {store} (lock {lock}); one hub receives and "
+                "acknowledges a fleet's data: stop that one (`workbench down` for a local fleet), or give this hub "
+                "another --store") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
+
+
+class Hub:
+    """The fleet's receiving end: sync receiver -> telemetry ingestor -> store, with alerts, in one owner.
+
+    ``store`` is a ``--store`` URL (see :class:`StoreURL`); ``data_dir`` holds the sync store
+    (SQLite), the alert rules and the lock (default: beside the DuckDB file).
+
+    Example:
+        >>> hub = Hub(BrokerAddress.parse("mqtt://127.0.0.1:1883"), "duckdb:///tmp/hub/fleet.duckdb")  # doctest: +SKIP
+        >>> hub.query("latency_p95_ms", since=time.time() - 600)                                  # doctest: +SKIP
+    """
+
+    def __init__(self, broker: BrokerAddress | None, store: str, *, data_dir: str | os.PathLike[str] | None = None,
+                 flush_interval_s: float = 0.05, timeout: float = 10.0) -> None:
+        self.store_url = StoreURL.parse(store)
+        folder = Path(data_dir).expanduser() if data_dir is not None else self.store_url.data_dir
+        if folder is None:
+            raise ConfigError(f"a hub on {self.store_url} needs --data-dir for its sync store and alert rules")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.data_dir = folder
+        self.started = time.time()
+        self._exclusive = _Exclusive(self.store_url, folder)
+        self._closed = threading.Event()
+        try:
+            if self.store_url.backend == "postgres":
+                self.store: Any = open_store(backend="postgres", dsn=self.store_url.dsn)
+            else:
+                self.store = open_store(self.store_url.path)
+            self.engine = AlertEngine()
+            for rule in self._load_rules():
+                self.engine.add(rule)
+            self.ingestor = Ingestor(self.store, alerts=self.engine, flush_interval_s=flush_interval_s)
+            self.sync_store = SyncStore(folder / "sync.db")
+            self.receiver = SyncReceiver(broker, self.sync_store, telemetry=self.ingestor, timeout=timeout)
+        except BaseException:
+            self._exclusive.release()
+            raise
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def query(self, metric: str | list[str], *, devices: list[str] | None = None, since: float | None = None,
+              until: float | None = None, every: float | None = None, agg: str = "mean") -> pd.DataFrame:
+        """Stored points (or ``every``-second aggregates): time, device_id, metric, value."""
+        return self.store.query(metric, devices, since, until, every, agg)
+
+    def query_table(self, metric: str | list[str], *, devices: list[str] | None = None, since: float | None = None,
+                    until: float | None = None, every: float | None = None, agg: str = "mean") -> Any:
+        """:meth:`query` as an Arrow table with ``time`` in epoch seconds, for the API (no pandas where avoidable)."""
+        arrow = getattr(self.store, "query_arrow", None)
+        if arrow is not None:
+            return arrow(metric, devices, since, until, every, agg)
+        import pyarrow as pa
+
+        frame = self.store.query(metric, devices, since, until, every, agg)
+        frame["time"] = frame["time"].astype("int64") / 1e9
+        return pa.Table.from_pandas(frame, preserve_index=False)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per-device ingestion counters (points, batches, duplicates, rejects)."""
+        return self.ingestor.stats()
+
+    def sync_stats(self) -> dict[str, dict[str, int]]:
+        """Per-device sync receiver counters (stored, duplicates, rejects)."""
+        return self.receiver.stats()
+
+    def ingest(self, after: int | None = None) -> dict[str, Any]:
+        """Points and batches committed so far, and publish-to-commit latency of the batches after the ``after``-th.
+
+        The latency runs from a batch's ``sent`` time on the device to its commit here (same-host clocks
+        for a local fleet); at most the last 100,000 batches are kept.
+
+        Example:
+            >>> hub.ingest(after=1200)["latency_ms"]["p99"]   # doctest: +SKIP
+            41.7
+        """
+        totals = self.ingestor.totals
+        batches, points = int(totals.get("batches", 0)), int(totals.get("points", 0))
+        recent = list(self.ingestor.latencies_ms)
+        if after is not None:
+            take = max(0, min(len(recent), batches - int(after)))
+            recent = recent[len(recent) - take:] if take else []
+        recent.sort()
+        summary: dict[str, float | int | None] = {"count": len(recent), "p50": None, "p99": None}
+        if recent:
+            summary["p50"] = recent[len(recent) // 2]
+            summary["p99"] = recent[min(len(recent) - 1, int(len(recent) * 0.99))]
+        return {"points": points, "batches": batches, "latency_ms": summary}
+
+    def alerts(self, since: float | None = None) -> pd.DataFrame:
+        return self.store.alerts(since)
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` says: up, since when, the store, devices heard from, ingestion backlog."""
+        return {"status": "ok", "started": self.started, "uptime_s": round(time.time() - self.started, 3),
+                "store": str(self.store_url), "devices": len(self.ingestor.feeds), "backlog": self.ingestor.backlog}
+
+    # -- alert rules --------------------------------------------------------------------------
+
+    def add_rule(self, rule: AlertRule) -> None:
+        """Add (or replace) an alert rule; rules persist across hub restarts."""
+        self.engine.add(rule)
+        self._save_rules()
+
+    def rules(self) -> list[AlertRule]:
+        return list(self.engine.rules.values())
+
+    def _rules_file(self) -> Path:
+        return self.data_dir / "alert_rules.json"
+
+    def _load_rules(self) -> list[AlertRule]:
+        path = self._rules_file()
+        if not path.exists():
+            return []
+        try:
+            entries = json.loads(path.read_text())
+            return [AlertRule(**entry) for entry in entries]
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"the hub's alert rules in {path} are unreadable ({exc}); fix or remove the "
+                              "file") from None
+
+    def _save_rules(self) -> None:
+        from dataclasses import asdict
+
+        write_private(self._rules_file(), json.dumps([asdict(rule) for rule in self.rules()], indent=1))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Until everything received is committed (tests and benchmarks)."""
+        return self.receiver.wait_idle(timeout) and self.ingestor.wait_idle(timeout)
+
+    def close(self) -> None:
+        """Stop receiving first, so nothing committed after this is acknowledged; then close the stores."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        try:
+            self.receiver.close()
+            self.ingestor.close()
+            self.store.close()
+        finally:
+            self._exclusive.release()
