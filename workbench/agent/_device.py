@@ -121,6 +121,8 @@ class DeviceAgent:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._state_file = config.data_dir / "state.json"
         self.state: dict[str, Any] = self._load_state()
+        # The telemetry, sync and deploy services save from their own threads: one writer of state.tmp at a time.
+        self._state_lock = threading.Lock()
         self._client = make_client(config.broker, new_client_id(f"wb-dev-{self.device_id}"))
         self._client.will_set(
             topics.status_topic(self.device_id),
@@ -234,11 +236,13 @@ class DeviceAgent:
     def save_state(self) -> None:
         """Persist the device's state atomically: a crash leaves the old or the new file, never half."""
         tmp = self._state_file.with_suffix(".tmp")
-        with open(tmp, "w") as handle:
-            json.dump(self.state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self._state_file)
+        with self._state_lock:
+            snapshot = dict(self.state)  # one C-level copy: a service adding a key meanwhile cannot break the dump
+            with open(tmp, "w") as handle:
+                json.dump(snapshot, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self._state_file)
 
     def inventory(self, *, refresh: bool = False) -> dict[str, Any]:
         """What this device is and runs; published retained on every connect."""
