@@ -25,7 +25,8 @@ def test_gates_read_telemetry_from_devices_sending_it_and_probe_the_others(
         assert fleet.deploy(packages[0].path).wait(timeout=60).status == "succeeded"
         fleet.telemetry.configure("sim-01", source="digits", rate_hz=50, publish_interval_s=0.3)
         gates = [workbench.gate("p95_latency_ms", "<=", 1000, window_s=2),
-                 workbench.gate("error_rate", "<=", 0.01, window_s=2)]
+                 workbench.gate("error_rate", "<=", 0.01, window_s=2),
+                 workbench.gate("p50_latency_ms", "<=", 50, relative_to="previous", window_s=2)]
         report = fleet.deploy(packages[1].path, strategy=workbench.Canary(first=1, waves=[1.0], soak_s=3),
                               gates=gates).wait(timeout=90)
     assert report.status == "succeeded", str(report)
@@ -34,6 +35,9 @@ def test_gates_read_telemetry_from_devices_sending_it_and_probe_the_others(
         assert last[metric]["sources"] == {"sim-01": "telemetry", "sim-02": "probe"}, last[metric]
         assert last[metric]["devices"]["sim-01"] is not None
     assert last["error_rate"]["devices"]["sim-01"] == 0.0
+    # A relative gate reads the same probe before the wave and during the soak, telemetry or not.
+    assert last["p50_latency_ms"]["sources"] == {"sim-01": "probe", "sim-02": "probe"}, last["p50_latency_ms"]
+    assert set(last["p50_latency_ms"]["baselines"]) == {"sim-01", "sim-02"}
 
 
 @pytest.mark.usefixtures("keys_env")

@@ -183,14 +183,14 @@ class Rollout:
         self.package = package
         self.strategy = strategy
         self.gates = list(gates)
+        # Relative gates compare two readings of one kind: the same probe before the wave and during the soak
+        # (telemetry windows and probes measure latency differently), or the caller's own source for both.
+        self.relative_metrics: MetricSource = metrics or ProbeMetrics(fleet, n=RELATIVE_PROBE_N)
         if metrics is None and gates:
             from workbench.deploy._telemetry_gates import GateMetrics
 
             metrics = GateMetrics(fleet, model_sha256=str(package.describe()["model_sha256"]))
         self.metrics: MetricSource = metrics or ProbeMetrics(fleet)
-        # Relative gates compare two readings of one kind: the same probe before the wave and during the soak
-        # (telemetry windows and probes measure latency differently), or the caller's own source for both.
-        self.relative_metrics: MetricSource = metrics or ProbeMetrics(fleet, n=RELATIVE_PROBE_N)
         self.baselines: dict[str, dict[str, float | None]] = {}
         self.device_timeout = device_timeout
         self.id = uuid.uuid4().hex[:10]
