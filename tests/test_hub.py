@@ -295,3 +295,72 @@ def test_hub_cli_exits_naming_the_holder_when_a_second_hub_starts_on_a_fleets_st
     assert f"another hub (pid {hub['pid']}) already owns the store" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert json.loads(httpx.get(f"{hub['url']}/healthz", timeout=5).text)["status"] == "ok"  # the first keeps going
+
+
+# -- rollouts run by the hub -------------------------------------------------------------------------------
+
+
+def _packages(tmp_path: Path) -> tuple[Path, Path]:
+    from workbench.deploy import build_package, load_signing_key
+    from workbench.deploy._examples import tiny_model
+
+    key = load_signing_key(None, create=True)
+    return tuple(build_package(tiny_model(tmp_path / f"m{seed}.onnx", seed=seed, features=64, classes=10),
+                               tmp_path / f"pkg-v{seed}", key, name="digits", version=f"v{seed}").path
+                 for seed in (1, 2))  # type: ignore[return-value]
+
+
+def _versions(fleet: Fleet) -> dict[str, str | None]:
+    return {d.device_id: (d.active_model or {}).get("version") for d in fleet.devices}
+
+
+@pytest.mark.usefixtures("keys_env")
+def test_hub_rollout_completes_and_a_new_client_sees_its_report_when_the_client_closes_mid_rollout(
+        fleet_factory: FleetFactory, tmp_path: Path) -> None:
+    record = fleet_factory(devices=3, keepalive=5, hub=True)
+    _, v2 = _packages(tmp_path)
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(3, timeout=30)
+        rollout = fleet.deploy(v2, strategy=workbench.Canary(first=1, waves=[1.0], soak_s=2),
+                               gates=[workbench.gate("error_rate", "<=", 0.01)])
+        rollout_id = rollout.id
+        rollout.close()
+    # The notebook that started it is gone; the hub goes on, and another client follows and reports it.
+    with workbench.connect(run_dir=record["run_dir"]) as later:
+        report = later.rollout(rollout_id).wait(timeout=120)
+        assert report.status == "succeeded" and report.counts == {"active": 3}, str(report)
+        assert [w["devices"] for w in report.waves] == [["sim-01"], ["sim-02", "sim-03"]]
+        later.wait_until(lambda f: set(_versions(f).values()) == {"v2"}, timeout=30)
+        listed = later.rollouts()
+        assert listed.loc[listed["rollout_id"] == rollout_id, "status"].tolist() == ["succeeded"]
+
+
+@pytest.mark.usefixtures("keys_env")
+def test_hub_killed_mid_canary_sends_the_canary_back_and_records_the_rollout_aborted_when_restarted(
+        fleet_factory: FleetFactory, tmp_path: Path) -> None:
+    record = fleet_factory(devices=3, keepalive=5, hub=True)
+    hub = record["hub"]
+    v1, v2 = _packages(tmp_path)
+    spawned: list[dict[str, Any]] = []
+    try:
+        with workbench.connect(run_dir=record["run_dir"]) as fleet:
+            fleet.wait_for(3, timeout=30)
+            assert fleet.deploy(v1).wait(timeout=120).status == "succeeded"
+            rollout = fleet.deploy(v2, strategy=workbench.Canary(first=1, waves=[1.0], soak_s=60),
+                                   gates=[workbench.gate("error_rate", "<=", 0.01)])
+            deadline = time.monotonic() + 60
+            while not any(r["device_id"] == "sim-01" and r["state"] == "active" for r in rollout.rows()):
+                assert time.monotonic() < deadline, rollout.rows()
+                time.sleep(0.2)
+            os.kill(hub["pid"], signal.SIGKILL)  # mid-soak: the canary runs v2, the others still v1
+            time.sleep(1.0)
+            spawned.append(_procs.spawn(hub["argv"], Path(hub["log"])))
+            assert _procs.wait_port("127.0.0.1", hub["port"], timeout=30)
+            report = rollout.wait(timeout=120)  # the same handle follows the restarted hub
+            assert report.status == "aborted" and "the hub stopped during this rollout" in str(report.reason)
+            rows = {row["device_id"]: row["state"] for row in report.devices}
+            assert rows["sim-01"] == "rolled_back", rows
+            fleet.wait_until(lambda f: _versions(f) == {"sim-01": "v1", "sim-02": "v1", "sim-03": "v1"}, timeout=30)
+            assert all(d.active_model for d in fleet.devices)  # every device serves a verified model
+    finally:
+        _procs.stop(spawned)

@@ -58,6 +58,7 @@ def register_formatters(shell: Any = None) -> bool:
             return False
     formatter = shell.display_formatter.ipython_display_formatter
     formatter.for_type_by_name("workbench.deploy._rollout", "Rollout", _display_rollout)
+    formatter.for_type_by_name("workbench.hub._remote_rollout", "HubRollout", _display_rollout)
     return True
 
 

@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--username", help="broker username")
     parser.add_argument("--password-file", type=Path, help="file holding the broker password")
     parser.add_argument("--ca-file", help="CA certificate to verify the broker's TLS certificate")
+    parser.add_argument("--run-dir", type=Path, help="a local fleet's run directory: the hub runs its rollouts with "
+                        "the fleet's credentials and artifact server")
+    parser.add_argument("--rollouts", action="store_true", help="run rollouts for clients (implied by --run-dir)")
     parser.set_defaults(func=run)
 
     telemetry = sub.add_parser("telemetry", help="query the fleet's telemetry through its hub")
@@ -89,6 +92,31 @@ def ensure_token(path: Path) -> str:
     return token
 
 
+def _fleet_connector(args: argparse.Namespace, broker: Any) -> Any:
+    """How the hub connects to its fleet to run rollouts (None: it runs none)."""
+    if args.run_dir is not None:
+        def connect_local() -> Any:
+            from workbench.fleet._connect import connect_record
+            from workbench.sim._rundir import RunDir
+
+            rd = RunDir.resolve(args.run_dir)
+            record = rd.read()
+            if record is None:
+                raise ConfigError(f"no local fleet in {rd.path}; the hub runs its rollouts once `workbench up` has "
+                                  "written fleet.json")
+            return connect_record(record, rd)
+
+        return connect_local
+    if args.rollouts:
+        def connect_broker() -> Any:
+            from workbench.fleet._fleet import Fleet
+
+            return Fleet(broker)
+
+        return connect_broker
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from workbench.fleet._mqtt import BrokerAddress
     from workbench.hub._api import serve
@@ -105,11 +133,19 @@ def run(args: argparse.Namespace) -> int:
     token = ensure_token(args.token_file)
     password = args.password_file.read_text().strip() if args.password_file else None
     broker = BrokerAddress.parse(args.broker, username=args.username, password=password, ca_file=args.ca_file)
-    hub = Hub(broker, args.store, data_dir=args.data_dir)
+    hub = Hub(broker, args.store, data_dir=args.data_dir, connect=_fleet_connector(args, broker))
+
+    def listening(url: str) -> None:
+        log.info("hub listening on %s, store %s, broker %s", url, hub.store_url, broker.url)
+        if hub.rollouts is not None:
+            interrupted = hub.rollouts.recover()
+            if interrupted:
+                log.warning("finishing %d rollout(s) a previous hub left running: %s", len(interrupted),
+                            ", ".join(interrupted))
+
     try:
         serve(hub, token, host=args.host, port=args.port, certfile=args.certfile, keyfile=args.keyfile,
-              on_listening=lambda url: log.info("hub listening on %s, store %s, broker %s", url, hub.store_url,
-                                                broker.url))
+              on_listening=listening)
     finally:
         hub.close()
         log.info("hub stopped")

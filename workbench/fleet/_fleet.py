@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 
 from workbench.errors import (
     CommandTimeoutError,
+    ConfigError,
     DeviceOfflineError,
     FleetTimeoutError,
     PayloadError,
@@ -280,6 +281,16 @@ class Fleet:
             self._telemetry = telemetry
         return telemetry
 
+    def attach_telemetry(self, views: TelemetryViews) -> None:
+        """Answer ``fleet.telemetry`` with ``views`` (the hub's own store, for the rollouts the hub runs).
+
+        Example:
+            >>> fleet.attach_telemetry(HubViews(fleet, hub))   # doctest: +SKIP
+        """
+        if getattr(self, "_telemetry", None) is not None:
+            raise ConfigError("this fleet's telemetry is already running; attach views before first use")
+        self._telemetry = views
+
     @property
     def running_telemetry(self) -> TelemetryViews | None:
         """``fleet.telemetry`` if something has started it, else None (views that must not start it ask this)."""
@@ -327,9 +338,34 @@ class Fleet:
         Example:
             >>> fleet.deploy("out/digits-int8", strategy=workbench.Canary(first=1)).wait()   # doctest: +SKIP
         """
+        if self.has_hub:  # the hub runs it: it outlives this process, and any client can follow it
+            from workbench.hub._remote_rollout import deploy_via_hub
+
+            return deploy_via_hub(self, package, devices, **options)
         from workbench.deploy._rollout import deploy
 
         return deploy(self, package, devices, **options)
+
+    def rollouts(self) -> pd.DataFrame:
+        """The rollouts the fleet's hub ran or runs, newest first (a fleet without a hub has only its history).
+
+        Example:
+            >>> fleet.rollouts()[["rollout_id", "package", "status"]].head(3)   # doctest: +SKIP
+        """
+        from workbench.hub._remote_rollout import rollouts_frame
+
+        return rollouts_frame(self.hub)
+
+    def rollout(self, rollout_id: str) -> Any:
+        """Follow a rollout the hub runs, started by this or any other client.
+
+        Example:
+            >>> workbench.connect().rollout("3f2a9c1b7d").wait().status   # doctest: +SKIP
+            'succeeded'
+        """
+        from workbench.hub._remote_rollout import HubRollout
+
+        return HubRollout(self.hub, self.hub.rollout(rollout_id))
 
     def history(self) -> pd.DataFrame:
         """Every deployment to this fleet: who, what, when, result (see :func:`workbench.deploy.history`)."""

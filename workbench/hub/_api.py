@@ -245,6 +245,31 @@ def make_app(hub: Hub, token: str) -> Starlette:
             await run_in_threadpool(hub.add_rule, rule)
         return JSONResponse([asdict(rule) for rule in hub.rules()])
 
+    def _rollouts() -> Any:
+        if hub.rollouts is None:
+            raise HubError("this hub runs no rollouts: start it with --run-dir (a local fleet) or --rollouts")
+        return hub.rollouts
+
+    async def rollouts(request: Request) -> Response:
+        manager = _rollouts()
+        if request.method == "POST":
+            body = await request.body()
+            if len(body) > MAX_BODY_BYTES:
+                raise ConfigError(f"a rollout request is at most {MAX_BODY_BYTES} bytes of JSON")
+            try:
+                spec = json.loads(body)
+            except ValueError as exc:
+                raise ConfigError(f"a rollout request is JSON: {exc}") from None
+            return _json(await run_in_threadpool(manager.start, spec))
+        return _json(await run_in_threadpool(manager.summaries))
+
+    async def rollout(request: Request) -> Response:
+        rollout_id = str(request.path_params["rollout_id"])
+        try:
+            return _json(await run_in_threadpool(_rollouts().get, rollout_id))
+        except HubError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+
     async def not_found(request: Request, exc: Exception) -> Response:
         return PlainTextResponse(f"no such endpoint: {request.url.path}", status_code=404)
 
@@ -255,6 +280,7 @@ def make_app(hub: Hub, token: str) -> Starlette:
         Route("/v1/flush", flush, methods=["POST"]),
         Route("/v1/sync/stats", sync_stats), Route("/v1/sync/rows", sync_rows), Route("/v1/sync/seqs", sync_seqs),
         Route("/v1/ingest", ingest), Route("/v1/alerts", alerts),
+        Route("/v1/rollouts", rollouts, methods=["GET", "POST"]), Route("/v1/rollouts/{rollout_id}", rollout),
         Route("/v1/alerts/rules", rules, methods=["GET", "POST"]),
     ]
     return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.errors import ConfigError, HubAuthError, HubError, HubUnreachableError
+from workbench.errors import ConfigError, DeployConflictError, HubAuthError, HubError, HubUnreachableError
 from workbench.hub._arrow import from_ipc, points_frame
 from workbench.telemetry._time import Duration, Instant, epoch, seconds
 
@@ -178,6 +178,8 @@ class HubClient:
             raise HubAuthError(f"the hub at {self.url} refused the request: {message}")
         if response.status_code == 400:
             raise ConfigError(message)
+        if response.status_code == 409:
+            raise DeployConflictError(message) if "being deployed" in message else HubError(message)
         raise HubError(f"the hub at {self.url} answered {response.status_code} to {path}: {message}")
 
     def _json(self, path: str, **kwargs: Any) -> Any:
@@ -266,6 +268,19 @@ class HubClient:
             {'count': 812, 'p50': 22.4, 'p99': 48.0}
         """
         return dict(self._json("/v1/ingest", params={"after": str(after)} if after is not None else {}))
+
+    def start_rollout(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Have the hub run a rollout (see ``fleet.deploy``); returns its first snapshot."""
+        return dict(self._request("POST", "/v1/rollouts", content=json.dumps(spec), timeout=60.0,
+                                  headers={"Content-Type": "application/json"}).json())
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        """One rollout's state: status, waves, per-device rows, gate readings, and its report once done."""
+        return dict(self._json(f"/v1/rollouts/{rollout_id}"))
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        """Every rollout the hub ran or runs, newest first."""
+        return list(self._json("/v1/rollouts"))
 
     def alerts(self, since: Instant = None) -> pd.DataFrame:
         """Fired alerts: time, device_id, rule, metric, value, message."""

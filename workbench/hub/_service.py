@@ -32,6 +32,9 @@ from workbench.telemetry._ingest import Ingestor, PointsListener
 if TYPE_CHECKING:
     import pandas as pd
 
+    from workbench.fleet._fleet import Fleet
+    from workbench.hub._rollouts import HubRollouts
+
 log = logging.getLogger("workbench.hub")
 
 # Any 64-bit number the workbench's hubs agree on: PostgreSQL's advisory lock for "a hub owns this database".
@@ -94,7 +97,8 @@ class Hub:
     """
 
     def __init__(self, broker: BrokerAddress | None, store: str, *, data_dir: str | os.PathLike[str] | None = None,
-                 flush_interval_s: float = 0.05, timeout: float = 10.0) -> None:
+                 flush_interval_s: float = 0.05, timeout: float = 10.0,
+                 connect: Callable[[], Fleet] | None = None) -> None:
         self.store_url = StoreURL.parse(store)
         folder = Path(data_dir).expanduser() if data_dir is not None else self.store_url.data_dir
         if folder is None:
@@ -116,6 +120,11 @@ class Hub:
             self.ingestor = Ingestor(self.store, alerts=self.engine, flush_interval_s=flush_interval_s)
             self.sync_store = SyncStore(folder / "sync.db")
             self.receiver = SyncReceiver(broker, self.sync_store, telemetry=self.ingestor, timeout=timeout)
+            self.rollouts: HubRollouts | None = None
+            if connect is not None:
+                from workbench.hub._rollouts import HubRollouts
+
+                self.rollouts = HubRollouts(self, connect=connect)
         except BaseException:
             self._exclusive.release()
             raise
@@ -244,6 +253,8 @@ class Hub:
             return
         self._closed.set()
         try:
+            if self.rollouts is not None:
+                self.rollouts.close()
             self.receiver.close()
             self.ingestor.close()
             self.store.close()

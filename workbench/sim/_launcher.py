@@ -182,7 +182,8 @@ def spawn_hub(record: dict[str, Any], rd: RunDir, *, wait: float = 30.0) -> dict
     ensure_token(token_file)
     store = rd.path / "hub" / "fleet.duckdb"
     argv = [sys.executable, "-m", "workbench.cli", "hub", "--broker", record["broker"]["url"],
-            "--store", f"duckdb://{store}", "--host", host, "--port", str(hub_port), "--token-file", str(token_file)]
+            "--store", f"duckdb://{store}", "--host", host, "--port", str(hub_port), "--token-file", str(token_file),
+            "--run-dir", str(rd.path)]
     secure = record.get("secure") or {}
     controller = secure.get("controller") or {}
     if controller.get("password_file"):
