@@ -103,7 +103,9 @@ def test_devices_reject_and_keep_serving_when_package_signed_by_unenrolled_key(f
 
 def test_second_rollout_is_refused_when_devices_are_busy(fleet: Fleet, deploy_env: Path) -> None:
     one, two = make_package(deploy_env, "good-5", seed=6), make_package(deploy_env, "good-6", seed=7)
-    first = fleet.deploy(one.path)
+    # Gates and a soak keep the first rollout busy for seconds, whoever runs it (this process or the hub).
+    first = fleet.deploy(one.path, strategy=workbench.Canary(first=1, waves=[1.0], soak_s=3),
+                         gates=[workbench.gate("error_rate", "<=", 0.01)])
     try:
         with pytest.raises(DeployConflictError, match="being deployed"):
             fleet.deploy(two.path, devices=["sim-02"])

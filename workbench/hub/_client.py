@@ -301,6 +301,11 @@ class HubClient:
     def rules(self) -> list[dict[str, Any]]:
         return list(self._json("/v1/alerts/rules"))
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (or the transport given to it is closed)."""
+        return bool(self._http.is_closed)
+
     def close(self) -> None:
         if self._owns_http:
             self._http.close()

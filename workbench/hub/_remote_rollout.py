@@ -83,6 +83,8 @@ class HubRollout:
     def _follow(self) -> None:
         while not self._done.is_set() and not self._closed.is_set():
             self._closed.wait(POLL_S)
+            if self.hub.closed:  # the fleet that started it was closed: the rollout goes on in the hub
+                return
             try:
                 self._apply(self.hub.rollout(self.id))
             except WorkbenchError:  # the hub restarting: keep asking; the rollout's record survives it
