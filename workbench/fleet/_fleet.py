@@ -271,6 +271,16 @@ class Fleet:
         return telemetry
 
     @property
+    def connected(self) -> bool:
+        """Whether this client is connected to the broker now: False after :meth:`close` or while the link is lost.
+
+        Example:
+            >>> fleet.connected   # doctest: +SKIP
+            True
+        """
+        return not self._closed and self._client.is_connected()
+
+    @property
     def running_telemetry(self) -> TelemetryViews | None:
         """``fleet.telemetry`` if something has started it, else None (views that must not start it ask this)."""
         return getattr(self, "_telemetry", None)
