@@ -16,6 +16,7 @@ from workbench.runs import run_notebooks
 from workbench.runs._html import plotly_js
 
 MAX_NOTEBOOK_BYTES = 3 * 1024 * 1024
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CELLS = [
     "run_dir = None",
     "import asyncio\nimport workbench, widgets\nfleet = workbench.connect(run_dir=run_dir)\n"
@@ -107,3 +108,6 @@ def test_executed_html_draws_charts_with_data_when_opened_without_a_kernel(
         tables = page.evaluate("document.querySelectorAll('.wb-fleet-panel table tr[data-device]').length")
         assert tables == 2
         assert page.evaluate("typeof window.Plotly") == "object"
+        shot = base64.b64decode(page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"])
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "executed-notebook.png").write_bytes(shot)

@@ -196,18 +196,35 @@ class TelemetryDashboard(Snapshotting, w.VBox):
         if reasons == self.empty_reasons:
             return
         self.empty_reasons = reasons
+        # Paper coordinates at the middle of the row: plotly.js drops a trace-less axis from its full layout, so a
+        # note placed on that axis's domain would land elsewhere.
         notes = [
             {"text": reason, "showarrow": False, "font": {"color": "#888", "size": 14}, "name": f"wb-empty-{metric}",
-             "xref": f"x{_suffix(row)} domain", "yref": f"y{_suffix(row)} domain", "x": 0.5, "y": 0.5}
+             "xref": "paper", "yref": "paper", "x": 0.5, "y": self._row_middle(row)}
             for row, metric in enumerate(self.metrics, start=1) if (reason := reasons.get(metric))
         ]
         self.figure.layout.annotations = [*self._titles, *notes]
+
+    def _row_middle(self, row: int) -> float:
+        domain = self.figure.layout[f"yaxis{_suffix(row)}"].domain or (0.0, 1.0)
+        return float(domain[0] + domain[1]) / 2.0
 
     # -- snapshot (what an executed notebook shows without a kernel) ------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         """The charts as plotly's mimetype and the tables as ``text/html``, as drawn now."""
-        return {PLOTLY_MIMETYPE: figure_json(self.figure),
+        figure = figure_json(self.figure)
+        with self._lock:
+            times = [t for buffer in self._buffers.values() for t, _ in buffer]
+        if times:
+            # Shared x axes follow the bottom one, which a chart without data leaves unranged: fix the data's span
+            # on every axis, so a page without a kernel draws the lines across the chart with clock ticks.
+            first, last = min(times) * 1000.0, max(times) * 1000.0
+            span = [first, max(last, first + 1000.0)]
+            for name, axis in figure["layout"].items():
+                if name.startswith("xaxis") and isinstance(axis, dict):
+                    axis.update(range=span, autorange=False, showticklabels=True)
+        return {PLOTLY_MIMETYPE: figure,
                 "text/html": (f'<div class="wb-telemetry-dashboard">{disconnected_banner(self.disconnected_at)}'
                               f"{self.health.value}{CHART_MARKER}{self.alert_list.value}</div>")}
 
