@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 from typing import Any
 
 import widgets
 import workbench
+from workbench.sim import _procs
 
 CLOCK = re.compile(r"disconnected at \d{2}:\d{2}:\d{2}")
 
@@ -62,3 +65,32 @@ def test_empty_charts_say_why_when_nothing_reports_the_metric(fleet_factory: Any
         for dashboard in (fresh, idle):
             dashboard.stop()
             dashboard.close()
+
+
+def test_fleet_panel_shows_disconnected_while_the_broker_is_gone_and_live_again_when_it_returns(
+    fleet_factory: Any,
+) -> None:
+    record = fleet_factory(devices=1)
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(1)
+        panel = widgets.FleetPanel(fleet)
+        _procs.stop([record["broker"]])
+        restarted = None
+        try:
+            deadline = time.monotonic() + 20
+            while fleet.connected and time.monotonic() < deadline:
+                time.sleep(0.1)
+            panel.refresh()
+            assert CLOCK.search(panel.snapshot()["text/html"]) and not panel.snapshot_live
+            restarted = _procs.spawn(record["broker"]["argv"], Path(record["broker"]["log"]))
+            assert _procs.wait_port("127.0.0.1", record["broker"]["port"], timeout=20)
+            deadline = time.monotonic() + 30
+            while not fleet.connected and time.monotonic() < deadline:
+                time.sleep(0.2)
+            panel.refresh()
+            shown = panel.snapshot()["text/html"]
+            assert "disconnected" not in shown and panel.disconnected_at is None and panel.snapshot_live, shown
+        finally:
+            panel.close()
+            if restarted is not None:
+                _procs.stop([restarted])
