@@ -23,6 +23,7 @@ from conftest import REPO, FleetFactory
 
 import workbench
 from workbench.agent import AgentConfig, run_agents
+from workbench.agent import _device as device_module
 from workbench.agent._health import _AGENTS, device_health
 from workbench.agent._watchdog import Watchdog, notify, watchdog_interval
 from workbench.fleet._mqtt import BrokerAddress
@@ -133,7 +134,7 @@ def test_agent_waiting_for_its_ca_file_is_ready_and_fed_so_systemd_does_not_kill
     assert proc.returncode == 0, err
 
 
-def test_watchdog_pings_stop_when_the_agents_network_thread_dies(
+def test_watchdog_pings_stop_when_the_agents_network_thread_dies_and_cannot_be_restarted(
         fleet_factory: FleetFactory, notify_socket: tuple[str, NotifySocket], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     record = fleet_factory(devices=1)
@@ -153,12 +154,18 @@ def test_watchdog_pings_stop_when_the_agents_network_thread_dies(
             time.sleep(0.05)
         agent = _AGENTS["deaf-01"]
         listener.wait_for("WATCHDOG=1", 10)
-        assert agent.network_alive and device_health(agent)["healthy"]
+        assert agent.network_alive() and device_health(agent)["healthy"]
 
-        # A bug in a message callback escapes paho's loop and ends its network thread.
+        # A bug in a message callback escapes paho's loop and ends its network thread, and the agent's own guard
+        # fails to start it again: only then is the agent deaf, and systemd must restart it.
         def broken(_client: mqtt.Client, _userdata: Any, _message: mqtt.MQTTMessage) -> None:
             raise RuntimeError("bug in a callback")
 
+        def cannot_restart(_client: mqtt.Client) -> None:
+            raise OSError("injected: the network thread cannot be started again")
+
+        monkeypatch.setattr(device_module, "restart_network", cannot_restart)
+        agent._client.suppress_exceptions = False
         agent._client.on_message = broken
         with workbench.connect(record["broker"]["url"]) as fleet:
             fleet.wait_for(2, timeout=30)
@@ -168,7 +175,7 @@ def test_watchdog_pings_stop_when_the_agents_network_thread_dies(
         listener.read(1.5)
         later = [m for at, m in listener.messages if at > died_at]
         assert "WATCHDOG=1" not in later  # systemd's WatchdogSec now runs out and it restarts the agent
-        assert not agent.network_alive
+        assert not agent.network_alive() and agent.counters["network_restarts"] >= 1
         health = device_health(agent)
         assert not health["healthy"] and any("network thread died" in r for r in health["reasons"])
         assert any(isinstance(e, RuntimeError) for e in thread_errors)

@@ -126,7 +126,7 @@ class RemoteCommandError(CommandError):
 class PayloadError(WorkbenchError, ValueError):
     """A message that does not follow the topic schema; ``kind`` says how, for counting.
 
-    ``kind`` is ``malformed``, ``oversized`` or ``unknown_version``.
+    ``kind`` is ``malformed``, ``oversized``, ``too_deep``, ``out_of_range`` or ``unknown_version``.
     """
 
     def __init__(self, message: str, *, kind: str = "malformed") -> None:

@@ -2,7 +2,9 @@
 
 Model bytes never travel over MQTT (256 KiB payload cap): the request carries each model's
 URL, sha256 and size; the agent downloads into its data dir, verifies the hash, checks the
-model fits its memory limit, and times it with its own thread limit.
+model fits its memory limit, and times it with its own thread limit. Only ``http(s)://`` URLs are
+fetched, and a failed download gets one error whatever the cause: the reply must not tell a
+caller whether a port is open, a file exists or what its hash is.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.agent._commands import register_command
-from workbench.errors import ConfigError, ResourceLimitError
+from workbench.errors import ArtifactError, ConfigError, ResourceLimitError
 
 if TYPE_CHECKING:
     from workbench.agent._device import DeviceAgent
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 # checked before loading; the measured growth is checked after.
 _LOAD_FACTOR = 2.0
 _MAX_ITERATIONS = 10_000
+# Generated inputs are allocated from the request's shapes: bounded before any allocation.
+_MAX_INPUT_ELEMENTS = 16 * 2**20
+_MAX_INPUTS = 64
 
 
 def _inputs(args: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -29,7 +34,10 @@ def _inputs(args: dict[str, Any]) -> dict[str, np.ndarray]:
         feeds = {}
         for name, value in args["inputs"].items():
             try:
-                feeds[name] = np.asarray(value["data"], dtype=value["dtype"]).reshape(value["shape"])
+                dtype = np.dtype(value["dtype"])
+                if dtype.kind not in "biuf" or dtype.itemsize > 8:  # "V1000000" would allocate per element
+                    raise ValueError(f"dtype {value['dtype']!r} is not a number type")
+                feeds[name] = np.asarray(value["data"], dtype=dtype).reshape(value["shape"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise ConfigError(f"benchmark input {name!r} is malformed ({exc}); send "
                                   "{'dtype':..., 'shape':[...], 'data':[...]}") from exc
@@ -37,10 +45,30 @@ def _inputs(args: dict[str, Any]) -> dict[str, np.ndarray]:
     if isinstance(args.get("inputs_spec"), list):
         from workbench.optimize._spec import ModelSpec, TensorSpec, generated_inputs
 
-        tensors = tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in args["inputs_spec"])
-        return generated_inputs(ModelSpec(tensors, (), 0, ()), batch=int(args.get("batch", 1)),
-                                seed=int(args.get("seed", 0)))
+        try:
+            tensors = tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in args["inputs_spec"])
+            batch, seed = int(args.get("batch", 1)), int(args.get("seed", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"benchmark inputs_spec is malformed ({exc}); send "
+                              "[{'name':..., 'dtype':..., 'shape':[...]}]") from None
+        _check_generated(tensors, batch)
+        return generated_inputs(ModelSpec(tensors, (), 0, ()), batch=batch, seed=seed)
     raise ConfigError("benchmark needs 'inputs' (a small sample) or 'inputs_spec' (to generate one)")
+
+
+def _check_generated(tensors: tuple[Any, ...], batch: int) -> None:
+    if len(tensors) > _MAX_INPUTS or not 1 <= batch <= 65536:
+        raise ConfigError(f"benchmark inputs_spec: at most {_MAX_INPUTS} inputs and a batch of 1..65536")
+    for tensor in tensors:
+        # Symbolic axes become the batch (first) or 16 (see generated_inputs); anything else must be a small int.
+        elements = 1
+        for index, dim in enumerate(tensor.shape):
+            if isinstance(dim, bool) or (isinstance(dim, int) and dim < 0):
+                raise ConfigError(f"benchmark input {str(tensor.name)[:64]!r} has a bad dimension {dim!r}")
+            elements *= dim if isinstance(dim, int) else (batch if index == 0 else 16)
+            if elements > _MAX_INPUT_ELEMENTS:
+                raise ConfigError(f"benchmark input {str(tensor.name)[:64]!r} would hold more than "
+                                  f"{_MAX_INPUT_ELEMENTS} elements; send a smaller shape or batch")
 
 
 def _models(args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -84,9 +112,14 @@ def _benchmark(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
         if isinstance(size, int):
             agent.limits.check_memory(size * _LOAD_FACTOR / 2**20, f"model {model.get('name')} (estimate)")
         start = time.perf_counter()
-        path = fetch(model["url"], model["sha256"], store / f"{model['sha256']}.onnx",
-                     size=size if isinstance(size, int) else None,
-                     max_bytes=agent.limits.memory_mb * 2**20)
+        try:
+            path = fetch(model["url"], model["sha256"], store / f"{model['sha256']}.onnx",
+                         size=size if isinstance(size, int) else None,
+                         max_bytes=agent.limits.memory_mb * 2**20)
+        except (ArtifactError, ConfigError, OSError, ValueError):
+            raise ArtifactError(f"benchmark could not fetch model {str(model.get('name'))[:64]!r}: no file with "
+                                "that sha256 and size came from that URL; serve it from the workbench's artifact "
+                                "server (http:// or https://) and check the URL") from None
         download_ms[str(model.get("name"))] = (time.perf_counter() - start) * 1000.0
         paths[str(model.get("name", model["sha256"][:12]))] = str(path)
     options = agent.limits.session_options()

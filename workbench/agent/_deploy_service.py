@@ -28,6 +28,8 @@ from workbench.agent._slots import SlotStore
 from workbench.deploy._keys import load_trusted_keys
 from workbench.deploy._package import (
     MANIFEST,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
     SIGNATURE,
     Package,
     load_package,
@@ -131,13 +133,14 @@ class Installer:
             info |= {"package_id": self.package.id, "slot": self.store.current()}
         return info
 
-    def _fetch(self, base_url: str, sha256: str, dest: Path, size: int | None, report: Reporter) -> None:
+    def _fetch(self, base_url: str, sha256: str, dest: Path, size: int | None, report: Reporter,
+               max_bytes: int | None = None) -> None:
         from workbench.deploy.artifacts import ArtifactError, fetch
 
         for attempt in range(1, self.download_attempts + 1):
             try:
                 fetch(f"{base_url.rstrip('/')}/artifacts/{sha256}", sha256, dest, size=size, timeout=15.0,
-                      attempts=1)
+                      attempts=1, max_bytes=max_bytes)
                 return
             except ArtifactError as exc:
                 if "but its sha256 is" in str(exc):  # fetch's verification failed, not the transfer
@@ -175,13 +178,18 @@ class Installer:
         if needed and free < needed:
             raise DeployError(f"not enough disk: the package needs {needed} bytes, {free} are free on the "
                               "device; free space and deploy again")
-        folder = self.store.prepare(slot, package_id)
-        self._fetch(base_url, package_id, folder / MANIFEST, desired.get("manifest_size"), report)
-        self._fetch(base_url, str(desired.get("signature_sha256")), folder / SIGNATURE,
-                    desired.get("signature_size"), report)
+        # Manifest and signature are checked in staging, size-capped: the slot (which may hold the package a
+        # rollback returns to) is touched only once the signature has verified.
+        staged = self.store.staging(package_id)
+        self._fetch(base_url, package_id, staged / MANIFEST, desired.get("manifest_size"), report,
+                    max_bytes=MAX_MANIFEST_BYTES)
+        self._fetch(base_url, str(desired.get("signature_sha256")), staged / SIGNATURE,
+                    desired.get("signature_size"), report, max_bytes=MAX_SIGNATURE_BYTES)
         report("verifying", slot=slot, detail="signature")
+        verify_signature(load_package(staged), self.trusted_keys())
+        folder = self.store.adopt(slot, package_id, staged)
         package = load_package(folder)
-        verify_signature(package, self.trusted_keys())
+        verify_signature(package, self.trusted_keys())  # what the slot now holds, not only what staging held
         report("downloading", slot=slot, detail="files")
         for name, entry in sorted(package.files.items()):
             if "/" in name or name.startswith("."):
@@ -300,7 +308,7 @@ class DeployService:
             body = schema.decode(payload)
         except PayloadError as exc:
             self.agent.rejected.reject(exc)
-            log.warning("%s: rejected desired state: %s", self.agent.device_id, exc)
+            self.agent.reject_log.count(self.agent.device_id, "desired_model", f"rejected desired state: {exc}")
             return
         with self._wake:
             self._pending = body

@@ -27,7 +27,17 @@ from workbench.agent._services import AgentService, service_factories
 from workbench.agent._startup import ConnectFailureLog
 from workbench.errors import ConfigError, DuplicateDeviceError, PayloadError, WorkbenchError
 from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import BrokerAddress, close_client, is_auth_failure, make_client, new_client_id
+from workbench.fleet._mqtt import (
+    BrokerAddress,
+    close_client,
+    guard_messages,
+    is_auth_failure,
+    make_client,
+    network_alive,
+    new_client_id,
+    restart_network,
+)
+from workbench.fleet._rejects import RejectLog
 from workbench.profiles import HardwareProfile, detect_hardware, device_providers, get_profile
 
 log = logging.getLogger("workbench.agent")
@@ -102,6 +112,7 @@ class DeviceAgent:
         self.started_at = time.time()
         self.counters: Counter[str] = Counter()
         self.rejected = schema.PayloadCounters()
+        self.reject_log = RejectLog(log, what="payload")
         self._executor = executor
         self._claim = _Claim()
         self._holding = False  # True once this instance owns the device id
@@ -119,7 +130,9 @@ class DeviceAgent:
         )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
+        self._client.on_message = guard_messages(self._on_message, self._on_message_failed)
+        self._network_guard: threading.Thread | None = None
+        self._guard_lock = threading.Lock()  # stop() and a restart never interleave
         self._connect_log = ConnectFailureLog(self.device_id, config.broker.url)
         self._client.on_connect_fail = lambda _client, _userdata: self._connect_log.failed()
         self.runtime = ModelRuntime(self.limits)
@@ -143,6 +156,36 @@ class DeviceAgent:
         address = self.config.broker
         self._client.connect_async(address.host, address.port, keepalive=self.config.keepalive)
         self._client.loop_start()
+        self._network_guard = threading.Thread(target=self._guard_network, name=f"wb-netguard-{self.device_id}",
+                                               daemon=True)
+        self._network_guard.start()
+
+    def network_alive(self) -> bool:
+        """True while this agent's MQTT network thread runs (or it is stopping or refused on purpose).
+
+        A supervisor (watchdog, health check) asks this: False means the agent cannot hear the
+        fleet, and :meth:`start`'s guard did not manage to bring the thread back.
+
+        Example:
+            >>> agent.network_alive()   # doctest: +SKIP
+            True
+        """
+        return self._stopping or self._fatal is not None or network_alive(self._client)
+
+    def _guard_network(self) -> None:
+        # A network thread that died would leave a deaf agent whose retained status still says online:
+        # start it again (a fresh connection, so on_connect announces again), and count it.
+        while not self._stopping:
+            time.sleep(0.5)
+            with self._guard_lock:
+                if self._stopping or self._fatal is not None or network_alive(self._client):
+                    continue
+                self.counters["network_restarts"] += 1
+                log.error("%s: the MQTT network thread died; starting it again", self.device_id)
+                try:
+                    restart_network(self._client)
+                except Exception:
+                    log.exception("%s: restarting the MQTT network thread failed; retrying", self.device_id)
 
     def wait_claimed(self, timeout: float | None = None) -> None:
         """Block until this agent owns its id and is online, or raise why it cannot."""
@@ -158,7 +201,8 @@ class DeviceAgent:
 
     def stop(self, reason: str = "shutdown") -> None:
         """Announce a clean shutdown and disconnect (so the broker does not send the will)."""
-        self._stopping = True
+        with self._guard_lock:
+            self._stopping = True
         for name, service in self.services.items():
             try:
                 service.stop()
@@ -177,12 +221,6 @@ class DeviceAgent:
     @property
     def fatal(self) -> str | None:
         return self._fatal
-
-    @property
-    def network_alive(self) -> bool:
-        """False when paho's network thread died while the agent should be listening (a deaf agent)."""
-        thread = getattr(self._client, "_thread", None)  # paho 2.x sets it in loop_start, clears it on exit
-        return self._stopping or self._fatal is not None or (thread is not None and thread.is_alive())
 
     # -- state ---------------------------------------------------------------------
 
@@ -259,6 +297,7 @@ class DeviceAgent:
             "uptime_s": time.time() - self.started_at,
             "counters": dict(self.counters),
             "rejected_payloads": dict(self.rejected),
+            "network_alive": self.network_alive(),
         }
 
     # -- MQTT callbacks (paho's network thread) -------------------------------------
@@ -327,19 +366,25 @@ class DeviceAgent:
             self.counters["disconnects"] += 1
             log.warning("%s: disconnected (%s); reconnecting with backoff", self.device_id, reason_code)
 
+    def _on_message_failed(self, message: mqtt.MQTTMessage, exc: Exception) -> None:
+        # Reached only through a bug: every known bad input is a PayloadError handled below.
+        self.rejected["internal"] += 1
+        self.reject_log.count(self.device_id, "internal", f"on {message.topic}: {type(exc).__name__}: {exc}")
+
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         for service in self.services.values():
             if any(topic_matches_sub(sub, message.topic) for sub in service.topics()):
                 try:
                     service.on_message(message.topic, bytes(message.payload))
-                except Exception:
-                    log.exception("%s: service failed on %s", self.device_id, message.topic)
+                except Exception as exc:
+                    self.rejected["internal"] += 1
+                    self.reject_log.count(self.device_id, "internal", f"service on {message.topic}: {exc!r}")
                 return
         try:
             body = schema.decode(bytes(message.payload))
         except PayloadError as exc:
             kind = self.rejected.reject(exc)
-            log.warning("%s: rejected %s payload on %s: %s", self.device_id, kind, message.topic, exc)
+            self.reject_log.count(self.device_id, kind, f"on {message.topic}: {exc}")
             return
         topic = message.topic
         if topic == topics.claim_topic(self.device_id):
@@ -387,7 +432,7 @@ class DeviceAgent:
         reply_to = body.get("reply_to")
         if not isinstance(reply_to, str) or not _CLIENT_ID.fullmatch(reply_to):
             self.rejected["malformed"] += 1
-            log.warning("%s: command %s without a valid reply_to; dropped", self.device_id, name)
+            self.reject_log.count(self.device_id, "malformed", f"command {name} without a valid reply_to; dropped")
             return
         response: dict[str, Any] = {"id": body.get("id"), "command": name}
         handler = get_command(name)

@@ -43,7 +43,7 @@ def device_health(agent: DeviceAgent) -> dict[str, Any]:
     needed = bool(deploy_state.get("handled")) or agent.config.model is not None
     problem = getattr(installer, "boot_problem", None)
     serving_ok = (active is not None and (from_package or from_operator)) or (active is None and not needed)
-    listening = agent.network_alive
+    listening = agent.network_alive()
     healthy = bool(agent.online) and serving_ok and listening
     reasons = []
     if not agent.online:

@@ -40,7 +40,7 @@ def run_agents(configs: list[AgentConfig], *, stop: threading.Event | None = Non
             agent.start()
         # READY once connecting runs in the background: waiting for the broker here would let
         # systemd's start timeout kill an agent whose broker is merely down.
-        watchdog = Watchdog(lambda: [a.device_id for a in agents if not a.network_alive])
+        watchdog = Watchdog(lambda: [a.device_id for a in agents if not a.network_alive()])
         watchdog.ready(f"{len(agents)} device(s) connecting to {configs[0].broker.url}" if configs else "no devices")
         refused = 0
         while agents and not stop.is_set():

@@ -81,5 +81,5 @@ def apply_desired(agent: DeviceAgent, payload: bytes, what: str, apply: Callable
             agent.rejected.reject(exc)
         else:
             agent.rejected["malformed"] += 1
-        log.warning("%s: ignored desired %s state: %s", agent.device_id, what, exc)
+        agent.reject_log.count(agent.device_id, f"desired_{what}", f"ignored desired {what} state: {exc}")
         return str(exc)

@@ -4,10 +4,13 @@ Layout under ``DATA_DIR/deploy``::
 
     slots/a/   a package (manifest.json, signature.json, model.onnx, samples)
     slots/b/   the other one: where the next package is downloaded
+    staging/   a new package's manifest and signature, until the signature verifies
     current -> slots/a    the package the device serves (absent: the --model it started with)
     previous -> slots/b   what a rollback returns to
 
-A new package is only ever written into the slot ``current`` does not point to, and
+A new package is only ever written into the slot ``current`` does not point to, and only
+once its manifest's signature has verified in ``staging`` (so a bogus deployment cannot wipe
+the package a rollback would return to), and
 ``current`` changes by renaming a new symlink over it (then fsync of the directory), so a
 crash at any moment leaves ``current`` pointing at the old or the new complete package.
 At boot the agent verifies the package ``current`` names before it serves it.
@@ -22,7 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from workbench.deploy._package import Package, verify_package
+from workbench.deploy._package import MANIFEST, SIGNATURE, Package, verify_package
 from workbench.errors import PackageError
 
 log = logging.getLogger("workbench.agent")
@@ -103,6 +106,32 @@ class SlotStore:
             marker.write_text(package_id)
             os.replace(marker, folder / _MARKER)
             fsync_dir(folder)
+        return folder
+
+    def staging(self, package_id: str) -> Path:
+        """The folder outside both slots where ``package_id``'s manifest and signature wait to be verified.
+
+        Example:
+            >>> store.staging(package_id) / "manifest.json"   # doctest: +SKIP
+        """
+        folder = self.root / "staging"
+        marker = folder / _MARKER
+        try:
+            held = marker.read_text().strip()
+        except OSError:
+            held = None
+        if held != package_id:  # another package's leftovers: staging is scratch space, nothing serves from it
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            marker.write_text(package_id)
+        return folder
+
+    def adopt(self, slot: str, package_id: str, staged: Path) -> Path:
+        """Prepare ``slot`` for ``package_id`` and move its verified manifest and signature there from ``staged``."""
+        folder = self.prepare(slot, package_id)
+        for name in (MANIFEST, SIGNATURE):
+            os.replace(staged / name, folder / name)
+        fsync_dir(folder)
         return folder
 
     def _set_link(self, name: str, slot: str | None) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.agent._commands import register_command
 from workbench.agent._services import apply_desired, register_service
-from workbench.errors import ConfigError, PayloadError
+from workbench.errors import ConfigError, PayloadError, WorkbenchError
 from workbench.fleet import schema, topics
 from workbench.sync._budget import Budget, check_budget
 from workbench.sync._codec import Codec
@@ -89,6 +89,7 @@ class SyncService:
         self._state_thread: threading.Thread | None = None
         self._producers: list[threading.Thread] = []
         self._lock = threading.RLock()
+        self.producer_error: str | None = None
 
     # -- AgentService ---------------------------------------------------------------------------
 
@@ -100,7 +101,8 @@ class SyncService:
             try:
                 seqs = decode_ack(payload)
             except PayloadError as exc:
-                self.agent.rejected.reject(exc)
+                kind = self.agent.rejected.reject(exc)
+                self.agent.reject_log.count(self.agent.device_id, kind, f"sync ack: {exc}")
                 return
             self.shaper.receive(lambda: self.sender.on_ack(seqs))
         else:
@@ -209,6 +211,7 @@ class SyncService:
             "desired": self.desired,
             "reported": dict(self.config),
             "errors": dict(self.errors),
+            "producer_error": self.producer_error,
         }
 
     def _save_budget(self) -> None:
@@ -243,7 +246,12 @@ class SyncService:
                 if self._stop.is_set():
                     return
                 body = json.dumps({"i": index, "ts": time.time(), "priority": PRIORITIES[rank]})
-                self.put(body.encode().ljust(int(size)), priority=rank, kind=kind)
+                try:
+                    self.put(body.encode().ljust(int(size)), priority=rank, kind=kind)
+                except WorkbenchError as exc:  # the outbox's hard cap: stop, and say why in the sync state
+                    self.producer_error = f"sync.produce stopped after {index} of {int(count)} items: {exc}"
+                    log.warning("%s: %s", self.agent.device_id, self.producer_error)
+                    return
                 next_at += period
                 self._stop.wait(max(next_at - time.monotonic(), 0.0))
 

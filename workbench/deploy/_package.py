@@ -35,6 +35,10 @@ SIGNATURE = "signature.json"
 MODEL = "model.onnx"
 SAMPLE_INPUT = "sample_input.npz"
 EXPECTED_OUTPUT = "expected_output.npz"
+# A manifest lists a handful of files and metadata (a few KiB); the limits are checked before parsing,
+# since both files arrive from the network and are parsed before the signature can be checked.
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_SIGNATURE_BYTES = 64 * 1024
 # Used when neither the caller nor the optimizer's manifest gives a latency SLO; a deliberate, loose default.
 DEFAULT_SLO_MS = 1000.0
 
@@ -303,21 +307,30 @@ def load_package(directory: str | os.PathLike[str]) -> Package:
     if not folder.is_dir():
         raise PackageError(f"no package directory at {folder}; build one with `workbench package MODEL.onnx --out DIR`")
     try:
+        manifest_size = (folder / MANIFEST).stat().st_size
+        if manifest_size > MAX_MANIFEST_BYTES:
+            raise PackageError(f"{folder / MANIFEST} is {manifest_size} bytes, over the {MAX_MANIFEST_BYTES}-byte "
+                               "limit for a manifest; it is not one workbench made")
         manifest_bytes = (folder / MANIFEST).read_bytes()
     except OSError:
         raise PackageError(f"{folder} has no {MANIFEST}; it is not a model package") from None
     try:
         manifest = json.loads(manifest_bytes)
+    except RecursionError:
+        raise PackageError(f"{folder / MANIFEST} nests too deep to be a manifest; rebuild the package") from None
     except ValueError as exc:
-        raise PackageError(f"{folder / MANIFEST} is not valid JSON ({exc}); rebuild the package") from None
+        raise PackageError(f"{folder / MANIFEST} is not valid JSON ({str(exc)[:200]}); rebuild the package") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise PackageError(f"{folder / MANIFEST} lists no files; sign the package with `workbench package` first")
     signature: dict[str, Any] = {}
     try:
-        signature = json.loads((folder / SIGNATURE).read_text())
+        if (folder / SIGNATURE).stat().st_size > MAX_SIGNATURE_BYTES:
+            signature = {"malformed": True}
+        else:
+            signature = json.loads((folder / SIGNATURE).read_bytes())
     except FileNotFoundError:
         pass
-    except ValueError:
+    except (ValueError, RecursionError):
         signature = {"malformed": True}
     return Package(folder, manifest, manifest_bytes, signature if isinstance(signature, dict) else {})
 

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -264,9 +265,16 @@ def fetch(
     Range request. Only a file whose hash matches is moved to ``dest`` (atomically). If
     ``dest`` already holds the right bytes nothing is downloaded.
 
+    Only ``http://`` and ``https://`` URLs are fetched. ``size`` (the manifest's) is enforced
+    while streaming: a server that sends more is cut off after ``size`` bytes, and the partial
+    file is discarded.
+
     Example:
         >>> fetch("http://127.0.0.1:8765/artifacts/" + "0" * 64, "0" * 64, "/tmp/m.onnx")  # doctest: +SKIP
     """
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ConfigError("artifact URLs must be http:// or https:// (the fleet's artifact server); "
+                          "file:// and other schemes are refused")
     if not _SHA256.match(sha256):
         raise ConfigError(f"sha256 {sha256!r} is not 64 lowercase hex digits; pass the artifact's sha256")
     target = Path(dest)
@@ -289,7 +297,8 @@ def fetch(
     actual = sha256_file(part)
     if actual != sha256:
         part.unlink(missing_ok=True)
-        raise ArtifactError(f"downloaded {url} but its sha256 is {actual[:12]}…, expected {sha256[:12]}…; "
+        # The hash of what arrived is not echoed: it would tell a caller something about any file it can point to.
+        raise ArtifactError(f"downloaded {url} but its sha256 is not the expected {sha256[:12]}…; "
                             "the partial file was discarded, retry the download")
     os.replace(part, target)
     return target
@@ -330,13 +339,21 @@ def _download(url: str, part: Path, *, size: int | None, timeout: float, max_byt
             handle = open(part, mode)  # noqa: SIM115  (closed by the with below; only open errors are local here)
         except OSError as exc:
             raise _LocalWriteError(exc) from exc
+        limits = [n for n in (size, max_bytes) if n is not None]
+        limit = min(limits) if limits else None
         with handle:
             while True:
-                block = response.read(_CHUNK)
+                # Never more than one byte past the limit is read: a server's Content-Length is not trusted.
+                block = response.read(_CHUNK if limit is None else max(min(_CHUNK, limit + 1 - written), 1))
                 if not block:
                     break
                 written += len(block)
-                if max_bytes is not None and written > max_bytes:
+                if limit is not None and written > limit:
+                    handle.close()
+                    part.unlink(missing_ok=True)
+                    if size is not None and written > size:
+                        raise ArtifactError(f"artifact at {url} is larger than the {size} bytes its manifest "
+                                            "says; the download was stopped and discarded")
                     raise ArtifactError(f"artifact at {url} exceeds the {max_bytes}-byte limit")
                 try:
                     handle.write(block)

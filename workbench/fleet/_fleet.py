@@ -23,7 +23,16 @@ from workbench.errors import (
 )
 from workbench.fleet import schema, topics
 from workbench.fleet._device import Device
-from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
+from workbench.fleet._mqtt import (
+    BrokerAddress,
+    close_client,
+    connect_blocking,
+    guard_messages,
+    make_client,
+    network_alive,
+    new_client_id,
+)
+from workbench.fleet._rejects import RejectLog
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,6 +83,7 @@ class Fleet:
         self.address = address
         self.client_id = new_client_id(client_prefix)
         self.rejected = schema.PayloadCounters()
+        self.reject_log = RejectLog(log, what="message")
         self._devices: dict[str, Device] = {}
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -82,7 +92,7 @@ class Fleet:
         self.revision = 0  # bumped on every change, so pollers can tell cheaply
         self._client: mqtt.Client = make_client(address, self.client_id)
         self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
+        self._client.on_message = guard_messages(self._on_message, self._on_message_failed)
         connect_blocking(self._client, address, keepalive=keepalive, timeout=timeout)
         self._closed = False
 
@@ -392,7 +402,29 @@ class Fleet:
                     part.close()
             close_client(self._client)
 
+    def network_alive(self) -> bool:
+        """True while the MQTT network thread that receives device state runs.
+
+        Example:
+            >>> fleet.network_alive()   # doctest: +SKIP
+            True
+        """
+        return network_alive(self._client)
+
+    def rejects(self) -> dict[str, dict[str, int]]:
+        """Messages rejected so far, per device and kind (``(unknown)`` where the topic named no valid device).
+
+        Example:
+            >>> fleet.rejects()   # doctest: +SKIP
+            {'sim-01': {'too_deep': 3}}
+        """
+        return self.reject_log.by_device()
+
     # -- MQTT callbacks (network thread) ------------------------------------------------------
+
+    def _on_message_failed(self, message: mqtt.MQTTMessage, exc: Exception) -> None:
+        self.rejected["internal"] += 1
+        self.reject_log.count(_topic_device(message.topic), "internal", f"on {message.topic}: {exc!r}")
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         if getattr(reason_code, "is_failure", False):
@@ -418,7 +450,7 @@ class Fleet:
             else:
                 kind_name = "bad_topic"
                 self.rejected[kind_name] += 1
-            log.warning("rejected %s message on %s: %s", kind_name, message.topic, exc)
+            self.reject_log.count(_topic_device(message.topic), kind_name, f"on {message.topic[:200]}: {exc}")
             return
         if kind == "reply":
             with self._lock:
@@ -463,3 +495,12 @@ class Fleet:
             device.online, device.offline_reason = False, str(body.get("reason") or "offline")
             return ["offline"] if was_online else []
         return []
+
+
+def _topic_device(topic: str) -> str:
+    try:
+        device_id, _, _ = topics.parse_device_topic(topic)
+        topics.check_device_id(device_id)
+        return device_id
+    except ValueError:
+        return "(unknown)"

@@ -6,6 +6,7 @@ import socket
 import ssl
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -103,7 +104,58 @@ def make_client(address: BrokerAddress, client_id: str) -> mqtt.Client:
 
     client.on_socket_open = on_socket_open
     client.reconnect_delay_set(min_delay=1, max_delay=30)
+    # A callback that raises must not end the network thread (the guards below catch first; this is the backstop).
+    client.suppress_exceptions = True
     return client
+
+
+MessageCallback = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]
+
+
+def guard_messages(
+    callback: MessageCallback, on_error: Callable[[mqtt.MQTTMessage, Exception], None]
+) -> MessageCallback:
+    """Wrap an ``on_message`` callback so that whatever it raises goes to ``on_error``, not up paho's thread.
+
+    An exception escaping ``on_message`` ends paho's network thread: the process stays up,
+    deaf, while the broker may still show it connected. ``on_error`` counts and logs; if it
+    raises too, that is swallowed here.
+
+    Example:
+        >>> client.on_message = guard_messages(self._on_message, self._on_message_error)   # doctest: +SKIP
+    """
+
+    def guarded(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            callback(client, userdata, message)
+        except Exception as exc:
+            try:
+                on_error(message, exc)
+            except Exception:  # the network thread must survive a failing error handler too
+                pass
+
+    return guarded
+
+
+def network_alive(client: mqtt.Client) -> bool:
+    """True while paho's network thread (started by ``loop_start``) is running.
+
+    Example:
+        >>> network_alive(make_client(BrokerAddress.parse("localhost"), "x"))
+        False
+    """
+    thread = getattr(client, "_thread", None)  # paho 2.x; None once loop_forever returned or raised
+    return thread is not None and thread.is_alive()
+
+
+def restart_network(client: mqtt.Client) -> None:
+    """Start paho's network thread again after it died: the connection is dropped and made anew.
+
+    ``on_connect`` then subscribes and announces again, exactly as after a broker restart.
+    """
+    client._thread = None  # a dead thread's reference, if its finally did not clear it
+    client._reset_sockets()  # the half-read socket of the dead loop, and its wake-up pair
+    client.loop_start()
 
 
 def close_client(client: mqtt.Client) -> None:

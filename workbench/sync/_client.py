@@ -9,6 +9,8 @@ queries telemetry still receives it, and telemetry is never stored twice.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import threading
 import time
@@ -19,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from workbench._settings import settings
 from workbench.errors import PayloadError
 from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import close_client, connect_blocking, make_client, new_client_id
+from workbench.fleet._mqtt import close_client, connect_blocking, guard_messages, make_client, new_client_id
+from workbench.fleet._rejects import RejectLog
 from workbench.sync._budget import check_budget
 from workbench.sync._links import LinkProfile, link_profile
 from workbench.sync._priority import PRIORITIES
@@ -36,6 +39,28 @@ if TYPE_CHECKING:
 
 STATE_COLUMNS = ["device_id", "priority", "queued_items", "queued_bytes", "oldest_unsent_age_s", "last_sync",
                  "throughput_bps", "compression_ratio", "dropped", "deduplicated", "link", "link_up"]
+
+
+log = logging.getLogger("workbench.sync")
+
+
+def _number(value: Any, *, low: float = -math.inf, high: float = math.inf, optional: bool = True) -> bool:
+    if value is None:
+        return optional
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+
+def _valid_state(body: dict[str, Any]) -> bool:
+    """True when a device's sync state has the types :meth:`Sync.state` reads (numbers where numbers go)."""
+    backlog, sender, counters, link = (body.get(k) or {} for k in ("backlog", "sender", "counters", "link"))
+    if not all(isinstance(part, dict) for part in (backlog, sender, counters, link)):
+        return False
+    if not all(isinstance(entry, dict) and all(_number(entry.get(k)) for k in ("items", "bytes", "oldest_age_s"))
+               for entry in backlog.values()):
+        return False
+    # last_sync becomes a timestamp: pandas refuses anything past the year 2262.
+    return (_number(sender.get("last_sync"), low=0, high=9e9) and _number(sender.get("throughput_bps"))
+            and _number(sender.get("compression_ratio")) and all(_number(v) for v in counters.values()))
 
 
 class Sync:
@@ -68,7 +93,9 @@ class Sync:
         self._lock = threading.Lock()
         self._client = make_client(fleet.address, new_client_id("wb-syncstate"))
         self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
+        self.reject_log = RejectLog(log, what="sync state")
+        self._client.on_message = guard_messages(
+            self._on_message, lambda message, exc: self.reject_log.count("(unknown)", "internal", repr(exc)))
         connect_blocking(self._client, fleet.address, keepalive=10, timeout=10.0)
 
     def _on_connect(self, client: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
@@ -78,8 +105,17 @@ class Sync:
     def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
         try:
             device, _kind, _ = topics.parse_device_topic(message.topic)
+            topics.check_device_id(device)
+        except ValueError:
+            self.reject_log.count("(unknown)", "bad_topic", message.topic[:200])
+            return
+        try:
             body = schema.decode(bytes(message.payload))
-        except (ValueError, PayloadError):
+        except PayloadError as exc:
+            self.reject_log.count(device, exc.kind, str(exc))
+            return
+        if not _valid_state(body):  # state() and backlog() build tables from it: a wrong type would break them
+            self.reject_log.count(device, "malformed", "sync state with fields of the wrong type")
             return
         with self._lock:
             self.states[device] = body

@@ -19,6 +19,7 @@ waited in the outbox.
 
 from __future__ import annotations
 
+import io
 import struct
 import time
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ _ITEM = struct.Struct("<QBB")
 _LEN = struct.Struct("<I")
 MAX_MESSAGE_BYTES = 4 * 2**20
 MAX_RAW_BYTES = 64 * 2**20
+# A sender's batch is at most ~768 KiB of items of at least 14 bytes each: far fewer than this.
+MAX_ITEMS = 100_000
+MAX_DICTIONARIES = 64
+_CHUNK = 1 << 20
 _WBT_PREFIX = struct.Struct("<3sBI")
 
 
@@ -99,6 +104,8 @@ class Codec:
         """Make a dictionary known (for decoding); return its id."""
         dictionary = zstandard.ZstdCompressionDict(raw)
         dict_id = dictionary.dict_id()
+        while len(self.dictionaries) >= MAX_DICTIONARIES and dict_id not in self.dictionaries:
+            del self.dictionaries[next(iter(self.dictionaries))]  # the oldest: a device resends its own
         self.dictionaries[dict_id] = dictionary
         return dict_id
 
@@ -155,16 +162,15 @@ class Codec:
         dictionary = self.dictionaries.get(dict_id) if dict_id else None
         decompressor = zstandard.ZstdDecompressor(dict_data=dictionary) if dictionary else \
             zstandard.ZstdDecompressor()
-        try:
-            raw = decompressor.decompress(message[_HEAD.size:], max_output_size=raw_len)
-        except zstandard.ZstdError as exc:
-            raise PayloadError(f"malformed sync message: zstd could not decompress it ({exc})") from None
+        raw = _decompress_bounded(decompressor, message[_HEAD.size:], raw_len)
         if len(raw) != raw_len:
             raise PayloadError(f"malformed sync message: {len(raw)} bytes decompressed, header says {raw_len}")
         items: list[WireItem] = []
         offset = 0
         try:
             while offset < len(raw):
+                if len(items) >= MAX_ITEMS:
+                    raise PayloadError(f"oversized sync message: more than {MAX_ITEMS} items", kind="oversized")
                 seq, priority, kind_len = _ITEM.unpack_from(raw, offset)
                 offset += _ITEM.size
                 kind = raw[offset:offset + kind_len].decode()
@@ -181,6 +187,27 @@ class Codec:
         except (struct.error, UnicodeDecodeError) as exc:
             raise PayloadError(f"malformed sync message: {exc}") from None
         return items
+
+
+def _decompress_bounded(decompressor: zstandard.ZstdDecompressor, frame: bytes, limit: int) -> bytes:
+    """Decompress at most ``limit`` bytes (plus one, to tell), streaming: the frame's declared size is not trusted.
+
+    ``decompress`` allocates whatever the frame header declares (512 MiB, 1 TiB) before
+    looking at ``max_output_size``; a stream reader only ever holds a chunk.
+    """
+    out = bytearray()
+    try:
+        with decompressor.stream_reader(io.BytesIO(frame), read_across_frames=True) as reader:
+            while len(out) <= limit:
+                chunk = reader.read(min(_CHUNK, limit + 1 - len(out)))
+                if not chunk:
+                    break
+                out += chunk
+    except zstandard.ZstdError as exc:
+        raise PayloadError(f"malformed sync message: zstd could not decompress it ({exc})") from None
+    if len(out) > limit:
+        raise PayloadError(f"malformed sync message: decompresses to more than the {limit} bytes its header says")
+    return bytes(out)
 
 
 def train_dictionary(samples: list[bytes], size: int = 16 * 1024) -> bytes | None:

@@ -8,9 +8,11 @@ wire; the workbench's store deduplicates by sequence number).
 
 The disk bound counts payload bytes. A new item that does not fit evicts the oldest
 bulk items, then the oldest normal ones; critical and high items are never evicted,
-and are admitted over the bound rather than lost (``over_bound`` counts that). A bulk
-or normal item that cannot make room is itself dropped. Every drop is counted per
-priority, in the database, in the same transaction as the drop.
+and are admitted over the bound rather than lost (``over_bound`` counts that), up to a
+hard cap of :data:`HARD_CAP_FACTOR` times the bound: beyond it, :meth:`Outbox.put_many` raises
+:class:`~workbench.errors.ResourceLimitError` and queues none of its items (``refused_<priority>``
+counts them); nothing already queued is lost. A bulk or normal item that cannot make room is
+itself dropped. Every drop is counted per priority, in the database, in the same transaction as the drop.
 
 ``synchronous=NORMAL`` in WAL mode keeps committed items through a process crash
 (``kill -9``); a power cut may lose the last few commits.
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, ResourceLimitError
 from workbench.sync._priority import EVICTABLE, PRIORITIES, priority_rank
 
 _SCHEMA = """
@@ -38,6 +40,10 @@ CREATE TABLE IF NOT EXISTS sends (seq INTEGER PRIMARY KEY, attempts INTEGER NOT 
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+# Critical and high items may take the disk up to this multiple of the bound, never more.
+HARD_CAP_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,8 @@ class Outbox:
                          (name, by, by))
 
     def counters(self) -> dict[str, int]:
-        """Persistent counters: produced, acked, dropped_<priority>, over_bound, resent."""
+        """Persistent counters: produced, acked, dropped_<priority>, refused_<priority>, over_bound, resent,
+        ack_not_sent."""
         with self._lock:
             rows = self._db.execute("SELECT name, value FROM counters").fetchall()
         return {name: int(value) for name, value in rows}
@@ -156,6 +163,13 @@ class Outbox:
                         seqs.append(None)
                         continue
                     if self._bytes + size > self.max_bytes:
+                        if self._bytes + size > self.hard_max_bytes:
+                            raise ResourceLimitError(
+                                f"the outbox is full: {self._bytes} bytes queued, and a {PRIORITIES[rank]} item of "
+                                f"{size} bytes would pass its hard cap of {self.hard_max_bytes} bytes "
+                                f"({HARD_CAP_FACTOR} x max_bytes {self.max_bytes}); none of the {len(datas)} items "
+                                "was queued. Let the backlog drain, send smaller items, or raise the bound "
+                                "(sync max_mb)")
                         self._bump("over_bound")
                     # Inserted one by one: a later item's eviction must see (and may evict) the earlier ones.
                     self._db.execute("INSERT INTO items (seq, priority, kind, created, size, payload) VALUES "
@@ -164,11 +178,18 @@ class Outbox:
                     seqs.append(seq)
                 self._bump("produced", len(datas))
                 self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 self._db.execute("ROLLBACK")
                 self._bytes = start_bytes
+                if isinstance(exc, ResourceLimitError):
+                    self._bump(f"refused_{PRIORITIES[rank]}", len(datas))
                 raise
             return seqs
+
+    @property
+    def hard_max_bytes(self) -> int:
+        """The absolute bound: critical and high items are refused beyond it."""
+        return HARD_CAP_FACTOR * self.max_bytes
 
     def _make_room(self, size: int, rank: int) -> bool:
         # Inside put's transaction: evict the oldest bulk, then normal, never outranking the new item's needs.
@@ -276,10 +297,21 @@ class Outbox:
             self._resume.clear()
 
     def ack(self, seqs: list[int]) -> int:
-        """Remove items the workbench has stored; return how many were still here (repeats are harmless)."""
+        """Remove items the workbench has stored; return how many were still here (repeats are harmless).
+
+        Only items handed out by :meth:`take` and not acknowledged or released since count: an
+        acknowledgement of an item never sent (forged, or for an earlier run of the device) removes
+        nothing, and is counted as ``ack_not_sent``; the item is sent, and acknowledged, as usual.
+        """
         if not seqs:
             return 0
         with self._lock:
+            sent = [int(s) for s in seqs if int(s) in self._due]
+            if len(sent) < len(seqs):
+                self._bump("ack_not_sent", len(seqs) - len(sent))
+            seqs = sent
+            if not seqs:
+                return 0
             self._db.execute("BEGIN")
             freed = 0
             removed = 0

@@ -16,7 +16,11 @@ So an item leaves a device's outbox only once it is committed where it is querie
 item that cannot be stored is not acknowledged: the device sends it again. Duplicates
 are acknowledged too (they are stored already), and counted.
 
-Acknowledgements carry sequence numbers as ranges: ``{"v": 1, "ranges": [[1, 500]]}``.
+Acknowledgements carry sequence numbers as ranges: ``{"v": 1, "ranges": [[1, 500]]}``, at most
+:data:`MAX_ACK_SEQS` sequence numbers in one (more are split over several acknowledgements). A
+device rejects an acknowledgement with more ranges or numbers than that, so a forged one cannot
+make it expand millions of numbers; and its outbox only lets an acknowledgement remove items it
+has sent and not yet seen acknowledged.
 """
 
 from __future__ import annotations
@@ -30,8 +34,17 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.errors import PayloadError
 from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
-from workbench.sync._codec import Codec, WireItem
+from workbench.fleet._mqtt import (
+    BrokerAddress,
+    close_client,
+    connect_blocking,
+    guard_messages,
+    make_client,
+    network_alive,
+    new_client_id,
+)
+from workbench.fleet._rejects import RejectLog
+from workbench.sync._codec import MAX_MESSAGE_BYTES, Codec, WireItem
 from workbench.sync._store import SyncStore
 
 if TYPE_CHECKING:
@@ -40,6 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("workbench.sync")
 
 ItemsListener = Callable[[str, list[WireItem]], None]
+# One acknowledgement covers the items of one message (at most MAX_ITEMS) or one telemetry flush: the
+# receiver splits larger sets, so a device can refuse anything bigger without losing a real one.
+MAX_ACK_SEQS = 10_000
+MAX_ACK_RANGES = MAX_ACK_SEQS
 
 
 def to_ranges(seqs: list[int]) -> list[list[int]]:
@@ -65,11 +82,14 @@ def from_ranges(ranges: Any) -> list[int]:
         >>> from_ranges([[1, 3], [7, 7]])
         [1, 2, 3, 7]
     """
+    if isinstance(ranges, list) and len(ranges) > MAX_ACK_RANGES:
+        raise PayloadError(f"oversized sync ack: {len(ranges)} ranges, at most {MAX_ACK_RANGES}", kind="oversized")
     if not isinstance(ranges, list) or not all(isinstance(r, list) and len(r) == 2 and all(
-            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in r) and r[0] <= r[1] for r in ranges):
+            isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63 for x in r) and r[0] <= r[1]
+            for r in ranges):
         raise PayloadError("malformed sync ack: ranges must be a list of [first, last] sequence numbers")
-    if sum(last - first + 1 for first, last in ranges) > 10_000_000:
-        raise PayloadError("oversized sync ack: more than 10 million sequence numbers", kind="oversized")
+    if sum(last - first + 1 for first, last in ranges) > MAX_ACK_SEQS:
+        raise PayloadError(f"oversized sync ack: more than {MAX_ACK_SEQS} sequence numbers", kind="oversized")
     return [seq for first, last in ranges for seq in range(first, last + 1)]
 
 
@@ -98,6 +118,7 @@ class SyncReceiver:
         self.listeners: list[ItemsListener] = []
         self.counters: Counter[str] = Counter()
         self.wire_bytes: Counter[str] = Counter()
+        self.reject_log = RejectLog(log, what="sync message")
         self._inbox: deque[tuple[str, bytes]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -111,7 +132,7 @@ class SyncReceiver:
         if address is not None:
             self._client = make_client(address, new_client_id("wb-sync"))
             self._client.on_connect = self._on_connect
-            self._client.on_message = self._on_message
+            self._client.on_message = guard_messages(self._on_message, self._on_message_failed)
             self._client.max_queued_messages_set(0)
             connect_blocking(self._client, address, keepalive=10, timeout=timeout)
 
@@ -122,10 +143,29 @@ class SyncReceiver:
     def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
         try:
             device, _kind, _ = topics.parse_device_topic(message.topic)
+            topics.check_device_id(device)
         except ValueError:
             self.counters["bad_topic"] += 1
+            self.reject_log.count("(unknown)", "bad_topic", message.topic[:200])
+            return
+        if len(message.payload) > MAX_MESSAGE_BYTES:  # never queued: a flood of these would fill memory
+            self.counters["rejected_oversized"] += 1
+            self.reject_log.count(device, "oversized", f"{len(message.payload)} bytes")
             return
         self.feed(device, bytes(message.payload))
+
+    def _on_message_failed(self, _message: Any, exc: Exception) -> None:
+        self.counters["rejected_internal"] += 1
+        self.reject_log.count("(unknown)", "internal", repr(exc))
+
+    def network_alive(self) -> bool:
+        """True while both the MQTT network thread (if subscribed) and the writer thread run.
+
+        Example:
+            >>> receiver.network_alive()   # doctest: +SKIP
+            True
+        """
+        return self._writer.is_alive() and (self._client is None or network_alive(self._client))
 
     @property
     def telemetry(self) -> Ingestor | None:
@@ -156,11 +196,13 @@ class SyncReceiver:
         self._wake.set()
 
     def _ack(self, device: str, seqs: list[int]) -> None:
-        payload = encode_ack(seqs)
-        if self._send_ack is not None:
-            self._send_ack(device, payload)
-        elif self._client is not None:
-            self._client.publish(topics.sync_ack_topic(device), payload, qos=1)
+        ordered = sorted(set(seqs))
+        for start in range(0, len(ordered), MAX_ACK_SEQS):  # devices refuse bigger acknowledgements
+            payload = encode_ack(ordered[start:start + MAX_ACK_SEQS])
+            if self._send_ack is not None:
+                self._send_ack(device, payload)
+            elif self._client is not None:
+                self._client.publish(topics.sync_ack_topic(device), payload, qos=1)
 
     def _write_loop(self) -> None:
         while not self._stop.is_set() or self._inbox:
@@ -170,42 +212,53 @@ class SyncReceiver:
                 self._wake.clear()
                 continue
             device, message = self._inbox.popleft()
-            arrived = time.time()
             try:
-                items = self.codec.decode(message)
-            except PayloadError as exc:
-                self.counters[f"rejected_{exc.kind}"] += 1
-                log.warning("rejected sync message from %s: %s", device, exc)
-                continue
-            for item in items:
-                if item.kind == "zstd-dict":
+                self._write_one(device, message)
+            except Exception as exc:  # one device's message must not end storing for every device
+                self.counters["rejected_internal"] += 1
+                self.reject_log.count(device, "internal", repr(exc))
+
+    def _write_one(self, device: str, message: bytes) -> None:
+        arrived = time.time()
+        try:
+            items = self.codec.decode(message)
+        except PayloadError as exc:
+            self.counters[f"rejected_{exc.kind}"] += 1
+            self.reject_log.count(device, exc.kind, str(exc))
+            return
+        for item in items:
+            if item.kind == "zstd-dict":
+                try:
                     self.codec.add_dictionary(item.payload)
-            self.wire_bytes[device] += len(message)
-            self.counters["messages"] += 1
-            telemetry = self._telemetry
-            batches = [item for item in items if item.kind == "telemetry"] if telemetry is not None else []
-            others = [item for item in items if item.kind != "telemetry"] if telemetry is not None else items
-            if telemetry is not None and batches:
-                sent = Codec.sent_at(message)
-                # Measured on the message, not the batch: a batch's own "sent" also counts its time in the outbox.
-                offset = arrived - sent if sent is not None else None
-                topic = topics.telemetry_topic(device)
-                for item in batches:
-                    telemetry.feed(item.payload, topic, arrived, receipt=(device, item.seq), clock_offset_s=offset)
-                self.counters["telemetry_items"] += len(batches)
-            if others:
-                try:
-                    self.store.store(device, others)
-                except Exception:  # not acknowledged, so the device sends it again
-                    log.exception("sync store failed for %s; the device will resend", device)
-                    self.counters["store_errors"] += 1
-                    continue
-                self._ack(device, [item.seq for item in others])
-            for listener in list(self.listeners):
-                try:
-                    listener(device, items)
-                except Exception:
-                    log.exception("sync listener failed")
+                except Exception as exc:  # zstandard.ZstdError for bytes that are no dictionary
+                    self.counters["rejected_malformed"] += 1
+                    self.reject_log.count(device, "malformed", f"a zstd-dict item is no dictionary: {exc}")
+        self.wire_bytes[device] += len(message)
+        self.counters["messages"] += 1
+        telemetry = self._telemetry
+        batches = [item for item in items if item.kind == "telemetry"] if telemetry is not None else []
+        others = [item for item in items if item.kind != "telemetry"] if telemetry is not None else items
+        if telemetry is not None and batches:
+            sent = Codec.sent_at(message)
+            # Measured on the message, not the batch: a batch's own "sent" also counts its time in the outbox.
+            offset = arrived - sent if sent is not None else None
+            topic = topics.telemetry_topic(device)
+            for item in batches:
+                telemetry.feed(item.payload, topic, arrived, receipt=(device, item.seq), clock_offset_s=offset)
+            self.counters["telemetry_items"] += len(batches)
+        if others:
+            try:
+                self.store.store(device, others)
+            except Exception:  # not acknowledged, so the device sends it again
+                log.exception("sync store failed for %s; the device will resend", device)
+                self.counters["store_errors"] += 1
+                return
+            self._ack(device, [item.seq for item in others])
+        for listener in list(self.listeners):
+            try:
+                listener(device, items)
+            except Exception:
+                log.exception("sync listener failed")
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until everything received so far is stored and acknowledged."""

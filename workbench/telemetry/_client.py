@@ -306,9 +306,11 @@ class Telemetry(TelemetryViews):
             >>> fleet.telemetry.query("latency_p95_ms", devices="all", since="10m", every="5s")  # doctest: +SKIP
         """
         now = time.time()
+        bucket = seconds(every, "every") if every is not None else None
+        if bucket is not None and bucket <= 0:
+            raise ConfigError(f"every {every!r} must be a positive duration, e.g. '5s' or '1m'")
         return self.store.query(metric, self._devices(devices), epoch(since, now=now, what="since"),
-                                epoch(until, now=now, what="until"),
-                                seconds(every, "every") if every is not None else None, agg)
+                                epoch(until, now=now, what="until"), bucket, agg)
 
     def counters(self) -> dict[str, dict[str, Any]]:
         return self.ingestor.stats()

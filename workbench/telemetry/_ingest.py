@@ -43,6 +43,7 @@ import numpy as np
 
 from workbench.errors import PayloadError
 from workbench.fleet import topics
+from workbench.fleet._rejects import RejectLog
 from workbench.telemetry._alerts import AlertEngine
 from workbench.telemetry._wire import MAX_BATCH_BYTES, Batch, decode_batch, problem_kind
 
@@ -115,6 +116,7 @@ class Ingestor:
         self.max_bytes = max_bytes
         self.feeds: dict[str, DeviceFeed] = {}
         self.totals: Counter[str] = Counter()
+        self.reject_log = RejectLog(log, what="telemetry batch")
         self.latencies_ms: deque[float] = deque(maxlen=100_000)  # batch sent -> queryable, same-host clocks
         self.listeners: list[PointsListener] = []
         self.watched: set[str] = set()
@@ -245,7 +247,13 @@ class Ingestor:
             while self._inbox and rows < self.flush_rows and not self._abandon.is_set():
                 self._buffered += 1
                 payload, topic, received, receipt, offset = self._inbox.popleft()
-                batch = self._accept(payload, topic, received, receipt, offset)
+                try:
+                    batch = self._accept(payload, topic, received, receipt, offset)
+                except Exception as exc:  # one hostile batch must not end ingestion for every device
+                    self.totals["rejected_internal"] += 1
+                    self.reject_log.count(topic[:200], "internal", f"batch dropped: {exc!r}")
+                    self._settle(receipt)
+                    continue
                 if batch is None:
                     continue
                 if not batch.n:  # nothing to insert: settled as it is
@@ -378,6 +386,15 @@ class Ingestor:
                 self._wake.set()
                 self._flushed.wait(min(remaining, 0.05))
         return True
+
+    def network_alive(self) -> bool:
+        """True while the writer thread that decodes and stores every device's batches runs.
+
+        Example:
+            >>> ingestor.network_alive()   # doctest: +SKIP
+            True
+        """
+        return self._writer.is_alive()
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-device counters, newest sequence number, clock offset and tags."""

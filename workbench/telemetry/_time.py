@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)?\s*$")
 
 
 def seconds(value: Duration, what: str = "duration") -> float:
-    """A duration in seconds.
+    """A duration in seconds; a number that is not finite (NaN, infinity) is a :class:`ConfigError`.
 
     Example:
         >>> seconds("10m"), seconds("500ms"), seconds(5)
@@ -24,7 +25,13 @@ def seconds(value: Duration, what: str = "duration") -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an integer beyond any float
+            result = math.inf
+        if not math.isfinite(result):
+            raise ConfigError(f"{what} {value!r} is not a finite number of seconds; write e.g. '5s', '10m' or 90")
+        return result
     match = _DURATION.match(value) if isinstance(value, str) else None
     if match is None:
         raise ConfigError(f"{what} {value!r} is not a duration; write e.g. '500ms', '5s', '10m', '2h', '1d' or seconds")

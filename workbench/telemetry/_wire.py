@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import struct
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import PayloadError
+from workbench.fleet.schema import MAX_DEPTH, nesting_depth
 
 MAGIC = b"WBT"
 WIRE_VERSION = 1
@@ -40,6 +42,9 @@ WIRE_VERSION = 1
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 MAX_NAMES = 65535
+# Sequence numbers are stored as a signed 64-bit integer by PostgreSQL (UBIGINT by DuckDB): a batch beyond
+# that would fail the whole insert it shares with other devices' batches, so it is rejected here.
+MAX_SEQ = 2**63 - 1
 _PREFIX = struct.Struct("<3sBI")
 POINT_BYTES = 8 + 2 + 8
 
@@ -121,10 +126,15 @@ def decode_batch(payload: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> Batch:
     body_start = _PREFIX.size + header_len
     if size < body_start:
         raise PayloadError(f"truncated batch: header needs {header_len} bytes, {size - _PREFIX.size} arrived")
+    raw_header = bytes(payload[_PREFIX.size:body_start])
+    if nesting_depth(raw_header) > MAX_DEPTH:
+        raise PayloadError(f"malformed batch: header nested deeper than {MAX_DEPTH} levels")
     try:
-        header = json.loads(payload[_PREFIX.size:body_start])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"malformed batch: header is not JSON ({exc})") from None
+        header = json.loads(raw_header)
+    except RecursionError:
+        raise PayloadError(f"malformed batch: header nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+        raise PayloadError(f"malformed batch: header is not JSON ({str(exc)[:200]})") from None
     if not isinstance(header, dict):
         raise PayloadError("malformed batch: header is not a JSON object")
     device, seq, sent, names, n = (header.get(k) for k in ("device", "seq", "sent", "names", "n"))
@@ -134,6 +144,16 @@ def decode_batch(payload: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> Batch:
             and isinstance(names, list) and all(isinstance(x, str) for x in names)):
         raise PayloadError("malformed batch: header needs device (str), seq (int >= 0), sent (number), "
                            "names (list of str), n (int >= 0)")
+    if seq > MAX_SEQ:
+        raise PayloadError(f"malformed batch: seq {seq} is out of range (at most 2**63 - 1)")
+    try:
+        sent = float(sent)
+    except OverflowError:  # an integer beyond any float
+        sent = math.inf
+    if not math.isfinite(sent):
+        raise PayloadError("malformed batch: sent is not a finite number")
+    if len(names) > MAX_NAMES:
+        raise PayloadError(f"malformed batch: {len(names)} metric names, at most {MAX_NAMES}")
     expected = body_start + n * POINT_BYTES
     if size < expected:
         raise PayloadError(f"truncated batch: {n} points need {expected} bytes, {size} arrived")
@@ -146,7 +166,7 @@ def decode_batch(payload: bytes, *, max_bytes: int = MAX_BATCH_BYTES) -> Batch:
         raise PayloadError(f"malformed batch: metric index {int(metric.max())} but only {len(names)} names")
     if n and not np.isfinite(ts).all():
         raise PayloadError("malformed batch: a timestamp is not a finite number")
-    return Batch(device, seq, float(sent), names, ts, metric, value, tags)
+    return Batch(device, seq, sent, names, ts, metric, value, tags)
 
 
 def problem_kind(error: PayloadError) -> str:
