@@ -86,7 +86,12 @@ class Snapshotting:
     _snapshot_final = False
 
     def snapshot(self) -> dict[str, Any]:
-        """The static view now: ``text/html`` and, for a chart, plotly's mimetype."""
+        """The static view now: ``text/html`` and, for a chart, plotly's mimetype.
+
+        Example:
+            >>> sorted(dashboard.snapshot())   # doctest: +SKIP
+            ['application/vnd.plotly.v1+json', 'text/html']
+        """
         raise NotImplementedError
 
     @property
@@ -135,7 +140,11 @@ class Snapshotting:
         return True
 
     def final_snapshot(self) -> None:
-        """Publish the snapshot once more, as the last one (a widget calls this when its work ends)."""
+        """Publish the snapshot once more, as the last one (a widget calls this when its work ends).
+
+        Example:
+            >>> view.final_snapshot()   # doctest: +SKIP
+        """
         if not self._snapshot_final:
             self._snapshot_final = True
             self.publish_snapshot()

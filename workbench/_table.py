@@ -15,19 +15,34 @@ import pandas as pd
 
 
 def epoch_seconds(values: pd.Series) -> pd.Series:
-    """Epoch seconds (or datetimes) as UTC datetimes to the second."""
+    """Epoch seconds (or datetimes) as UTC datetimes to the second.
+
+    Example:
+        >>> str(epoch_seconds(pd.Series([0.4]))[0])
+        '1970-01-01 00:00:00+00:00'
+    """
     if pd.api.types.is_datetime64_any_dtype(values):
         return values.dt.floor("s")
     return pd.to_datetime(pd.to_numeric(values, errors="coerce"), unit="s", utc=True).dt.floor("s")
 
 
 def seconds_to_ms(values: pd.Series) -> pd.Series:
-    """Seconds as milliseconds, rounded to 0.1 ms."""
+    """Seconds as milliseconds, rounded to 0.1 ms.
+
+    Example:
+        >>> float(seconds_to_ms(pd.Series([0.01234]))[0])
+        12.3
+    """
     return (pd.to_numeric(values, errors="coerce") * 1000.0).round(1)
 
 
 def bytes_to_kb(values: pd.Series) -> pd.Series:
-    """Bytes as kilobytes (1000 bytes), rounded to 0.1."""
+    """Bytes as kilobytes (1000 bytes), rounded to 0.1.
+
+    Example:
+        >>> float(bytes_to_kb(pd.Series([1536]))[0])
+        1.5
+    """
     return (pd.to_numeric(values, errors="coerce") / 1000.0).round(1)
 
 
@@ -74,7 +89,11 @@ class Table(pd.DataFrame):
         return table
 
     def full(self) -> pd.DataFrame:
-        """Every column, as a plain DataFrame."""
+        """Every column, as a plain DataFrame.
+
+        Example:
+            >>> fleet.telemetry.stats().full()   # doctest: +SKIP
+        """
         return pd.DataFrame(self)
 
     def compact(self) -> pd.DataFrame:

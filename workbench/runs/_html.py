@@ -62,7 +62,12 @@ def draw_snapshots(nb: Any) -> tuple[Any, int]:
 
 
 def plotly_js() -> str:
-    """plotly.js as plotly's Python package ships it (the version its figures were made for)."""
+    """plotly.js as plotly's Python package ships it (the version its figures were made for).
+
+    Example:
+        >>> "plotly" in plotly_js()[:2000].lower()
+        True
+    """
     from plotly.offline import get_plotlyjs
 
     return str(get_plotlyjs())
