@@ -68,7 +68,7 @@ class SyncView(Snapshotting, ipywidgets.VBox):
                 self.chart.data = ()
                 for device, samples in sorted(self.history.items()):
                     self.chart.add_scatter(x=[t - now for t, _ in samples], y=[n for _, n in samples], name=device,
-                                           mode="lines")
+                                           mode="lines+markers", marker={"size": 4})  # one sample shows too
                 empty = not self.history or all(n == 0 for samples in self.history.values() for _, n in samples)
                 note = "no data yet" if not self.history else "nothing queued: every outbox is empty"
                 self.chart.layout.annotations = ([{"text": note, "showarrow": False, "font": {"color": "#888"},
