@@ -7,8 +7,10 @@ from typing import Any
 
 import ipywidgets as w
 
+from widgets._snapshot import Snapshotting
 
-class AlertList(w.HTML):
+
+class AlertList(Snapshotting, w.HTML):
     """Fired alerts of ``fleet.telemetry`` as a list, re-rendered by :meth:`refresh`.
 
     Example:
@@ -22,7 +24,17 @@ class AlertList(w.HTML):
         self.add_class("wb-alert-list")
         self.refresh()
 
+    def snapshot(self) -> dict[str, Any]:
+        """The table as drawn now, as ``text/html``."""
+        return {"text/html": self.value}
+
+    @property
+    def snapshot_live(self) -> bool:
+        return bool(self.fleet.connected)
+
     def refresh(self) -> None:
+        if not self.fleet.connected:  # keep the last table: a closed fleet has nothing newer to tell
+            return
         frame = self.fleet.telemetry.alerts()
         if frame.empty:
             self.value = "<div class='wb-alerts'><i>no alerts</i></div>"

@@ -13,6 +13,7 @@ from typing import Any
 
 import ipywidgets
 
+from widgets._snapshot import Snapshotting, disconnected_banner
 from workbench import ConfigError, Device, Fleet
 
 log = logging.getLogger("widgets.fleet_panel")
@@ -31,7 +32,7 @@ METRICS = ("p95_ms", "sync_backlog")
 _EMPTY = "—"
 
 
-class FleetPanel(ipywidgets.VBox):
+class FleetPanel(Snapshotting, ipywidgets.VBox):
     """A live table of the fleet's devices: state, profile, active model, last seen, p95 latency, sync backlog.
 
     Fleet events arrive on the MQTT network thread, and ipykernel 7 drops widget updates made
@@ -39,7 +40,8 @@ class FleetPanel(ipywidgets.VBox):
     in (the kernel's); that task redraws at most ``max_rate`` times a second, and every
     ``tick`` seconds so "last seen" ages. Made outside a running loop (a plain script), the
     panel updates only when :meth:`refresh` is called. :meth:`close` stops the task and
-    removes the listener.
+    removes the listener. After :meth:`close`, ``fleet.close()`` or a lost broker connection, the
+    panel says "disconnected at HH:MM:SS", greys out, and no longer shows any device as online.
 
     Once the fleet's telemetry (and with it its sync) is in use, every redraw reads each
     device's newest ``latency_p95_ms`` and its reported sync backlog into the p95 and
@@ -62,6 +64,7 @@ class FleetPanel(ipywidgets.VBox):
         self.fleet = fleet
         self.shown_rows: list[dict[str, Any]] = []  # what the table shows now, for code and tests to read
         self.renders = 0
+        self.disconnected_at: float | None = None  # when the panel first saw its fleet disconnected
         self._interval = 1.0 / max_rate
         self._tick = tick
         self._metrics: dict[str, dict[str, Any]] = {}
@@ -110,13 +113,26 @@ class FleetPanel(ipywidgets.VBox):
         Example:
             >>> panel.refresh()   # doctest: +SKIP
         """
-        self._read_metrics()
+        now = time.time()
+        if self.fleet.connected and not self._closed:
+            self.disconnected_at = None
+            self._read_metrics()
+        elif self.disconnected_at is None:
+            self.disconnected_at = now
         rows = self.rows()
-        markup = render_html(rows, self.fleet.address.url, now=time.time())
+        markup = render_html(rows, self.fleet.address.url, now=now, disconnected_at=self.disconnected_at)
         with self.hold_sync():
             self._view.value = markup
         self.shown_rows = rows
         self.renders += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The table as drawn now, as ``text/html`` (what an executed notebook's HTML shows)."""
+        return {"text/html": self._view.value}
+
+    @property
+    def snapshot_live(self) -> bool:
+        return not self._closed and self.fleet.connected
 
     def _read_metrics(self) -> None:
         found: dict[str, dict[str, Any]] = {}
@@ -181,7 +197,12 @@ class FleetPanel(ipywidgets.VBox):
                 else:  # closed from another thread: the task belongs to its loop
                     with contextlib.suppress(RuntimeError):
                         loop.call_soon_threadsafe(task.cancel)
-        super().close()
+            with contextlib.suppress(Exception):  # the fleet may be half gone; the snapshot below still goes
+                self.refresh()
+            super().close()
+            self.final_snapshot()
+        else:
+            super().close()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -215,8 +236,10 @@ def _age(seen: float | None, now: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seen))
 
 
-def _cell(row: dict[str, Any], key: str, now: float) -> str:
+def _cell(row: dict[str, Any], key: str, now: float, disconnected: bool = False) -> str:
     value = row.get(key)
+    if key == "online" and disconnected:  # nothing is known any more: never show a stale state as live
+        return f'<span style="color:#888">? {"was online" if value else "was offline"}</span>'
     if key == "online":
         if value:
             return '<span style="color:#1a7f37">● online</span>'
@@ -229,25 +252,33 @@ def _cell(row: dict[str, Any], key: str, now: float) -> str:
     return _EMPTY if value is None else html.escape(str(value))
 
 
-def render_html(rows: list[dict[str, Any]], broker: str, *, now: float) -> str:
+def render_html(rows: list[dict[str, Any]], broker: str, *, now: float, disconnected_at: float | None = None) -> str:
     """The panel's HTML: a one-line summary, then one table row per device (``data-device``/``data-online``).
+
+    With ``disconnected_at`` set, a "disconnected at" line comes first and the table is greyed out.
 
     Example:
         >>> "0 of 0 devices online" in render_html([], "mqtt://127.0.0.1:1883", now=0.0)
         True
     """
+    disconnected = disconnected_at is not None
     online = sum(1 for row in rows if row["online"])
     head = "".join(f'<th style="text-align:left;padding:2px 8px">{html.escape(title)}</th>' for _, title in COLUMNS)
     body = "".join(
         f'<tr data-device="{html.escape(row["device_id"], quote=True)}" '
         f'data-online="{str(bool(row["online"])).lower()}">'
-        + "".join(f'<td style="padding:2px 8px">{_cell(row, key, now)}</td>' for key, _ in COLUMNS)
+        + "".join(f'<td style="padding:2px 8px">{_cell(row, key, now, disconnected)}</td>' for key, _ in COLUMNS)
         + "</tr>"
         for row in rows
     )
     if not rows:
         body = f'<tr><td colspan="{len(COLUMNS)}" style="padding:2px 8px;color:#888">no devices seen yet</td></tr>'
-    summary = (f"<b>{online} of {len(rows)} devices online</b> · broker {html.escape(broker)} · "
-               f"updated {time.strftime('%H:%M:%S', time.localtime(now))}")
-    return (f'<div class="wb-fleet-panel"><div style="margin-bottom:4px">{summary}</div>'
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+    if disconnected:
+        summary = f"<b>{online} of {len(rows)} devices were online</b> · broker {html.escape(broker)}"
+    else:
+        summary = (f"<b>{online} of {len(rows)} devices online</b> · broker {html.escape(broker)} · "
+                   f"updated {time.strftime('%H:%M:%S', time.localtime(now))}")
+    style = ' style="opacity:0.55"' if disconnected else ""
+    return (f'<div class="wb-fleet-panel{" wb-stale" if disconnected else ""}">{disconnected_banner(disconnected_at)}'
+            f'<div{style}><div style="margin-bottom:4px">{summary}</div>'
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div></div>")

@@ -8,6 +8,8 @@ from typing import Any
 
 import ipywidgets as w
 
+from widgets._snapshot import Snapshotting
+
 _COLUMNS = [("device_id", "device"), ("online", "online"), ("model", "model"), ("model_version", "version"),
             ("latency_p95_ms", "p95 ms"), ("throughput", "inf/s"), ("errors", "errors"),
             ("missing_batches", "lost batches"), ("sync_backlog", "sync backlog")]
@@ -23,7 +25,7 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
-class FleetHealthTable(w.HTML):
+class FleetHealthTable(Snapshotting, w.HTML):
     """The fleet health table as HTML, re-rendered by :meth:`refresh`.
 
     The sync backlog column is each device's queued outbox items as last reported ("—" before its first report).
@@ -39,7 +41,17 @@ class FleetHealthTable(w.HTML):
         self.add_class("wb-health-table")
         self.refresh()
 
+    def snapshot(self) -> dict[str, Any]:
+        """The table as drawn now, as ``text/html``."""
+        return {"text/html": self.value}
+
+    @property
+    def snapshot_live(self) -> bool:
+        return bool(self.fleet.connected)
+
     def refresh(self) -> None:
+        if not self.fleet.connected:  # keep the last table: a closed fleet has nothing newer to tell
+            return
         frame = self.fleet.telemetry.health()
         head = "".join(f"<th>{label}</th>" for _, label in _COLUMNS)
         rows = "".join("<tr>" + "".join(f"<td>{_cell(row.get(key))}</td>" for key, _ in _COLUMNS) + "</tr>"

@@ -8,10 +8,11 @@ from typing import Any
 
 import ipywidgets
 
+from widgets._snapshot import CHART_MARKER, PLOTLY_MIMETYPE, Snapshotting, figure_json
 from workbench import ConfigError
 
 
-class OptimizeExplorer(ipywidgets.VBox):
+class OptimizeExplorer(Snapshotting, ipywidgets.VBox):
     """Latency against quality (marker size = model size), the candidate table, and the picked variant's details.
 
     Clicking a point (or calling :meth:`select`) shows that variant's recipe, metrics, why it
@@ -38,8 +39,18 @@ class OptimizeExplorer(ipywidgets.VBox):
         self.selected: str | None = None
         header = ipywidgets.HTML(f"<b>Chosen:</b> {html.escape(str(result.best.variant))}: "
                                  f"{html.escape(result.best.reason)}")
+        self.header = header
         super().__init__([header, self.figure, self.table, self.details])
         self.select(result.best.variant or "fp32")
+
+    def snapshot(self) -> dict[str, Any]:
+        """The Pareto chart as plotly's mimetype, and the header, table and picked variant as ``text/html``."""
+        return {PLOTLY_MIMETYPE: figure_json(self.figure),
+                "text/html": f"{self.header.value}{CHART_MARKER}{self.table.value}{self.details.value}"}
+
+    @property
+    def snapshot_live(self) -> bool:
+        return False  # a finished result: the snapshot at display is the final one
 
     def _on_click(self, trace: Any, points: Any, _state: Any) -> None:
         if points.point_inds:

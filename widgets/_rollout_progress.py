@@ -10,6 +10,7 @@ from typing import Any
 
 import ipywidgets
 
+from widgets._snapshot import Snapshotting
 from workbench.deploy import Rollout
 
 log = logging.getLogger("widgets.rollout_progress")
@@ -18,7 +19,7 @@ _COLORS = {"active": "#1a7f37", "rolled_back": "#9a6700", "failed": "#cf222e", "
            "skipped": "#6e7781", "pending_offline": "#6e7781", "not_started": "#6e7781"}
 
 
-class RolloutProgress(ipywidgets.VBox):
+class RolloutProgress(Snapshotting, ipywidgets.VBox):
     """Per-device state, the current wave and the gate values of a rollout, updated live.
 
     The rollout changes on its own thread; as in :class:`widgets.FleetPanel`, the listener
@@ -47,6 +48,14 @@ class RolloutProgress(ipywidgets.VBox):
             self._task = self._loop.create_task(self._follow(), name="RolloutProgress")
         rollout.on_change(self._on_change)
         self.refresh()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The rollout as drawn now, as ``text/html`` (retaken once the rollout is done)."""
+        return {"text/html": self._view.value}
+
+    @property
+    def snapshot_live(self) -> bool:
+        return not self.rollout.done
 
     def refresh(self) -> None:
         """Redraw now from the rollout's current state."""

@@ -25,6 +25,7 @@ from plotly.subplots import make_subplots
 
 from widgets._alert_list import AlertList
 from widgets._health_table import FleetHealthTable
+from widgets._snapshot import CHART_MARKER, PLOTLY_MIMETYPE, Snapshotting, disconnected_banner, figure_json
 
 PALETTE: list[str] = list(qualitative.Plotly) + list(qualitative.D3)
 _X_AXIS = re.compile(r"x(\d*)")
@@ -34,6 +35,11 @@ def _axis_name(ref: str | None) -> str:
     """The layout key of a trace's x axis reference: 'x' -> 'xaxis', 'x2' -> 'xaxis2' (unset means 'x')."""
     match = _X_AXIS.fullmatch(ref or "x")
     return f"xaxis{match.group(1)}" if match else ""
+
+
+def _suffix(row: int) -> str:
+    """The subplot axis suffix of a row: '' for the first ('x', 'y'), then '2', '3', ..."""
+    return "" if row == 1 else str(row)
 
 
 class _DateAxesFigure(go.FigureWidget):
@@ -66,8 +72,12 @@ class _DateAxesFigure(go.FigureWidget):
             super()._send_restyle_msg(restyle_data, trace_indexes, source_view_id)
 
 
-class TelemetryDashboard(w.VBox):
+class TelemetryDashboard(Snapshotting, w.VBox):
     """Live charts of ``metrics`` for every device, with the fleet health table and the alert list.
+
+    A chart with nothing to draw says why ("no data yet", "device idle"). Once the fleet is
+    disconnected (``fleet.close()`` or a lost connection), a "disconnected at HH:MM:SS" line
+    shows and the lines grey out.
 
     Example:
         >>> widgets.TelemetryDashboard(fleet, metrics=["latency_p95_ms", "throughput", "cpu_percent"])  # doctest: +SKIP
@@ -81,6 +91,8 @@ class TelemetryDashboard(w.VBox):
         self.refresh_s = refresh_s
         self.max_points = max_points
         self.refreshes = 0
+        self.disconnected_at: float | None = None
+        self.empty_reasons: dict[str, str] = {}  # metric -> why its chart is empty, as shown
         self._buffers: dict[tuple[str, str], deque[tuple[float, float]]] = {}
         self._lock = threading.Lock()
         self._dirty = True
@@ -92,10 +104,12 @@ class TelemetryDashboard(w.VBox):
         layout.update_layout(height=220 * len(self.metrics) + 60, margin={"l": 50, "r": 10, "t": 40, "b": 30},
                              legend={"orientation": "h"}, uirevision="keep")
         layout.update_xaxes(type="date")
+        self._titles = list(layout.layout.annotations)
         self.figure = _DateAxesFigure(layout)
         self.health = FleetHealthTable(fleet)
         self.alert_list = AlertList(fleet)
-        super().__init__([self.health, self.figure, self.alert_list])
+        self.banner = w.HTML()
+        super().__init__([self.banner, self.health, self.figure, self.alert_list])
         self.add_class("wb-telemetry-dashboard")
         telemetry = fleet.telemetry
         self._seed(telemetry)
@@ -131,6 +145,7 @@ class TelemetryDashboard(w.VBox):
         with self._lock:
             dirty, self._dirty = self._dirty, False
             snapshot = {key: list(buffer) for key, buffer in self._buffers.items()} if dirty else {}
+        self._show_connection()
         if snapshot:
             self._add_traces(sorted(k for k in snapshot if k not in self._traces))
             horizon = time.time() - self.window_s
@@ -149,8 +164,73 @@ class TelemetryDashboard(w.VBox):
                     # timestamps or lists cost milliseconds per trace (50 devices x 3 charts did not keep up).
                     trace.x = columns[:, 0] * 1000.0
                     trace.y = columns[:, 1]
+        self._explain_empty()
         self.refreshes += 1
         return (time.perf_counter() - start) * 1000.0
+
+    def _show_connection(self) -> None:
+        if self.fleet.connected:
+            if self.disconnected_at is not None:
+                self.disconnected_at = None
+                self.banner.value = ""
+                self.figure.update_traces(opacity=1.0)
+            return
+        if self.disconnected_at is None:
+            self.disconnected_at = time.time()
+            self.banner.value = disconnected_banner(self.disconnected_at)
+            self.figure.update_traces(opacity=0.35)
+
+    def _explain_empty(self) -> None:
+        with self._lock:
+            reported = {metric for (_, metric), buffer in self._buffers.items() if buffer}
+        reasons: dict[str, str] = {}
+        for metric in self.metrics:
+            if metric in reported:
+                continue
+            if not any(device.online for device in self.fleet.devices):
+                reasons[metric] = "no device online"
+            elif reported:  # devices report, just not this: nothing is being served or measured
+                reasons[metric] = "device idle: nothing reported for this metric"
+            else:
+                reasons[metric] = "no data yet"
+        if reasons == self.empty_reasons:
+            return
+        self.empty_reasons = reasons
+        # Paper coordinates at the middle of the row: plotly.js drops a trace-less axis from its full layout, so a
+        # note placed on that axis's domain would land elsewhere.
+        notes = [
+            {"text": reason, "showarrow": False, "font": {"color": "#888", "size": 14}, "name": f"wb-empty-{metric}",
+             "xref": "paper", "yref": "paper", "x": 0.5, "y": self._row_middle(row)}
+            for row, metric in enumerate(self.metrics, start=1) if (reason := reasons.get(metric))
+        ]
+        self.figure.layout.annotations = [*self._titles, *notes]
+
+    def _row_middle(self, row: int) -> float:
+        domain = self.figure.layout[f"yaxis{_suffix(row)}"].domain or (0.0, 1.0)
+        return float(domain[0] + domain[1]) / 2.0
+
+    # -- snapshot (what an executed notebook shows without a kernel) ------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The charts as plotly's mimetype and the tables as ``text/html``, as drawn now."""
+        figure = figure_json(self.figure)
+        with self._lock:
+            times = [t for buffer in self._buffers.values() for t, _ in buffer]
+        if times:
+            # Shared x axes follow the bottom one, which a chart without data leaves unranged: fix the data's span
+            # on every axis, so a page without a kernel draws the lines across the chart with clock ticks.
+            first, last = min(times) * 1000.0, max(times) * 1000.0
+            span = [first, max(last, first + 1000.0)]
+            for name, axis in figure["layout"].items():
+                if name.startswith("xaxis") and isinstance(axis, dict):
+                    axis.update(range=span, autorange=False, showticklabels=True)
+        return {PLOTLY_MIMETYPE: figure,
+                "text/html": (f'<div class="wb-telemetry-dashboard">{disconnected_banner(self.disconnected_at)}'
+                              f"{self.health.value}{CHART_MARKER}{self.alert_list.value}</div>")}
+
+    @property
+    def snapshot_live(self) -> bool:
+        return self._task is not None and self.fleet.connected
 
     def _add_traces(self, keys: list[tuple[str, str]]) -> None:
         if not keys:
@@ -172,8 +252,8 @@ class TelemetryDashboard(w.VBox):
         while True:
             self.refresh()
             tick += 1
-            if tick % max(1, round(2.0 / self.refresh_s)) == 0:  # tables change slower than lines
-                self.health.refresh()
+            if self.disconnected_at is None and tick % max(1, round(2.0 / self.refresh_s)) == 0:
+                self.health.refresh()  # tables change slower than lines; a disconnected fleet has nothing new
                 self.alert_list.refresh()
             await asyncio.sleep(self.refresh_s)
 
@@ -185,6 +265,7 @@ class TelemetryDashboard(w.VBox):
                 self._task = loop.create_task(self._run())
 
     def stop(self) -> None:
+        """Stop the refresh task and the subscription; the snapshot is retaken when the cell ends."""
         if self._task is not None:
             self._task.cancel()
             self._task = None

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("workbench.agent.telemetry")
 
+# Sources that run inputs through the active model (the others report device metrics or synthetic points).
+MODEL_SOURCES = ("digits", "sensors", "http")
+
 DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "publish_interval_s": 1.0,
@@ -143,6 +146,7 @@ class TelemetryService:
             config = validate_config(changes, self.config)
             if changes.get("model"):
                 self._load_model(Path(str(changes["model"])))
+            self._check_servable(changes, config)
             self.config = config
             self.agent.state["telemetry"] = {k: v for k, v in config.items() if k != "model"}
             self.agent.save_state()
@@ -150,6 +154,16 @@ class TelemetryService:
                 self._restart_loop()
             self._wake.set()
             return self.status()
+
+    def _check_servable(self, changes: dict[str, Any], config: dict[str, Any]) -> None:
+        # Without a model, a serving source would be accepted and then serve nothing, silently.
+        source = config["source"]
+        if ("source" in changes and source in MODEL_SOURCES and config["enabled"]
+                and self.agent.runtime.active is None):
+            raise ConfigError(
+                f"device {self.agent.device_id} has no model to serve telemetry source {source!r}: deploy a model "
+                "first (fleet.deploy(package)), or pass model=<path of a model file on the device>; "
+                "its telemetry settings are unchanged")
 
     def _apply_desired(self, payload: bytes) -> None:
         apply_desired(self.agent, payload, "telemetry", self.configure)

@@ -210,8 +210,11 @@ class Fleet:
 
     # -- inventory -------------------------------------------------------------------------
 
-    def inventory(self) -> pd.DataFrame:
+    def inventory(self, *, wide: bool = False) -> pd.DataFrame:
         """One row per device: online state, profile, hardware, software, active model.
+
+        Shown compactly (device, online, profile, model, arch, limits, providers, last seen);
+        every column stays readable by code, and ``wide=True`` (or ``.full()``) shows them all.
 
         Example:
             >>> fleet.inventory().set_index("device_id").loc["sim-01", "profile"]   # doctest: +SKIP
@@ -222,7 +225,15 @@ class Fleet:
         rows = [device.row() for device in self.devices]
         frame = pd.DataFrame(rows, columns=list(Device("", self).row()))
         frame["last_seen"] = pd.to_datetime(frame["last_seen"], unit="s", utc=True)
-        return frame
+        if wide:
+            return frame
+        from workbench._table import Column, Table, View, epoch_seconds
+
+        return Table.of(frame, View((
+            Column("device_id", "device"), Column("online", "online"), Column("profile", "profile"),
+            Column("active_model", "active model"), Column("arch", "arch"), Column("threads_limit", "threads"),
+            Column("memory_limit_mb", "memory limit (MB)"), Column("execution_providers", "execution providers"),
+            Column("last_seen", "last seen (UTC)", epoch_seconds))))
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -290,6 +301,16 @@ class Fleet:
         if getattr(self, "_telemetry", None) is not None:
             raise ConfigError("this fleet's telemetry is already running; attach views before first use")
         self._telemetry = views
+
+    @property
+    def connected(self) -> bool:
+        """Whether this client is connected to the broker now: False after :meth:`close` or while the link is lost.
+
+        Example:
+            >>> fleet.connected   # doctest: +SKIP
+            True
+        """
+        return not self._closed and self._client.is_connected()
 
     @property
     def running_telemetry(self) -> TelemetryViews | None:
@@ -383,9 +404,26 @@ class Fleet:
             sync = self._sync = Sync(self, receive=False, hub=self.hub) if self.has_hub else Sync(self)
         return sync
 
-    def sync_state(self) -> pd.DataFrame:
-        """Per device and priority: backlog, oldest unsent age, last sync, throughput, ratios, drops, dedups."""
-        return self.sync.state()
+    def sync_state(self, *, wide: bool = False) -> pd.DataFrame:
+        """Per device and priority: backlog, oldest unsent age, last sync, throughput, ratios, drops, dedups.
+
+        Shown compactly with units in the headers and the last sync as a UTC time; every column
+        stays readable by code, and ``wide=True`` (or ``.full()``) shows them all.
+
+        Example:
+            >>> fleet.sync_state()[["device_id", "queued_items"]]   # doctest: +SKIP
+        """
+        frame = self.sync.state()
+        if wide:
+            return frame
+        from workbench._table import Column, Table, View, bytes_to_kb, epoch_seconds
+
+        return Table.of(frame, View((
+            Column("device_id", "device"), Column("priority", "priority"), Column("queued_items", "queued items"),
+            Column("queued_bytes", "queued (kB)", bytes_to_kb), Column("oldest_unsent_age_s", "oldest unsent (s)"),
+            Column("last_sync", "last sync (UTC)", epoch_seconds),
+            Column("throughput_bps", "throughput (kB/s)", bytes_to_kb), Column("dropped", "dropped"),
+            Column("link", "link"))))
 
     def partition(self, device_id: str, seconds: float = 30.0) -> AbstractContextManager[None]:
         """Cut a device's sync link for ``seconds`` (a context manager; healed when the block ends)."""

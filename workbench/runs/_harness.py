@@ -11,6 +11,7 @@ from typing import Any
 
 from workbench.errors import ConfigError
 from workbench.runs._collect import outcome_of
+from workbench.runs._html import render_html
 from workbench.runs._kernel import ipc_kernel_manager, kernel_for_this_python
 from workbench.runs._summary import NotebookRun, RunSummary
 
@@ -33,15 +34,6 @@ def parameters_for(path: Path, common: Mapping[str, Any], own: Mapping[str, Any]
     """``common`` parameters the notebook declares, then its ``own`` ones (passed whether declared or not)."""
     declared = declared_parameters(path) if common else {}
     return {**{k: v for k, v in common.items() if k in declared}, **own}
-
-
-def _render_html(nb: Any, target: Path) -> None:
-    from nbconvert import HTMLExporter
-
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, target)
 
 
 def run_one(
@@ -69,6 +61,9 @@ def run_one(
             str(source), str(partial), parameters=dict(parameters), kernel_name=kernel_name,
             execution_timeout=cell_timeout, start_timeout=start_timeout, progress_bar=False,
             log_output=False, cwd=str(source.parent), kernel_manager_class=ipc_kernel_manager(),
+            # Widget state would carry plotly's whole bundle per chart (megabytes each) and, in the HTML, make
+            # nbconvert pick widget views no page can draw offline: the widgets' snapshots show what they were.
+            store_widget_state=False,
         )
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
@@ -86,7 +81,7 @@ def run_one(
     if html:
         html_path = target.with_suffix(".html")
         try:
-            _render_html(nb, html_path)
+            render_html(nb, html_path)
             html_name = html_path.name
         except Exception as exc:  # an HTML rendering problem must not hide the run's own outcome
             log.warning("could not render %s as HTML: %s", target, exc)

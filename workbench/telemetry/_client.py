@@ -65,6 +65,20 @@ class FeedInfo:
         return entry[1] if entry is not None else None
 
 
+def _stats_view() -> Any:
+    from workbench._table import Column, View, epoch_seconds, seconds_to_ms
+
+    return View(
+        (Column("device_id", "device"), Column("points", "points"), Column("batches", "batches"),
+         Column("missing", "batches lost"), Column("out_of_order", "late batches"),
+         Column("duplicates", "duplicates"),
+         Column(("malformed", "truncated", "oversized", "unknown_version", "spoofed"), "rejected"),
+         Column("clock_offset_s", "clock offset (ms)", seconds_to_ms),
+         Column("last_received", "last received (UTC)", epoch_seconds), Column("tag_source", "source")),
+        note="late batches arrived after a newer one: normal with several batches in flight, not a loss; "
+             "batches lost never arrived.")
+
+
 class TelemetryViews(ABC):
     """What ``fleet.telemetry`` offers, whoever receives: this process (:class:`Telemetry`) or the fleet's hub.
 
@@ -136,13 +150,27 @@ class TelemetryViews(ABC):
                 for device, feed in self.feeds().items()}
         return pd.DataFrame.from_dict(rows, orient="index").sort_index()
 
-    def stats(self) -> pd.DataFrame:
-        """Per-device ingestion counters: points, batches, duplicates, gaps, rejected kinds, clock offset."""
+    def stats(self, *, wide: bool = False) -> pd.DataFrame:
+        """Per-device ingestion counters: points, batches, duplicates, gaps, rejected kinds, clock offset.
+
+        Shown compactly (device, points, batches, lost, late, duplicates, rejected, clock offset
+        in ms, last received as a UTC time); every column stays readable by code, and
+        ``wide=True`` (or ``.full()``) shows them all. ``out_of_order`` counts batches that
+        arrived after a newer one: normal on a healthy link, where several are in flight at
+        once; ``missing`` (shown as "batches lost") is what never arrived.
+
+        Example:
+            >>> fleet.telemetry.stats()                       # doctest: +SKIP
+            >>> fleet.telemetry.stats(wide=True).columns      # doctest: +SKIP
+        """
         import pandas as pd
+
+        from workbench._table import Table
 
         frame = pd.DataFrame.from_dict(self.counters(), orient="index")
         frame.index.name = "device_id"
-        return frame.reset_index()
+        frame = frame.reset_index()
+        return frame if wide else Table.of(frame, _stats_view())
 
     def health(self) -> pd.DataFrame:
         """The fleet health table: online, model version, p95 latency, errors, and the sync backlog.
