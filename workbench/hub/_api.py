@@ -1,7 +1,7 @@
 """The hub's HTTP API (Starlette on uvicorn): queries as Arrow IPC, counters as JSON, health and metrics.
 
 Why Starlette + uvicorn and Arrow IPC over plain HTTP, not Arrow Flight: every client already
-speaks HTTP (httpx, a browser, curl, Prometheus), the same server will carry the live stream to
+speaks HTTP (httpx, a browser, curl, Prometheus), the same server carries the live stream to
 widgets (server-sent events), and an Arrow IPC body keeps DataFrames typed (UTC timestamps,
 float64) at a fraction of JSON's size and parse time. Flight would add gRPC for one verb.
 
@@ -86,13 +86,24 @@ def _json(content: Any) -> Response:
     return JSONResponse(_finite(content))
 
 
+async def _json_body(request: Request, what: str) -> Any:
+    """A request's JSON body, at most MAX_BODY_BYTES; raises :class:`ConfigError` naming ``what`` otherwise."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise ConfigError(f"{what} is at most {MAX_BODY_BYTES} bytes of JSON")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise ConfigError(f"{what} must be JSON ({exc})") from None
+
+
 def make_app(hub: Hub, token: str) -> Starlette:
     """The API of ``hub``, guarded by ``token``; serve it with uvicorn (:func:`serve`).
 
     Example:
-        >>> from starlette.testclient import TestClient                     # doctest: +SKIP
-        >>> TestClient(make_app(hub, "secret")).get("/healthz").json()      # doctest: +SKIP
-        {'status': 'ok', ...}
+        >>> server = ApiServer(hub, "secret").start()                       # doctest: +SKIP
+        >>> httpx.get(f"{server.url}/healthz").json()["status"]             # doctest: +SKIP
+        'ok'
     """
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -231,13 +242,10 @@ def make_app(hub: Hub, token: str) -> Starlette:
         from workbench.telemetry._alerts import AlertRule
 
         if request.method == "POST":
-            body = await request.body()
-            if len(body) > MAX_BODY_BYTES:
-                raise ConfigError(f"a rule is at most {MAX_BODY_BYTES} bytes of JSON")
+            entry = await _json_body(request, "an alert rule")
             try:
-                entry = json.loads(body)
                 rule = AlertRule(**entry) if isinstance(entry, dict) else None
-            except (ValueError, TypeError) as exc:
+            except TypeError as exc:
                 raise ConfigError(f"not an alert rule ({exc}); send JSON such as "
                                   '{"name": "slow", "metric": "latency_p95_ms", "above": 50}') from None
             if rule is None:
@@ -253,13 +261,7 @@ def make_app(hub: Hub, token: str) -> Starlette:
     async def rollouts(request: Request) -> Response:
         manager = _rollouts()
         if request.method == "POST":
-            body = await request.body()
-            if len(body) > MAX_BODY_BYTES:
-                raise ConfigError(f"a rollout request is at most {MAX_BODY_BYTES} bytes of JSON")
-            try:
-                spec = json.loads(body)
-            except ValueError as exc:
-                raise ConfigError(f"a rollout request is JSON: {exc}") from None
+            spec = await _json_body(request, "a rollout request")
             return _json(await run_in_threadpool(manager.start, spec))
         return _json(await run_in_threadpool(manager.summaries))
 

@@ -8,7 +8,6 @@ in the stores themselves). One hub owns a store: a second one is refused, naming
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -161,14 +160,7 @@ class Hub:
 
     def subscribe(self, metrics: list[str], listener: PointsListener) -> Callable[[], None]:
         """Call ``listener`` (in the writer thread) with every committed point of ``metrics``; returns the remover."""
-        self.ingestor.watched.update(metrics)
-        self.ingestor.listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self.ingestor.listeners.remove(listener)
-
-        return unsubscribe
+        return self.ingestor.subscribe(metrics, listener)
 
     def sync_rows(self, device: str) -> list[tuple[int, str, str, float]]:
         """``(seq, priority, kind, stored_at)`` of every sync item stored for ``device``, in storing order."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from abc import ABC, abstractmethod
@@ -323,14 +322,7 @@ class Telemetry(TelemetryViews):
         return self.ingestor.wait_idle(timeout=timeout)
 
     def subscribe(self, metrics: list[str], listener: PointsListener) -> Callable[[], None]:
-        self.ingestor.watched.update(metrics)
-        self.ingestor.listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self.ingestor.listeners.remove(listener)
-
-        return unsubscribe
+        return self.ingestor.subscribe(metrics, listener)
 
     # -- alerts ---------------------------------------------------------------------------------------
 

@@ -31,11 +31,12 @@ raised:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -374,6 +375,23 @@ class Ingestor:
             feed.latest.update(last)
 
     # -- control -------------------------------------------------------------------------------------
+
+    def subscribe(self, metrics: Iterable[str], listener: PointsListener) -> Callable[[], None]:
+        """Call ``listener(device, metric, ts, values)`` from the writer thread with committed points of ``metrics``.
+
+        Returns the function that unsubscribes it.
+
+        Example:
+            >>> unsubscribe = ingestor.subscribe(["cpu_percent"], print); unsubscribe()   # doctest: +SKIP
+        """
+        self.watched.update(metrics)
+        self.listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self.listeners.remove(listener)
+
+        return unsubscribe
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until everything received so far is stored (or ``timeout``); True if it is."""
