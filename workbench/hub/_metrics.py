@@ -25,6 +25,8 @@ class _HubCollector:
                                 value=health["uptime_s"])
         yield GaugeMetricFamily("workbench_hub_ingest_backlog", "Telemetry batches received, not yet committed",
                                 value=health["backlog"])
+        yield CounterMetricFamily("workbench_hub_stream_drops", "Live points a slow stream client did not get (it "
+                                  "can query them)", value=health["stream_drops"])
         points = CounterMetricFamily("workbench_hub_points", "Telemetry points committed", labels=["device"])
         batches = CounterMetricFamily("workbench_hub_batches", "Telemetry batches committed", labels=["device"])
         duplicates = CounterMetricFamily("workbench_hub_duplicate_batches", "Telemetry batches received again "

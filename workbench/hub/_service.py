@@ -202,7 +202,8 @@ class Hub:
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` says: up, since when, the store, devices heard from, ingestion backlog."""
         return {"status": "ok", "started": self.started, "uptime_s": round(time.time() - self.started, 3),
-                "store": str(self.store_url), "devices": len(self.ingestor.feeds), "backlog": self.ingestor.backlog}
+                "store": str(self.store_url), "devices": len(self.ingestor.feeds), "backlog": self.ingestor.backlog,
+                "stream_drops": self.stream_drops}
 
     # -- alert rules --------------------------------------------------------------------------
 

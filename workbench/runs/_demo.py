@@ -93,9 +93,8 @@ def leave_serving(fleet: DemoFleet, *, rate_hz: float = LIVE_RATE_HZ, timeout: f
     The curated notebooks leave the devices idle, so without this `workbench dashboard` would
     open on empty charts. The model goes to ``<run dir>/demo/digits.onnx`` (the devices are
     local processes); the devices serve until ``telemetry.configure(source="none")`` or
-    ``workbench down``. Commands go straight to the
-    devices: no telemetry is received here, so what they report waits in their outboxes for the
-    dashboard.
+    ``workbench down``. Commands go straight to the devices; the fleet's hub stores what they
+    report, and the dashboard shows it from the hub.
 
     Example:
         >>> leave_serving(ensure_fleet(3))   # doctest: +SKIP
