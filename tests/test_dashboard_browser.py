@@ -26,6 +26,9 @@ ARTIFACTS = REPO / "test-artifacts"
 
 
 METRICS = ("latency_p95_ms", "throughput", "cpu_percent")
+# The earliest x (epoch ms) of any line the page's plotly charts hold.
+EARLIEST_X = ("Math.min(...Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(gd => (gd.data || [])"
+              ".flatMap(t => Array.from(t.x || []).map(Number)).filter(Number.isFinite)))")
 TICKS = "Array.from(document.querySelectorAll('.js-plotly-plot .xaxislayer-above text')).map(t => t.textContent)"
 LINES = "Array.from(document.querySelectorAll('.js-plotly-plot .scatterlayer .trace path.js-line'))"
 
@@ -56,16 +59,21 @@ def test_voila_dashboard_renders_changing_charts_without_console_errors(tmp_path
             for device in ("sim-01", "sim-02"):
                 fleet[device].call("telemetry.configure", {"source": "digits", "rate_hz": 30, "model": str(model),
                                                            "publish_interval_s": 0.25})
+            # History before the page opens: the hub stores it, and the page must show it at once.
+            fleet.telemetry.wait_for("latency_p95_ms", devices=["sim-01", "sim-02"], count=3, timeout=60)
         _wait_port(port, timeout=60)
         targets = json.loads(_wait_http(f"http://127.0.0.1:{debug_port}/json", timeout=30))
         page = next(t for t in targets if t.get("type") == "page")
         tools = DevTools(page["webSocketDebuggerUrl"])
         for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
             tools.call(domain)
+        opened_ms = time.time() * 1000.0
         tools.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
         # One line per device in each of the three charts.
         tools.poll(f"{LINES}.filter(p => (p.getAttribute('d') || '').length > 20).length >= 6", 45,
                    "the dashboard drew no line per device and chart")
+        oldest_ms = tools.evaluate(EARLIEST_X)
+        assert oldest_ms is not None and oldest_ms < opened_ms - 500, (oldest_ms, opened_ms)  # history on open
         first = tools.evaluate(f"{LINES}.map(p => p.getAttribute('d')).join('|')")
         tools.poll(f"{LINES}.map(p => p.getAttribute('d')).join('|') !== {json.dumps(first)}", 10,
                    "the charts did not change while telemetry arrived")
