@@ -30,6 +30,7 @@ import numpy as np
 
 import workbench
 from workbench.hub import HubClient
+from workbench.profiles import cpu_features, detect_hardware
 from workbench.sim import down, up
 
 GOAL_POINTS_S = 1_000_000
@@ -39,18 +40,10 @@ HISTORY_S = 3600
 
 
 def cpu_flags() -> str:
-    """The CPU's model and the flags that decide inference speed here (VNNI or AVX2 only)."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
-    return f"{model}; {os.cpu_count()} cores; flags: {' '.join(shown) or 'none of avx2/avx512/vnni'}"
+    """The CPU's model, cores and ISA flags, as the profiles' detection reads them (VNNI or AVX2 only)."""
+    hardware = detect_hardware("/")
+    return (f"{hardware.get('cpu_model') or 'unknown CPU'}; {os.cpu_count()} cores; "
+            f"flags: {' '.join(cpu_features()) or 'none'}")
 
 
 def _configure(fleet: Any, devices: list[str], **settings: Any) -> None:
