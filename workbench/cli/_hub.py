@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import secrets
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from workbench._files import write_private
 from workbench.errors import ConfigError
+from workbench.hub import ensure_token
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -74,22 +73,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     query.add_argument("--hub", help="a hub's URL instead of the local fleet's")
     query.add_argument("--token-file", type=Path, help="the hub's token (with --hub)")
     query.set_defaults(func=query_command)
-
-
-def ensure_token(path: Path) -> str:
-    """The token in ``path``, made (random, 0600) when the file does not exist yet.
-
-    Example:
-        >>> len(ensure_token(Path("/tmp/wb-example.token"))) >= 32   # doctest: +SKIP
-        True
-    """
-    if path.exists():
-        from workbench.hub import read_token
-
-        return read_token(path)
-    token = secrets.token_urlsafe(32)
-    write_private(path, token + "\n")
-    return token
 
 
 def _fleet_connector(args: argparse.Namespace, broker: Any) -> Any:

@@ -9,10 +9,10 @@ Example:
     >>> hub.query("latency_p95_ms", since="1h")         # doctest: +SKIP
 """
 
-from workbench.hub._client import HubClient, read_token
+from workbench.hub._client import HubClient, ensure_token, read_token
 from workbench.hub._store_url import StoreURL
 
-__all__ = ["Hub", "HubClient", "StoreURL", "make_app", "read_token", "serve"]
+__all__ = ["Hub", "HubClient", "StoreURL", "ensure_token", "make_app", "read_token", "serve"]
 
 
 def __getattr__(name: str) -> object:

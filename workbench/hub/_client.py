@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench._files import write_private
 from workbench.errors import ConfigError, DeployConflictError, HubAuthError, HubError, HubUnreachableError
 from workbench.hub._arrow import from_ipc, points_frame
 from workbench.telemetry._time import Duration, Instant, epoch, seconds
@@ -39,6 +41,20 @@ def read_token(path: str | os.PathLike[str]) -> str:
                            "(hub.token in the run dir) or `workbench hub --token-file`") from None
     if not token:
         raise HubAuthError(f"the hub token file {path} is empty")
+    return token
+
+
+def ensure_token(path: Path) -> str:
+    """The token in ``path``, made (random, 0600) when the file does not exist yet.
+
+    Example:
+        >>> len(ensure_token(Path("/tmp/wb-example.token"))) >= 32   # doctest: +SKIP
+        True
+    """
+    if path.exists():
+        return read_token(path)
+    token = secrets.token_urlsafe(32)
+    write_private(path, token + "\n")
     return token
 
 

@@ -173,8 +173,8 @@ def spawn_hub(record: dict[str, Any], rd: RunDir, *, wait: float = 30.0) -> dict
         >>> spawn_hub(record, RunDir.resolve("/tmp/wb-fleet"))["url"]   # doctest: +SKIP
         'http://127.0.0.1:40127'
     """
-    from workbench.cli._hub import ensure_token
     from workbench.errors import HubError
+    from workbench.hub import ensure_token
 
     host = "127.0.0.1"
     hub_port = _procs.free_port(host)
