@@ -150,17 +150,11 @@ class HubRollout:
         if not self._done.wait(timeout):
             raise DeployError(f"rollout {self.id} still running in the hub after {timeout:g} s; it goes on without "
                               "this process: fleet.rollout(id).wait() follows it again")
-        report = self._get("report")
-        if not report:
-            # Finished by a hub restart: the record has rows and a reason, no report of the live rollout.
-            snap = self._snapshot
-            report = {"rollout_id": self.id, "package": snap.get("package") or {}, "strategy": snap.get("strategy"),
-                      "status": snap.get("status"), "reason": snap.get("reason"), "devices": self.rows(),
-                      "waves": self.waves, "gates": self.gate_values, "started": snap.get("started"),
-                      "finished": snap.get("finished"), "shadow": snap.get("shadow")}
+        report: dict[str, Any] = self._get("report") or {}
         fields = ("rollout_id", "package", "strategy", "status", "reason", "devices", "waves", "gates", "started",
                   "finished", "shadow")
-        return RolloutReport(**{key: report.get(key) for key in fields})
+        values: dict[str, Any] = {key: report.get(key) for key in fields}
+        return RolloutReport(**values)
 
     def close(self) -> None:
         """Stop following (the rollout goes on in the hub)."""

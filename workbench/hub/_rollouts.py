@@ -11,6 +11,7 @@ an agent switches only between verified slots.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -27,9 +28,10 @@ from workbench.deploy._package import load_package
 from workbench.deploy._rollout import Rollout, _device_ids, context
 from workbench.deploy._state import TERMINAL
 from workbench.deploy._strategies import AllAtOnce, Canary, Shadow, Strategy
-from workbench.errors import ConfigError, HubError
+from workbench.errors import ConfigError, FleetTimeoutError, HubError
 from workbench.telemetry._alerts import AlertRule
-from workbench.telemetry._client import FeedInfo, TelemetryViews
+from workbench.telemetry._client import TelemetryViews
+from workbench.telemetry._ingest import FeedInfo
 from workbench.telemetry._time import Duration, Instant, epoch, seconds
 
 if TYPE_CHECKING:
@@ -73,6 +75,15 @@ def strategy_from_spec(spec: Any) -> Strategy:
         raise ConfigError(f"strategy {spec['kind']}: {exc}") from None
 
 
+def _report(saved: dict[str, Any]) -> dict[str, Any]:
+    """The report of a rollout a hub restart finished, in the shape of ``RolloutReport.to_dict()``."""
+    return {"rollout_id": saved.get("rollout_id"), "package": saved.get("package") or {},
+            "strategy": saved.get("strategy"), "status": saved.get("status"), "reason": saved.get("reason"),
+            "devices": saved.get("rows") or [], "waves": saved.get("waves") or [],
+            "gates": saved.get("gate_values") or [], "started": saved.get("started"),
+            "finished": saved.get("finished"), "shadow": saved.get("shadow")}
+
+
 class HubViews(TelemetryViews):
     """The hub's own store and ingestor as telemetry views, for the gates of the rollouts it runs."""
 
@@ -91,9 +102,7 @@ class HubViews(TelemetryViews):
         return self.hub.stats()
 
     def feeds(self) -> dict[str, FeedInfo]:
-        return {device: FeedInfo(entry["last_received"], entry["tags"],
-                                 {name: (pair[0], pair[1]) for name, pair in entry["latest"].items()}, entry["missing"])
-                for device, entry in self.hub.feeds().items()}
+        return self.hub.ingestor.feed_infos()
 
     def flush(self, timeout: float = 1.0) -> bool:
         return self.hub.wait_idle(timeout)
@@ -191,8 +200,8 @@ class HubRollouts:
         """Give a fresh connection time to hear the named devices (or, for "all", until no new one appears)."""
         deadline = time.monotonic() + timeout
         if isinstance(devices, list) and all(isinstance(d, str) for d in devices):
-            while time.monotonic() < deadline and not all(d in fleet for d in devices):
-                time.sleep(0.05)
+            with contextlib.suppress(FleetTimeoutError):  # an unknown id is named by _device_ids next
+                fleet.wait_until(lambda f: all(d in f for d in devices), timeout=timeout)
             return
         seen, quiet_since = -1, time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - quiet_since < 0.5:
@@ -324,11 +333,13 @@ class HubRollouts:
                                     "reason": INTERRUPTED}
             saved.update(status="aborted", reason=INTERRUPTED, done=True, finished=time.time(),
                          rows=list(rows.values()), current_wave=None)
+            saved["report"] = _report(saved)
             log.warning("rollout %s was interrupted by a hub restart: %d device(s) sent back", rollout_id,
                         len(rollbacks))
         except Exception:  # never leave it looking like it runs: say so, and keep the record
             log.exception("finishing the interrupted rollout %s failed", rollout_id)
             saved.update(status="failed", reason=f"{INTERRUPTED}; finishing it failed (see the hub's log)", done=True)
+            saved["report"] = _report(saved)
         write_private(self.folder / f"{rollout_id}.json", json.dumps(saved, default=str))
 
     def close(self) -> None:

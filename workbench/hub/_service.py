@@ -153,10 +153,7 @@ class Hub:
 
     def feeds(self) -> dict[str, dict[str, Any]]:
         """Each device's stream: last batch received, tags, newest value of each metric, missing batches."""
-        return {device: {"last_received": feed.last_received, "tags": dict(feed.tags),
-                         "latest": {name: [ts, value] for name, (ts, value) in dict(feed.latest).items()},
-                         "missing": int(feed.counters["missing"])}
-                for device, feed in list(self.ingestor.feeds.items())}
+        return {device: info.to_json() for device, info in self.ingestor.feed_infos().items()}
 
     def subscribe(self, metrics: list[str], listener: PointsListener) -> Callable[[], None]:
         """Call ``listener`` (in the writer thread) with every committed point of ``metrics``; returns the remover."""

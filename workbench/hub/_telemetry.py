@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.hub._client import HubClient, HubStream
 from workbench.telemetry._alerts import AlertRule
-from workbench.telemetry._client import FeedInfo, TelemetryViews
+from workbench.telemetry._client import TelemetryViews
+from workbench.telemetry._ingest import FeedInfo
 from workbench.telemetry._time import Duration, Instant
 
 if TYPE_CHECKING:
@@ -42,11 +43,7 @@ class HubTelemetry(TelemetryViews):
         return self.hub.counters()
 
     def feeds(self) -> dict[str, FeedInfo]:
-        return {device: FeedInfo(entry.get("last_received"), dict(entry.get("tags") or {}),
-                                 {name: (float(pair[0]), float("nan") if pair[1] is None else float(pair[1]))
-                                  for name, pair in (entry.get("latest") or {}).items()},
-                                 int(entry.get("missing") or 0))
-                for device, entry in self.hub.feeds().items()}
+        return {device: FeedInfo.from_json(entry) for device, entry in self.hub.feeds().items()}
 
     def flush(self, timeout: float = 1.0) -> bool:
         return self.hub.flush(timeout)

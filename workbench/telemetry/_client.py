@@ -6,7 +6,6 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from workbench._settings import settings
 from workbench.errors import ConfigError
 from workbench.fleet import schema, topics
 from workbench.telemetry._alerts import AlertEngine, AlertRule
-from workbench.telemetry._ingest import Ingestor, PointsListener, Store
+from workbench.telemetry._ingest import FeedInfo, Ingestor, PointsListener, Store
 from workbench.telemetry._time import Duration, Instant, epoch, seconds
 
 if TYPE_CHECKING:
@@ -43,25 +42,6 @@ def open_store(path: str | os.PathLike[str] | None = None, *, backend: str = "du
             raise ConfigError("the postgres backend needs dsn='postgresql://user:pw@host/db'")
         return PostgresStore(dsn, **options)
     raise ConfigError(f"unknown telemetry backend {backend!r}; choose 'duckdb' or 'postgres'")
-
-
-@dataclass(frozen=True)
-class FeedInfo:
-    """What the receiving end knows of one device's telemetry stream, at one moment.
-
-    Example:
-        >>> FeedInfo(last_received=None, tags={}, latest={}).latest_value("cpu_percent") is None
-        True
-    """
-
-    last_received: float | None
-    tags: dict[str, Any]
-    latest: dict[str, tuple[float, float]]  # metric -> (ts, value)
-    missing: int = 0
-
-    def latest_value(self, metric: str) -> float | None:
-        entry = self.latest.get(metric)
-        return entry[1] if entry is not None else None
 
 
 def _stats_view() -> Any:
@@ -315,8 +295,7 @@ class Telemetry(TelemetryViews):
         return self.ingestor.stats()
 
     def feeds(self) -> dict[str, FeedInfo]:
-        return {device: FeedInfo(feed.last_received, dict(feed.tags), dict(feed.latest), feed.counters["missing"])
-                for device, feed in list(self.ingestor.feeds.items())}
+        return self.ingestor.feed_infos()
 
     def flush(self, timeout: float = 1.0) -> bool:
         return self.ingestor.wait_idle(timeout=timeout)

@@ -82,6 +82,47 @@ class DeviceFeed:
     latest: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (ts, value)
 
 
+@dataclass(frozen=True)
+class FeedInfo:
+    """What the receiving end knows of one device's telemetry stream, at one moment.
+
+    Example:
+        >>> FeedInfo(last_received=None, tags={}, latest={}).latest_value("cpu_percent") is None
+        True
+    """
+
+    last_received: float | None
+    tags: dict[str, Any]
+    latest: dict[str, tuple[float, float]]  # metric -> (ts, value)
+    missing: int = 0
+
+    @classmethod
+    def of(cls, feed: DeviceFeed) -> FeedInfo:
+        return cls(feed.last_received, dict(feed.tags), dict(feed.latest), int(feed.counters["missing"]))
+
+    def latest_value(self, metric: str) -> float | None:
+        entry = self.latest.get(metric)
+        return entry[1] if entry is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        """For the hub's API (values that are not numbers yet are sent as null)."""
+        return {"last_received": self.last_received, "tags": self.tags,
+                "latest": {name: [ts, value] for name, (ts, value) in self.latest.items()}, "missing": self.missing}
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> FeedInfo:
+        """The inverse of :meth:`to_json` (null values come back as NaN).
+
+        Example:
+            >>> FeedInfo.from_json({"last_received": 1.0, "latest": {"cpu_percent": [1.0, None]}}).latest_value(
+            ...     "cpu_percent")
+            nan
+        """
+        latest = {name: (float(pair[0]), float("nan") if pair[1] is None else float(pair[1]))
+                  for name, pair in (entry.get("latest") or {}).items()}
+        return cls(entry.get("last_received"), dict(entry.get("tags") or {}), latest, int(entry.get("missing") or 0))
+
+
 PointsListener = Callable[[str, str, np.ndarray, np.ndarray], None]
 StoredListener = Callable[[list[Any]], None]
 
@@ -375,6 +416,10 @@ class Ingestor:
             feed.latest.update(last)
 
     # -- control -------------------------------------------------------------------------------------
+
+    def feed_infos(self) -> dict[str, FeedInfo]:
+        """A snapshot of every device's stream (see :class:`FeedInfo`)."""
+        return {device: FeedInfo.of(feed) for device, feed in list(self.feeds.items())}
 
     def subscribe(self, metrics: Iterable[str], listener: PointsListener) -> Callable[[], None]:
         """Call ``listener(device, metric, ts, values)`` from the writer thread with committed points of ``metrics``.
