@@ -22,7 +22,8 @@ CELLS = [
     "import asyncio\nimport workbench, widgets\nfleet = workbench.connect(run_dir=run_dir)\n"
     "fleet.wait_for(2, timeout=60)\nwidgets.FleetPanel(fleet)",
     "fleet.telemetry.configure('all', publish_interval_s=0.2)\n"
-    "fleet.telemetry.wait_for('cpu_percent', count=2, timeout=60)\n"
+    # Both devices, not either: the HTML test below needs a line per device (wait_for on "all" means any one).
+    "fleet.telemetry.wait_for('cpu_percent', devices=['sim-01', 'sim-02'], count=3, timeout=60)\n"
     "dashboard = widgets.TelemetryDashboard(fleet, metrics=['cpu_percent', 'uptime_s', 'latency_p95_ms'])\n"
     "dashboard",
     "await asyncio.sleep(4.0)  # the charts grow meanwhile\ndashboard.stop()",
@@ -102,8 +103,9 @@ def test_executed_html_draws_charts_with_data_when_opened_without_a_kernel(
     lines = "Array.from(document.querySelectorAll('.wb-snapshot-chart .scatterlayer .trace path.js-line'))"
     with Chromium(tmp_path / "chrome") as page:
         page.call("Page.navigate", url=executed["html"].as_uri())
-        # Two devices in two charts at least; plotly draws chart after chart, so wait for all four.
-        page.poll(f"{lines}.filter(p => (p.getAttribute('d') || '').length > 20).length >= 4", 30,
+        # Two devices in two charts at least; plotly draws chart after chart, so wait for all four. A line with data
+        # has a segment ("L"): its length says nothing, since plotly draws a straight uptime line as one segment.
+        page.poll(f"{lines}.filter(p => /L/.test(p.getAttribute('d') || '')).length >= 4", 30,
                   "the executed notebook's HTML drew no line with data per device in its two charts with data")
         tables = page.evaluate("document.querySelectorAll('.wb-fleet-panel table tr[data-device]').length")
         assert tables == 2
