@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from workbench.deploy._keys import SigningKey, load_signing_key
+from workbench.deploy._sequence import manifest_sequence, next_sequence
 from workbench.deploy.artifacts import sha256_file
 from workbench.errors import PackageError, SignatureError
 
@@ -75,6 +76,11 @@ class Package:
     @property
     def version(self) -> str:
         return str(self.manifest.get("version") or self.id[:12])
+
+    @property
+    def sequence(self) -> int:
+        """The signed, monotonic sequence number anti-rollback compares (0 for a package signed without one)."""
+        return manifest_sequence(self.manifest)
 
     @property
     def files(self) -> dict[str, dict[str, Any]]:
@@ -239,6 +245,8 @@ def sign_package(
         },
         "signed_at": time.time(),
         "key_id": key.key_id,
+        # Signed with the rest: a device refuses a package older than one it installed (anti-rollback).
+        "sequence": next_sequence(key.directory),
     })
     manifest.setdefault("recipe", None)
     manifest.setdefault("metrics", None)

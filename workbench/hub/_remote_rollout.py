@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.deploy._gates import Gate, MetricSource
@@ -190,6 +191,8 @@ def deploy_via_hub(fleet: Fleet, package: str | os.PathLike[str] | Package, devi
         "max_failures": max_failures,
         "device_timeout": device_timeout,
         "force": force,
+        # The hub signs a rollback with the key that signed the package (the one the devices trust).
+        "keys_dir": str(Path(keys_dir).expanduser().resolve()) if keys_dir is not None else None,
     }
     return HubRollout(fleet.hub, fleet.hub.start_rollout(spec))
 

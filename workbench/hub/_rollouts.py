@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from workbench._files import write_private
 from workbench.deploy._desired import desired_rollback
 from workbench.deploy._gates import gate
+from workbench.deploy._keys import load_signing_key
 from workbench.deploy._package import load_package
 from workbench.deploy._rollout import Rollout, _device_ids, context
 from workbench.deploy._state import TERMINAL
@@ -186,7 +187,8 @@ class HubRollouts:
         targets = _device_ids(fleet, spec.get("devices") or "all")
         rollout = Rollout(fleet, package, targets, strategy=strategy, gates=gates, metrics=None,
                           max_failures=spec.get("max_failures"), device_timeout=float(spec.get("device_timeout", 120)),
-                          artifacts=None, artifact_dir=None, force=bool(spec.get("force", False)))
+                          artifacts=None, artifact_dir=None, force=bool(spec.get("force", False)),
+                          keys_dir=spec.get("keys_dir") if isinstance(spec.get("keys_dir"), str) else None)
         with self._lock:
             self._running[rollout.id] = rollout
         self._save(rollout, force=True)
@@ -221,7 +223,8 @@ class HubRollouts:
                 "deployments": {d: p.deployment_id for d, p in rollout.devices.items()},
                 "gate_values": list(rollout.gate_values), "waves": [dict(w) for w in rollout.waves],
                 "shadow": rollout.shadow, "started": rollout.started, "finished": rollout.finished,
-                "report": report.to_dict() if report is not None else None}
+                "report": report.to_dict() if report is not None else None,
+                "keys_dir": str(rollout.keys_dir) if rollout.keys_dir is not None else None}
 
     def get(self, rollout_id: str) -> dict[str, Any]:
         with self._lock:
@@ -317,8 +320,12 @@ class HubRollouts:
             activated = [d for d, i in deployments.items()
                          if state.reported(d).get("deployment_id") == i and state.reported(d).get("state") == "active"]
             rollbacks = {}
+            # Devices accept a rollback only with a grant signed by the key they trust: the rollout's own.
+            key = load_signing_key(saved.get("keys_dir") if isinstance(saved.get("keys_dir"), str) else None) \
+                if activated else None
             for device in activated:
-                desired = desired_rollback(rollout_id=rollout_id, reason=INTERRUPTED)
+                assert key is not None
+                desired = desired_rollback(rollout_id=rollout_id, reason=INTERRUPTED, device_id=device, key=key)
                 rollbacks[device] = desired["deployment_id"]
                 state.set_desired(device, desired)
             while time.monotonic() < deadline and not all(
