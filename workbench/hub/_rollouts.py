@@ -320,14 +320,14 @@ class HubRollouts:
             activated = [d for d, i in deployments.items()
                          if state.reported(d).get("deployment_id") == i and state.reported(d).get("state") == "active"]
             rollbacks = {}
-            # Devices accept a rollback only with a grant signed by the key they trust: the rollout's own.
-            key = load_signing_key(saved.get("keys_dir") if isinstance(saved.get("keys_dir"), str) else None) \
-                if activated else None
-            for device in activated:
-                assert key is not None
-                desired = desired_rollback(rollout_id=rollout_id, reason=INTERRUPTED, device_id=device, key=key)
-                rollbacks[device] = desired["deployment_id"]
-                state.set_desired(device, desired)
+            if activated:
+                # Devices accept a rollback only with a grant signed by the key they trust: the rollout's own.
+                keys_dir = saved.get("keys_dir")
+                key = load_signing_key(keys_dir if isinstance(keys_dir, str) else None)
+                for device in activated:
+                    desired = desired_rollback(rollout_id=rollout_id, reason=INTERRUPTED, device_id=device, key=key)
+                    rollbacks[device] = desired["deployment_id"]
+                    state.set_desired(device, desired)
             while time.monotonic() < deadline and not all(
                     state.reported(d).get("deployment_id") == i and state.reported(d).get("state") in TERMINAL
                     for d, i in rollbacks.items()):
