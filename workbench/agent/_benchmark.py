@@ -93,16 +93,25 @@ def _candidates(args: dict[str, Any]) -> dict[str, Any]:
 def _fetch_signed(agent: DeviceAgent, spec: dict[str, Any]) -> tuple[dict[str, Path], dict[str, float]]:
     """Download and verify the signed candidate list, then each candidate it names: model files and download ms."""
     import shutil
+    import tempfile
 
+    origin = ArtifactOrigin.for_device(agent.config.data_dir, agent.config.broker.host)
+    base_url = str(spec["base_url"]).rstrip("/")
+    # Scratch space per call (two benchmarks may run at once); only the list and its signature land here.
+    staging = Path(tempfile.mkdtemp(prefix="benchmark-", dir=agent.config.data_dir))
+    try:
+        return _fetch_listed(agent, spec, origin, base_url, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fetch_listed(agent: DeviceAgent, spec: dict[str, Any], origin: ArtifactOrigin, base_url: str,
+                  staging: Path) -> tuple[dict[str, Path], dict[str, float]]:
     from workbench.agent._deploy_service import trusted_keys_dir
     from workbench.deploy._keys import load_trusted_keys
     from workbench.deploy._package import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, load_package, verify_signature
     from workbench.deploy.artifacts import fetch
 
-    origin = ArtifactOrigin.for_device(agent.config.data_dir, agent.config.broker.host)
-    base_url = str(spec["base_url"]).rstrip("/")
-    staging = agent.config.data_dir / "benchmark"
-    shutil.rmtree(staging, ignore_errors=True)  # scratch space: nothing runs from here unverified
     try:
         origin.check(base_url, "benchmark")
         for name, sha, size, cap in (("manifest.json", spec["manifest_sha256"], spec.get("manifest_size"),
