@@ -14,6 +14,7 @@ import os
 import urllib.parse
 from pathlib import Path
 
+from workbench._settings import settings
 from workbench.errors import ArtifactError
 
 ORIGIN_FILE = "artifact_origin"
@@ -51,8 +52,7 @@ class ArtifactOrigin:
     @classmethod
     def for_device(cls, data_dir: Path, broker_host: str) -> ArtifactOrigin:
         """The origins of the device whose data dir is ``data_dir`` (see the module's docstring for the order)."""
-        configured = os.environ.get(ORIGIN_ENV, "")
-        origins = [o for o in configured.split(",") if o.strip()]
+        origins = list(settings().artifact_origin or ())
         if not origins:
             try:
                 origins = [line for line in (data_dir / ORIGIN_FILE).read_text().splitlines() if line.strip()]
