@@ -16,8 +16,8 @@ from workbench.agent._slots import SlotStore
 from workbench.deploy import ArtifactServer
 from workbench.deploy._desired import stage_package
 from workbench.deploy._examples import tiny_model
-from workbench.deploy._keys import SigningKey, init_keys
-from workbench.deploy._package import Package, build_package
+from workbench.protocol.keys import SigningKey, init_keys
+from workbench.protocol.package import Package, build_package
 
 
 def publish(server: ArtifactServer, package: Package) -> dict[str, Any]:

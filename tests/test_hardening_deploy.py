@@ -9,8 +9,8 @@ from test_deploy_slots import key, make_installer, package, publish, server  # n
 from test_hardening_decoders import Flood
 
 from workbench.deploy import ArtifactServer
-from workbench.deploy._keys import SigningKey
-from workbench.deploy._package import verify_package
+from workbench.protocol.keys import SigningKey
+from workbench.protocol.package import verify_package
 
 
 def _disk_bytes(root: Path) -> int:

@@ -18,8 +18,8 @@ from conftest import FleetFactory
 
 import workbench
 from workbench.agent._device import AgentConfig, DeviceAgent
-from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
+from workbench.protocol import schema, topics
+from workbench.protocol._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
 
 BRACKETS = b"[" * 20_000  # row 1: 20 KB of '['
 

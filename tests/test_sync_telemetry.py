@@ -16,14 +16,15 @@ from conftest import FleetFactory
 
 import workbench
 from workbench.fleet import Fleet
+from workbench.protocol.acks import decode_ack
+from workbench.protocol.wire import encode_batch
 from workbench.sim import _procs
 from workbench.sync import Codec, WireItem
-from workbench.sync._receiver import SyncReceiver, decode_ack
+from workbench.sync._receiver import SyncReceiver
 from workbench.sync._store import SyncStore
 from workbench.telemetry import build_digits_model
 from workbench.telemetry._ingest import Ingestor
 from workbench.telemetry._store import DuckDBStore
-from workbench.telemetry._wire import encode_batch
 
 DEVICE = "sim-01"
 TOPIC = f"wb/v1/dev/{DEVICE}/telemetry"

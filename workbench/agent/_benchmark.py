@@ -43,7 +43,7 @@ def _inputs(args: dict[str, Any]) -> dict[str, np.ndarray]:
                                   "{'dtype':..., 'shape':[...], 'data':[...]}") from exc
         return feeds
     if isinstance(args.get("inputs_spec"), list):
-        from workbench.optimize._spec import ModelSpec, TensorSpec, generated_inputs
+        from workbench.protocol.spec import ModelSpec, TensorSpec, generated_inputs
 
         try:
             tensors = tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in args["inputs_spec"])
@@ -95,8 +95,8 @@ def _providers(requested: Any) -> list[str]:
 
 @register_command("benchmark")
 def _benchmark(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
-    from workbench.deploy.artifacts import fetch
-    from workbench.optimize._timing import time_models
+    from workbench.protocol.artifacts import fetch
+    from workbench.protocol.timing import time_models
 
     models = _models(args)
     feeds = _inputs(args)

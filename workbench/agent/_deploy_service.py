@@ -25,8 +25,10 @@ from workbench.agent._commands import register_command
 from workbench.agent._runtime import LoadedModel, ModelRuntime
 from workbench.agent._services import register_service
 from workbench.agent._slots import SlotStore
-from workbench.deploy._keys import load_trusted_keys
-from workbench.deploy._package import (
+from workbench.errors import DeployError, HealthCheckError, PackageError, PayloadError, WorkbenchError
+from workbench.protocol import schema, topics
+from workbench.protocol.keys import load_trusted_keys
+from workbench.protocol.package import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
     MAX_SIGNATURE_BYTES,
@@ -37,16 +39,12 @@ from workbench.deploy._package import (
     verify_package,
     verify_signature,
 )
-from workbench.deploy._state import TERMINAL
-from workbench.errors import DeployError, HealthCheckError, PackageError, PayloadError, WorkbenchError
-from workbench.fleet import schema, topics
 
 if TYPE_CHECKING:
     from workbench.agent._device import DeviceAgent
 
 log = logging.getLogger("workbench.agent")
 
-STATES = ("pending", "downloading", "verifying", "loading", "health_checking", "activating", "shadowing", *TERMINAL)
 Reporter = Callable[..., None]
 
 
@@ -135,7 +133,7 @@ class Installer:
 
     def _fetch(self, base_url: str, sha256: str, dest: Path, size: int | None, report: Reporter,
                max_bytes: int | None = None) -> None:
-        from workbench.deploy.artifacts import ArtifactError, fetch
+        from workbench.protocol.artifacts import ArtifactError, fetch
 
         for attempt in range(1, self.download_attempts + 1):
             try:
@@ -416,7 +414,7 @@ def _probe(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
         feeds, expected = package.sample()
         atol, rtol = package.tolerance
     else:
-        from workbench.deploy._package import _sample_feeds
+        from workbench.protocol.package import _sample_feeds
 
         model = agent.runtime.active
         if model is None:

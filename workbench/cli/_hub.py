@@ -101,9 +101,9 @@ def _fleet_connector(args: argparse.Namespace, broker: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.fleet._mqtt import BrokerAddress
     from workbench.hub._api import serve
     from workbench.hub._service import Hub
+    from workbench.protocol._mqtt import BrokerAddress
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())

@@ -6,8 +6,8 @@ import time
 import uuid
 from typing import Any
 
-from workbench.deploy._package import MANIFEST, SIGNATURE, Package
-from workbench.deploy.artifacts import ArtifactStore
+from workbench.protocol.artifacts import ArtifactStore
+from workbench.protocol.package import MANIFEST, SIGNATURE, Package
 
 
 def stage_package(package: Package, server: ArtifactStore) -> dict[str, Any]:

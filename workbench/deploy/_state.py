@@ -15,10 +15,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from workbench.errors import PayloadError
-from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
+from workbench.protocol import schema, topics
+from workbench.protocol._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
 
-TERMINAL = ("active", "failed", "rejected", "rolled_back", "shadowed")
 Listener = Callable[[str, dict[str, Any]], None]
 
 

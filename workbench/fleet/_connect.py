@@ -8,7 +8,7 @@ from typing import Any
 
 from workbench.errors import FleetNotRunningError
 from workbench.fleet._fleet import Fleet
-from workbench.fleet._mqtt import BrokerAddress
+from workbench.protocol._mqtt import BrokerAddress
 
 
 def connect(

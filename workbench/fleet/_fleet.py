@@ -22,9 +22,9 @@ from workbench.errors import (
     RemoteCommandError,
     UnknownDeviceError,
 )
-from workbench.fleet import schema, topics
 from workbench.fleet._device import Device
-from workbench.fleet._mqtt import (
+from workbench.protocol import schema, topics
+from workbench.protocol._mqtt import (
     BrokerAddress,
     close_client,
     connect_blocking,
@@ -33,7 +33,7 @@ from workbench.fleet._mqtt import (
     network_alive,
     new_client_id,
 )
-from workbench.fleet._rejects import RejectLog
+from workbench.protocol._rejects import RejectLog
 
 if TYPE_CHECKING:
     import pandas as pd

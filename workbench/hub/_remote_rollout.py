@@ -24,9 +24,9 @@ from workbench.hub._rollouts import strategy_spec
 if TYPE_CHECKING:
     import pandas as pd
 
-    from workbench.deploy._package import Package
     from workbench.fleet._fleet import Fleet
     from workbench.hub._client import HubClient
+    from workbench.protocol.package import Package
 
 log = logging.getLogger("workbench.deploy")
 

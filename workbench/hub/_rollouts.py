@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 from workbench._files import write_private
 from workbench.deploy._desired import desired_rollback
 from workbench.deploy._gates import gate
-from workbench.deploy._package import load_package
 from workbench.deploy._rollout import Rollout, _device_ids, context
-from workbench.deploy._state import TERMINAL
 from workbench.deploy._strategies import AllAtOnce, Canary, Shadow, Strategy
 from workbench.errors import ConfigError, FleetTimeoutError, HubError
+from workbench.protocol.package import load_package
+from workbench.protocol.states import TERMINAL
 from workbench.telemetry._alerts import AlertRule
 from workbench.telemetry._client import TelemetryViews
 from workbench.telemetry._ingest import FeedInfo

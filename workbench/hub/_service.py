@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from workbench._files import write_private
 from workbench.errors import ConfigError, HubAlreadyRunningError
-from workbench.fleet._mqtt import BrokerAddress
 from workbench.hub._store_url import StoreURL
+from workbench.protocol._mqtt import BrokerAddress
 from workbench.sync._receiver import SyncReceiver
 from workbench.sync._store import SyncStore
 from workbench.telemetry._alerts import AlertEngine, AlertRule

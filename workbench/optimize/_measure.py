@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import OptimizeError, RemoteCommandError
-from workbench.optimize._spec import ModelSpec
 from workbench.optimize._target import Target
-from workbench.optimize._timing import time_models
+from workbench.protocol.spec import ModelSpec
+from workbench.protocol.timing import time_models
 
 # A sample input larger than this goes to the device as its spec (regenerated there from a seed).
 _MAX_INLINE_INPUT_BYTES = 64 * 1024
@@ -35,7 +35,7 @@ def measure_on_device(paths: dict[str, Path], feeds: dict[str, np.ndarray], spec
     Example:
         >>> measure_on_device(paths, feeds, spec, target, warmup=5, iterations=50, rounds=5)  # doctest: +SKIP
     """
-    from workbench.deploy.artifacts import ArtifactServer
+    from workbench.protocol.artifacts import ArtifactServer
 
     device = target.device
     with tempfile.TemporaryDirectory(prefix="wb-artifacts-") as store, \

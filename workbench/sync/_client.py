@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from workbench._settings import settings
 from workbench.errors import PayloadError
-from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import close_client, connect_blocking, guard_messages, make_client, new_client_id
-from workbench.fleet._rejects import RejectLog
-from workbench.sync._budget import check_budget
-from workbench.sync._links import LinkProfile, link_profile
-from workbench.sync._priority import PRIORITIES
+from workbench.protocol import schema, topics
+from workbench.protocol._mqtt import close_client, connect_blocking, guard_messages, make_client, new_client_id
+from workbench.protocol._rejects import RejectLog
+from workbench.protocol.budget import check_budget
+from workbench.protocol.links import LinkProfile, link_profile
+from workbench.protocol.priority import PRIORITIES
 from workbench.sync._receiver import SyncReceiver
 from workbench.sync._store import SyncStore
 

@@ -33,8 +33,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import PayloadError
-from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import (
+from workbench.protocol import topics
+from workbench.protocol._mqtt import (
     BrokerAddress,
     close_client,
     connect_blocking,
@@ -43,8 +43,9 @@ from workbench.fleet._mqtt import (
     network_alive,
     new_client_id,
 )
-from workbench.fleet._rejects import RejectLog
-from workbench.sync._codec import MAX_MESSAGE_BYTES, Codec, WireItem
+from workbench.protocol._rejects import RejectLog
+from workbench.protocol.acks import MAX_ACK_SEQS, encode_ack
+from workbench.protocol.codec import MAX_MESSAGE_BYTES, Codec, WireItem
 from workbench.sync._store import SyncStore
 
 if TYPE_CHECKING:
@@ -53,50 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("workbench.sync")
 
 ItemsListener = Callable[[str, list[WireItem]], None]
-# One acknowledgement covers the items of one message (at most MAX_ITEMS) or one telemetry flush: the
-# receiver splits larger sets, so a device can refuse anything bigger without losing a real one.
-MAX_ACK_SEQS = 10_000
-MAX_ACK_RANGES = MAX_ACK_SEQS
-
-
-def to_ranges(seqs: list[int]) -> list[list[int]]:
-    """Compress sequence numbers into inclusive ranges.
-
-    Example:
-        >>> to_ranges([5, 1, 2, 3, 7])
-        [[1, 3], [5, 5], [7, 7]]
-    """
-    ranges: list[list[int]] = []
-    for seq in sorted(set(seqs)):
-        if ranges and seq == ranges[-1][1] + 1:
-            ranges[-1][1] = seq
-        else:
-            ranges.append([seq, seq])
-    return ranges
-
-
-def from_ranges(ranges: Any) -> list[int]:
-    """Expand inclusive ranges; raise :class:`PayloadError` for anything else.
-
-    Example:
-        >>> from_ranges([[1, 3], [7, 7]])
-        [1, 2, 3, 7]
-    """
-    if isinstance(ranges, list) and len(ranges) > MAX_ACK_RANGES:
-        raise PayloadError(f"oversized sync ack: {len(ranges)} ranges, at most {MAX_ACK_RANGES}", kind="oversized")
-    if not isinstance(ranges, list) or not all(isinstance(r, list) and len(r) == 2 and all(
-            isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63 for x in r) and r[0] <= r[1]
-            for r in ranges):
-        raise PayloadError("malformed sync ack: ranges must be a list of [first, last] sequence numbers")
-    if sum(last - first + 1 for first, last in ranges) > MAX_ACK_SEQS:
-        raise PayloadError(f"oversized sync ack: more than {MAX_ACK_SEQS} sequence numbers", kind="oversized")
-    return [seq for first, last in ranges for seq in range(first, last + 1)]
-
-
-def encode_ack(seqs: list[int]) -> bytes:
-    return schema.encode({"ranges": to_ranges(seqs)})
-
-
 class SyncReceiver:
     """Subscribe to every device's outbox, store the items exactly once, acknowledge them.
 
@@ -289,10 +246,3 @@ class SyncReceiver:
         self.telemetry = None  # what the ingestor still commits is acknowledged by the next receiver
         if close_store:
             self.store.close()
-
-
-def decode_ack(payload: bytes) -> list[int]:
-    """The sequence numbers of one acknowledgement; raise :class:`PayloadError` if malformed."""
-    body = schema.decode(payload)
-    return from_ranges(body.get("ranges"))
-

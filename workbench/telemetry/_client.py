@@ -12,7 +12,7 @@ import numpy as np
 
 from workbench._settings import settings
 from workbench.errors import ConfigError
-from workbench.fleet import schema, topics
+from workbench.protocol import schema, topics
 from workbench.telemetry._alerts import AlertEngine, AlertRule
 from workbench.telemetry._ingest import FeedInfo, Ingestor, PointsListener, Store
 from workbench.telemetry._time import Duration, Instant, epoch, seconds
