@@ -232,7 +232,7 @@ def test_second_rollout_from_another_process_is_refused_when_device_is_mid_insta
     first_pkg, second_pkg = make_package(keys_env, "first", seed=5), make_package(keys_env, "second", seed=6)
     stuck = ArtifactStore(keys_env / "stuck", f"http://127.0.0.1:{hanging.getsockname()[1]}")
     rollout = fleet.deploy(first_pkg.path, artifacts=stuck, device_timeout=60)
-    state = DeployState(fleet.address)
+    state = DeployState(fleet.bus)
     try:
         assert state.wait(lambda s: s.reported("sim-01").get("state") == "downloading", timeout=20)
         refused = run_cli("deploy", str(second_pkg.path), "--run-dir", record["run_dir"], "--timeout", "30")

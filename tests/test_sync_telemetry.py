@@ -141,7 +141,7 @@ class Ingestion:
     def __init__(self, fleet: Fleet, folder: Path) -> None:
         self.store = DuckDBStore(folder / "telemetry.duckdb")
         self.ingestor = Ingestor(self.store, flush_interval_s=0.05)
-        self.receiver = SyncReceiver(fleet.address, SyncStore(folder / "sync.db"), telemetry=self.ingestor)
+        self.receiver = SyncReceiver(fleet.bus, SyncStore(folder / "sync.db"), telemetry=self.ingestor)
 
     def close(self) -> None:
         self.receiver.close()  # first: what the ingestor commits after this is never acknowledged

@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _fleet_connector(args: argparse.Namespace, broker: Any) -> Any:
     """How the hub connects to its fleet to run rollouts (None: it runs none)."""
     if args.run_dir is not None:
-        def connect_local() -> Any:
+        def connect_local(bus: Any) -> Any:
             from workbench.fleet._connect import connect_record
             from workbench.sim._rundir import RunDir
 
@@ -87,14 +87,14 @@ def _fleet_connector(args: argparse.Namespace, broker: Any) -> Any:
             if record is None:
                 raise ConfigError(f"no local fleet in {rd.path}; the hub runs its rollouts once `workbench up` has "
                                   "written fleet.json")
-            return connect_record(record, rd)
+            return connect_record(record, rd, bus=bus)
 
         return connect_local
     if args.rollouts:
-        def connect_broker() -> Any:
+        def connect_broker(bus: Any) -> Any:
             from workbench.fleet._fleet import Fleet
 
-            return Fleet(broker)
+            return Fleet(broker, bus=bus)
 
         return connect_broker
     return None

@@ -121,7 +121,7 @@ class _Context:
     """Per-fleet deployment machinery: the state watcher and the artifact server (made on first use)."""
 
     def __init__(self, fleet: Fleet) -> None:
-        self.state = DeployState(fleet.address)
+        self.state = DeployState(fleet.bus)
         self.server: ArtifactServer | None = None
         self.lock = threading.Lock()
 

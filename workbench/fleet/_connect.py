@@ -8,6 +8,7 @@ from typing import Any
 
 from workbench.errors import FleetNotRunningError
 from workbench.fleet._fleet import Fleet
+from workbench.protocol._bus import Bus
 from workbench.protocol._mqtt import BrokerAddress
 
 
@@ -50,8 +51,12 @@ def connect(
     return Fleet(address, timeout=timeout, keepalive=keepalive)
 
 
-def connect_record(record: dict[str, Any], rd: Any, *, timeout: float = 10.0, keepalive: int = 10) -> Fleet:
-    """A Fleet for a local fleet's record (fleet.json), using its workbench credentials if secure."""
+def connect_record(record: dict[str, Any], rd: Any, *, timeout: float = 10.0, keepalive: int = 10,
+                   bus: Bus | None = None) -> Fleet:
+    """A Fleet for a local fleet's record (fleet.json), using its workbench credentials if secure.
+
+    With ``bus``, the fleet uses that connection (its owner's, e.g. the hub's) instead of opening one.
+    """
     secure = record.get("secure") or {}
     controller = secure.get("controller") or {}
     password = None
@@ -63,6 +68,6 @@ def connect_record(record: dict[str, Any], rd: Any, *, timeout: float = 10.0, ke
         password=password,
         ca_file=secure.get("ca_file"),
     )
-    fleet = Fleet(address, timeout=timeout, keepalive=keepalive)
+    fleet = Fleet(address, timeout=timeout, keepalive=keepalive, bus=bus)
     fleet.local_record = record  # deployments find the fleet's artifact server here
     return fleet

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from workbench.fleet._fleet import Fleet
     from workbench.hub._service import Hub
+    from workbench.protocol._bus import Bus
     from workbench.telemetry._ingest import PointsListener
 
 log = logging.getLogger("workbench.hub")
@@ -131,11 +132,11 @@ class HubRollouts:
     ``connect`` makes the hub's fleet connection on first use (the hub receives without one).
 
     Example:
-        >>> rollouts = HubRollouts(hub, connect=lambda: workbench.connect("mqtt://127.0.0.1:1883"))  # doctest: +SKIP
+        >>> rollouts = HubRollouts(hub, connect=lambda bus: Fleet(hub_address, bus=bus))  # doctest: +SKIP
         >>> rollouts.start({"package": "/tmp/pkg", "strategy": {"kind": "Canary", "first": 1}})    # doctest: +SKIP
     """
 
-    def __init__(self, hub: Hub, *, connect: Callable[[], Fleet]) -> None:
+    def __init__(self, hub: Hub, *, connect: Callable[[Bus | None], Fleet]) -> None:
         self.hub = hub
         self.folder = hub.data_dir / "rollouts"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -149,7 +150,7 @@ class HubRollouts:
     def fleet(self) -> Fleet:
         with self._lock:
             if self._fleet is None:
-                fleet = self._connect()
+                fleet = self._connect(self.hub.bus)  # the hub's own connection, not a second one
                 fleet.attach_telemetry(HubViews(fleet, self.hub))  # gates read the hub's store, not HTTP to itself
                 self._fleet = fleet
             return self._fleet

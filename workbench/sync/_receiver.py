@@ -34,15 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.errors import PayloadError
 from workbench.protocol import topics
-from workbench.protocol._mqtt import (
-    BrokerAddress,
-    close_client,
-    connect_blocking,
-    guard_messages,
-    make_client,
-    network_alive,
-    new_client_id,
-)
+from workbench.protocol._bus import Bus
 from workbench.protocol._rejects import RejectLog
 from workbench.protocol.acks import MAX_ACK_SEQS, encode_ack
 from workbench.protocol.codec import MAX_MESSAGE_BYTES, Codec, WireItem
@@ -57,19 +49,19 @@ ItemsListener = Callable[[str, list[WireItem]], None]
 class SyncReceiver:
     """Subscribe to every device's outbox, store the items exactly once, acknowledge them.
 
-    With ``address=None`` nothing is subscribed: call :meth:`feed` and pass ``send_ack``
+    It receives on the process's MQTT connection, ``bus``. With ``bus=None`` nothing is
+    subscribed: call :meth:`feed` and pass ``send_ack``
     (the benchmark wires a sender to a receiver in one process this way). ``telemetry``
     (or setting :attr:`telemetry` later) routes telemetry items into that ingestor.
 
     Example:
-        >>> receiver = SyncReceiver(fleet.address, SyncStore("sync.db"))   # doctest: +SKIP
+        >>> receiver = SyncReceiver(fleet.bus, SyncStore("sync.db"))        # doctest: +SKIP
         >>> receiver.stats()["sim-01"]["stored"]                             # doctest: +SKIP
         1200
     """
 
-    def __init__(self, address: BrokerAddress | None, store: SyncStore | None = None, *,
-                 telemetry: Ingestor | None = None, send_ack: Callable[[str, bytes], None] | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(self, bus: Bus | None, store: SyncStore | None = None, *,
+                 telemetry: Ingestor | None = None, send_ack: Callable[[str, bytes], None] | None = None) -> None:
         self.store = store or SyncStore()
         self.codec = Codec()
         self.listeners: list[ItemsListener] = []
@@ -81,23 +73,15 @@ class SyncReceiver:
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._send_ack = send_ack
-        self._client: Any = None
+        self._bus = bus
         self._telemetry: Ingestor | None = None
         self.telemetry = telemetry
         self._writer = threading.Thread(target=self._write_loop, name="wb-sync-receiver", daemon=True)
         self._writer.start()
-        if address is not None:
-            self._client = make_client(address, new_client_id("wb-sync"))
-            self._client.on_connect = self._on_connect
-            self._client.on_message = guard_messages(self._on_message, self._on_message_failed)
-            self._client.max_queued_messages_set(0)
-            connect_blocking(self._client, address, keepalive=10, timeout=timeout)
+        self._unsubscribe = (bus.subscribe(topics.outbox_topic("+"), self._on_message, on_error=self._on_message_failed)
+                             if bus is not None else None)
 
-    def _on_connect(self, client: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
-        if not getattr(reason_code, "is_failure", False):
-            client.subscribe(topics.outbox_topic("+"), qos=1)
-
-    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
+    def _on_message(self, message: Any) -> None:
         try:
             device, _kind, _ = topics.parse_device_topic(message.topic)
             topics.check_device_id(device)
@@ -122,7 +106,7 @@ class SyncReceiver:
             >>> receiver.network_alive()   # doctest: +SKIP
             True
         """
-        return self._writer.is_alive() and (self._client is None or network_alive(self._client))
+        return self._writer.is_alive() and (self._bus is None or self._bus.network_alive())
 
     @property
     def telemetry(self) -> Ingestor | None:
@@ -158,8 +142,8 @@ class SyncReceiver:
             payload = encode_ack(ordered[start:start + MAX_ACK_SEQS])
             if self._send_ack is not None:
                 self._send_ack(device, payload)
-            elif self._client is not None:
-                self._client.publish(topics.sync_ack_topic(device), payload, qos=1)
+            elif self._bus is not None:
+                self._bus.publish(topics.sync_ack_topic(device), payload, qos=1)
 
     def _write_loop(self) -> None:
         while not self._stop.is_set() or self._inbox:
@@ -238,8 +222,9 @@ class SyncReceiver:
         return result
 
     def close(self, *, close_store: bool = True) -> None:
-        if self._client is not None:
-            close_client(self._client)
+        """Stop receiving (the process's connection stays up for its other users) and writing."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         self._stop.set()
         self._wake.set()
         self._writer.join(timeout=10)

@@ -204,8 +204,8 @@ class TelemetryViews(ABC):
         results = {}
         for name in names:
             if retain:
-                info = self.fleet._client.publish(topics.desired_topic(name, "telemetry"),
-                                                  schema.encode(settings), qos=1, retain=True)
+                info = self.fleet.bus.publish(topics.desired_topic(name, "telemetry"), schema.encode(settings),
+                                              qos=1, retain=True)
                 info.wait_for_publish(timeout)
             results[name] = self.fleet.call(name, "telemetry.configure", settings, timeout=timeout)
         return results
@@ -269,8 +269,8 @@ class Telemetry(TelemetryViews):
         if receive:
             from workbench.sync._client import receive_telemetry
 
-            if getattr(fleet, "_telemetry", None) is None:
-                fleet._telemetry = self  # so the sync started below finds this one, not a second
+            if fleet.running_telemetry is None:
+                fleet.attach_telemetry(self)  # so the sync started below finds this one, not a second
             receive_telemetry(fleet, self)
 
     # -- queries ---------------------------------------------------------------------------------
