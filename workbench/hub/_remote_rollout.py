@@ -171,7 +171,9 @@ def deploy_via_hub(fleet: Fleet, package: str | os.PathLike[str] | Package, devi
                    max_failures: int | float | None = None, device_timeout: float = 120.0,
                    keys_dir: str | os.PathLike[str] | None = None, artifacts: Any = None, artifact_dir: Any = None,
                    force: bool = False) -> HubRollout:
-    """Sign the package here (with the workbench key) and have the fleet's hub run the rollout.
+    """Sign the package here (with the workbench key), upload it, and have the fleet's hub run the rollout.
+
+    The hub may be on another machine: it gets the package over its API, never a path on this disk.
 
     Example:
         >>> deploy_via_hub(fleet, "out/digits", strategy=workbench.Canary(first=1)).wait()   # doctest: +SKIP
@@ -183,7 +185,7 @@ def deploy_via_hub(fleet: Fleet, package: str | os.PathLike[str] | Package, devi
         raise ConfigError("the hub serves packages from the fleet's artifact server; leave artifacts= and "
                           "artifact_dir= out")
     spec = {
-        "package": str(prepare_package(package, keys_dir).path.resolve()),
+        "package": fleet.hub.upload_package(prepare_package(package, keys_dir).path),
         "devices": _device_ids(fleet, devices),
         "strategy": strategy_spec(strategy or AllAtOnce()),
         "gates": [asdict(g) for g in gates],

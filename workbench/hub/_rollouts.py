@@ -160,16 +160,18 @@ class HubRollouts:
     def start(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Start a rollout from its JSON spec; returns its first snapshot.
 
-        The spec names a signed package directory the hub can read, the devices (ids or "all"),
+        The spec names a signed package uploaded to this hub (``HubClient.upload_package``), the devices (ids or "all"),
         a strategy spec, gates (``gate()``'s arguments), and optionally max_failures,
         device_timeout and force.
         """
         if not isinstance(spec, dict):
             raise ConfigError("a rollout is a JSON object with package, devices, strategy and gates")
         path = spec.get("package")
-        if not isinstance(path, str) or not Path(path).is_dir():
-            raise ConfigError(f"package {path!r} is not a directory the hub can read; the hub deploys packages on "
-                              "its own machine (a local fleet's hub shares yours)")
+        uploaded = (self.hub.data_dir / "packages").resolve()
+        # Only what was uploaded, never any folder of the hub's disk a token holder names.
+        if not isinstance(path, str) or Path(path).resolve().parent != uploaded or not Path(path).is_dir():
+            raise ConfigError(f"package {str(path)[:200]!r} was not uploaded to this hub; send it first with "
+                              "HubClient.upload_package (fleet.deploy does)")
         package = load_package(path)
         if not (Path(path) / "signature.json").exists():
             raise ConfigError(f"package {path} is not signed; fleet.deploy signs it before handing it to the hub")
