@@ -351,8 +351,18 @@ class Fleet:
 
     @property
     def has_hub(self) -> bool:
-        """Whether this fleet's hub receives its data (a local fleet started with a hub)."""
-        return bool(((self.local_record or {}).get("hub") or {}).get("url"))
+        """Whether this fleet's hub receives its data (a local fleet started with a hub, or connected by hub URL)."""
+        return getattr(self, "_hub", None) is not None or bool(((self.local_record or {}).get("hub") or {}).get("url"))
+
+    def attach_hub(self, hub: HubClient) -> None:
+        """Make ``hub`` this fleet's hub: its history, rollouts and stores answer ``fleet.telemetry`` and the rest.
+
+        Example:
+            >>> fleet.attach_hub(HubClient("https://hub.example:8443", token=token))   # doctest: +SKIP
+        """
+        if getattr(self, "_hub", None) is not None or self.running_telemetry is not None or self.running_sync:
+            raise ConfigError("attach the hub before this fleet's hub, telemetry or sync is first used")
+        self._hub = hub
 
     def refuse_receiving_beside_hub(self, what: str) -> None:
         """Raise :class:`~workbench.errors.HubError` when this fleet's hub is its receiver: a second receiver in this

@@ -285,6 +285,15 @@ class HubClient:
         """
         return dict(self._json("/v1/ingest", params={"after": str(after)} if after is not None else {}))
 
+    def fleet_info(self) -> dict[str, Any]:
+        """Where the hub's fleet is: ``{"broker": "mqtts://gw:8883", "store": ...}`` (no credentials).
+
+        Example:
+            >>> HubClient("https://hub.example:8443", token=token).fleet_info()["broker"]   # doctest: +SKIP
+            'mqtts://gw.example:8883'
+        """
+        return dict(self._json("/v1/fleet"))
+
     def upload_package(self, directory: str | os.PathLike[str]) -> str:
         """Send a signed package folder to the hub; returns where the hub keeps it (what a rollout spec names).
 

@@ -208,6 +208,10 @@ class Hub:
                 "store": str(self.store_url), "devices": len(self.ingestor.feeds), "backlog": self.ingestor.backlog,
                 "stream_drops": self.stream_drops}
 
+    def fleet_info(self) -> dict[str, Any]:
+        """Where this hub's fleet is: its broker's URL (never its credentials), for clients that connect by hub URL."""
+        return {"broker": self.bus.address.url if self.bus is not None else None, "store": str(self.store_url)}
+
     # -- alert rules --------------------------------------------------------------------------
 
     def add_rule(self, rule: AlertRule) -> None:
