@@ -364,6 +364,15 @@ def test_hub_rollout_completes_and_a_new_client_sees_its_report_when_the_client_
         later.wait_until(lambda f: set(_versions(f).values()) == {"v2"}, timeout=30)
         listed = later.rollouts()
         assert listed.loc[listed["rollout_id"] == rollout_id, "status"].tolist() == ["succeeded"]
+    # The CLI follows the same hub: the list, and one rollout with its waves and devices.
+    cli = run_cli("rollouts", "--run-dir", record["run_dir"])
+    assert cli.returncode == 0 and rollout_id in cli.stdout and "succeeded" in cli.stdout, cli.stderr
+    shown = run_cli("rollouts", rollout_id, "--wait", "60", "--run-dir", record["run_dir"])
+    assert shown.returncode == 0, shown.stderr
+    assert f"rollout {rollout_id}: digits v2, Canary, succeeded" in shown.stdout
+    assert "wave 1: sim-02, sim-03" in shown.stdout and "sim-03: active" in shown.stdout
+    missing = run_cli("rollouts", "deadbeef", "--run-dir", record["run_dir"])
+    assert missing.returncode != 0 and "no rollout deadbeef in this hub" in missing.stderr
 
 
 @pytest.mark.usefixtures("keys_env")
