@@ -26,12 +26,12 @@ from pathlib import Path
 import psutil
 
 import workbench
-from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+from workbench.protocol._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
 
 ECHO = textwrap.dedent(
     """
     import sys, threading
-    from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+    from workbench.protocol._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
     address = BrokerAddress.parse(sys.argv[1])
     client = make_client(address, new_client_id("bench-echo"))
     def on_message(c, u, m):

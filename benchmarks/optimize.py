@@ -211,7 +211,7 @@ def bench_zoo(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     from workbench.optimize._metrics import agreement
     from workbench.optimize._shapes import stacks_on_first_axis
-    from workbench.optimize._spec import ModelSpec
+    from workbench.protocol.spec import ModelSpec
 
     entry = ZOO[name]
     workdir = Path(tempfile.mkdtemp(prefix=f"wb-zoo-{name}-"))

@@ -6,7 +6,7 @@ telemetry batches to the telemetry ingestor, which inserts them into DuckDB on d
 (the store ``fleet.telemetry.query`` reads) and acknowledges each batch once its
 insert has committed (the MQTT broker is left out: it would add the same hop to both
 sides of every ratio). Points are real telemetry batches
-(``workbench.telemetry._wire``) of synthetic sensor-like readings: 10 metrics, a
+(``workbench.protocol.wire``) of synthetic sensor-like readings: 10 metrics, a
 random walk each, at 10 ms steps.
 
 - drain: ``--points`` (default one million) queued while offline, then the link set
@@ -29,12 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.sync import Codec, LinkShaper, Outbox, Sender, link_profile
-from workbench.sync._receiver import SyncReceiver, decode_ack
+from workbench.agent import LinkShaper, Outbox, Sender
+from workbench.protocol.acks import decode_ack
+from workbench.protocol.wire import encode_batch
+from workbench.sync import Codec, link_profile
+from workbench.sync._receiver import SyncReceiver
 from workbench.sync._store import SyncStore
 from workbench.telemetry._ingest import Ingestor
 from workbench.telemetry._store import DuckDBStore
-from workbench.telemetry._wire import encode_batch
 
 NAMES = [f"sensor_{i}" for i in range(10)]
 TOPIC_BYTES = len("wb/v1/dev/sim-01/outbox") + 4

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 import workbench
-from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
+from workbench.protocol._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
 from workbench.sim import down, up
 from workbench.telemetry import encode_batch
 

@@ -81,8 +81,9 @@ def test_agent_joins_answers_ping_inventory_and_benchmark_under_arm64_emulation(
     _require_tools()
     root = _arm64_root()
     record = fleet_factory(devices=1)
+    from workbench.protocol.keys import enroll
+
     from workbench.deploy import load_signing_key
-    from workbench.deploy._keys import enroll
 
     key = load_signing_key(create=True)
     enroll(key.public_file, tmp_path / "data" / "arm-01" / "trusted_keys")  # it benchmarks what this key signed
@@ -109,7 +110,7 @@ def test_agent_joins_answers_ping_inventory_and_benchmark_under_arm64_emulation(
             assert hardware["execution_providers"] == ["CPUExecutionProvider"]
             assert hardware["python"].startswith("3.11") and inventory["agent_version"] == workbench.__version__
             from workbench.deploy import ArtifactServer
-            from workbench.deploy._candidates import stage_candidates
+            from workbench.protocol.candidates import stage_candidates
 
             model = tiny_model(tmp_path / "tiny.onnx")
             with ArtifactServer(tmp_path / "store") as server:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from workbench.agent import AgentConfig
 from workbench.agent._device import DeviceAgent
-from workbench.fleet._mqtt import BrokerAddress
+from workbench.protocol._mqtt import BrokerAddress
 
 
 def test_state_file_stays_whole_when_services_save_it_from_several_threads_at_once(tmp_path: Path) -> None:

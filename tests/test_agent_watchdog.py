@@ -26,7 +26,7 @@ from workbench.agent import AgentConfig, run_agents
 from workbench.agent import _device as device_module
 from workbench.agent._health import _AGENTS, device_health
 from workbench.agent._watchdog import Watchdog, notify, watchdog_interval
-from workbench.fleet._mqtt import BrokerAddress
+from workbench.protocol._mqtt import BrokerAddress
 
 
 class NotifySocket:

@@ -26,12 +26,12 @@ from workbench.agent._origin import ORIGIN_FILE
 from workbench.deploy import ArtifactServer, build_package, load_signing_key
 from workbench.deploy._desired import stage_package
 from workbench.deploy._examples import slow_model, tiny_model
-from workbench.deploy._keys import enroll
-from workbench.deploy._package import Package
 from workbench.deploy._serve import spawn_artifact_server
 from workbench.deploy._state import DeployState
-from workbench.deploy.artifacts import ArtifactStore
 from workbench.fleet._fleet import Fleet
+from workbench.protocol.artifacts import ArtifactStore
+from workbench.protocol.keys import enroll
+from workbench.protocol.package import Package
 from workbench.sim import RunDir, _procs, down
 
 
@@ -110,7 +110,7 @@ INSTALL_WITH_FILE_LIMIT = textwrap.dedent("""
     from workbench.agent._limits import DeviceLimits
     from workbench.agent._runtime import ModelRuntime
     from workbench.agent._slots import SlotStore
-    from workbench.deploy._keys import load_trusted_keys
+    from workbench.protocol.keys import load_trusted_keys
 
     data, old, new, limit = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
     runtime = ModelRuntime(DeviceLimits(threads=1, memory_mb=1024))
@@ -236,7 +236,7 @@ def test_second_rollout_from_another_process_is_refused_when_device_is_mid_insta
     with open(RunDir(Path(record["run_dir"])).data / "sim-01" / ORIGIN_FILE, "a") as origins:
         origins.write(stuck.base_url + "\n")
     rollout = fleet.deploy(first_pkg.path, artifacts=stuck, device_timeout=60)
-    state = DeployState(fleet.address)
+    state = DeployState(fleet.bus)
     try:
         assert state.wait(lambda s: s.reported("sim-01").get("state") == "downloading", timeout=20)
         refused = run_cli("deploy", str(second_pkg.path), "--run-dir", record["run_dir"], "--timeout", "30")

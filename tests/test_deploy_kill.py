@@ -21,8 +21,8 @@ from pathlib import Path
 from workbench.deploy import ArtifactServer
 from workbench.deploy._desired import stage_package
 from workbench.deploy._examples import tiny_model
-from workbench.deploy._keys import enroll, init_keys
-from workbench.deploy._package import build_package, verify_package
+from workbench.protocol.keys import enroll, init_keys
+from workbench.protocol.package import build_package, verify_package
 
 HELPER = r"""
 import json, os, sys
@@ -31,7 +31,7 @@ from workbench.agent._deploy_service import Installer
 from workbench.agent._limits import DeviceLimits
 from workbench.agent._runtime import ModelRuntime
 from workbench.agent._slots import SlotStore
-from workbench.deploy._keys import load_trusted_keys
+from workbench.protocol.keys import load_trusted_keys
 
 def installer(data):
     runtime = ModelRuntime(DeviceLimits(threads=1, memory_mb=1024))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from workbench.deploy._examples import tiny_model
-from workbench.deploy._keys import SigningKey, enroll, init_keys, load_trusted_keys
-from workbench.deploy._package import build_package, load_package, sign_package, verify_package
 from workbench.errors import ConfigError, PackageError, SignatureError
+from workbench.protocol.keys import SigningKey, enroll, init_keys, load_trusted_keys
+from workbench.protocol.package import build_package, load_package, sign_package, verify_package
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 import workbench
 from workbench.deploy import DeployConflictError, build_package, init_keys, load_signing_key
 from workbench.deploy._examples import slow_model, tiny_model
-from workbench.deploy._package import Package
 from workbench.fleet._fleet import Fleet
+from workbench.protocol.package import Package
 from workbench.sim import RunDir, down, up
 
 

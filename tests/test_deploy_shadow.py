@@ -11,8 +11,8 @@ from conftest import FleetFactory
 import workbench
 from workbench.deploy import build_package, load_signing_key
 from workbench.deploy._examples import tiny_model
-from workbench.deploy._package import Package
 from workbench.fleet._fleet import Fleet
+from workbench.protocol.package import Package
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from workbench.agent._slots import SlotStore
 from workbench.deploy import ArtifactServer
 from workbench.deploy._desired import stage_package
 from workbench.deploy._examples import tiny_model
-from workbench.deploy._keys import SigningKey, init_keys
-from workbench.deploy._package import Package, build_package
-from workbench.deploy._rollback import sign_rollback
+from workbench.protocol.keys import SigningKey, init_keys
+from workbench.protocol.package import Package, build_package
+from workbench.protocol.rollback import sign_rollback
 
 
 def publish(server: ArtifactServer, package: Package) -> dict[str, Any]:

@@ -11,8 +11,8 @@ import pytest
 from conftest import BROKERS, FleetFactory
 
 import workbench
-from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+from workbench.protocol import schema, topics
+from workbench.protocol._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
 
 
 @pytest.mark.parametrize("broker", BROKERS)

@@ -19,16 +19,17 @@ import numpy as np
 import pytest
 import zstandard
 
+from workbench.agent._outbox import Outbox
 from workbench.errors import ArtifactError, ConfigError, PayloadError, ResourceLimitError
-from workbench.fleet import schema
-from workbench.sync._codec import _HEAD, MAGIC, VERSION, Codec, WireItem
-from workbench.sync._outbox import Outbox
-from workbench.sync._receiver import MAX_ACK_SEQS, SyncReceiver, decode_ack
+from workbench.protocol import schema
+from workbench.protocol.acks import MAX_ACK_SEQS, decode_ack
+from workbench.protocol.codec import _HEAD, MAGIC, VERSION, Codec, WireItem
+from workbench.protocol.wire import decode_batch, encode_batch
+from workbench.sync._receiver import SyncReceiver
 from workbench.sync._store import SyncStore
 from workbench.telemetry._client import Telemetry
 from workbench.telemetry._ingest import Ingestor
 from workbench.telemetry._store import DuckDBStore
-from workbench.telemetry._wire import decode_batch, encode_batch
 
 REPO = Path(__file__).resolve().parents[1]
 BRACKETS = b"[" * 20_000  # row 1: 20 KB of '['
@@ -168,7 +169,7 @@ def test_sync_decode_stays_under_100_mb_when_a_frame_really_holds_512_mib_of_zer
     script = """
 import resource, sys, time, zstandard
 from workbench.errors import PayloadError
-from workbench.sync._codec import _HEAD, MAGIC, VERSION, Codec
+from workbench.protocol.codec import _HEAD, MAGIC, VERSION, Codec
 obj = zstandard.ZstdCompressor(level=1).compressobj(size=512 * 2**20)
 frame = b"".join([obj.compress(b"\\0" * 2**20) for _ in range(512)] + [obj.flush()])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -284,7 +285,7 @@ class Flood:
 
 
 def test_fetch_stops_after_size_bytes_when_the_server_sends_5_mib(tmp_path: Path) -> None:
-    from workbench.deploy.artifacts import fetch
+    from workbench.protocol.artifacts import fetch
 
     flood = Flood()
     try:
@@ -296,7 +297,7 @@ def test_fetch_stops_after_size_bytes_when_the_server_sends_5_mib(tmp_path: Path
 
 
 def test_fetch_refuses_file_urls_when_asked_for_a_local_file(tmp_path: Path) -> None:
-    from workbench.deploy.artifacts import fetch
+    from workbench.protocol.artifacts import fetch
 
     with pytest.raises(ConfigError, match="http:// or https://") as caught:
         fetch("file:///etc/hostname", "0" * 64, tmp_path / "m.onnx")
@@ -308,8 +309,8 @@ def test_fetch_refuses_file_urls_when_asked_for_a_local_file(tmp_path: Path) -> 
 
 
 def test_load_package_rejects_manifest_over_the_size_limit_before_parsing_it(tmp_path: Path) -> None:
-    from workbench.deploy._package import load_package
     from workbench.errors import PackageError
+    from workbench.protocol.package import load_package
 
     (tmp_path / "manifest.json").write_bytes(b"[" * (2 * 2**20))
     with pytest.raises(PackageError, match="over the 1048576-byte limit"):

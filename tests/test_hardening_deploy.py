@@ -9,8 +9,8 @@ from test_deploy_slots import key, make_installer, package, publish, server  # n
 from test_hardening_decoders import Flood
 
 from workbench.deploy import ArtifactServer
-from workbench.deploy._keys import SigningKey
-from workbench.deploy._package import verify_package
+from workbench.protocol.keys import SigningKey
+from workbench.protocol.package import verify_package
 
 
 def _disk_bytes(root: Path) -> int:
@@ -67,7 +67,7 @@ def test_rollback_needs_a_fresh_grant_signed_for_this_device_and_a_grant_counts_
 ) -> None:
     """Row 6: an unsigned, foreign, misdirected or replayed rollback leaves the newer package serving."""
     from workbench.deploy import init_keys
-    from workbench.deploy._rollback import sign_rollback
+    from workbench.protocol.rollback import sign_rollback
 
     installer = make_installer(tmp_path / "dev", key)
     for seed in (1, 2):

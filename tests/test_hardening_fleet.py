@@ -18,8 +18,8 @@ from conftest import FleetFactory
 
 import workbench
 from workbench.agent._device import AgentConfig, DeviceAgent
-from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
+from workbench.protocol import schema, topics
+from workbench.protocol._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
 
 BRACKETS = b"[" * 20_000  # row 1: 20 KB of '['
 
@@ -244,8 +244,8 @@ def test_benchmark_sends_no_request_when_its_url_is_not_the_fleets_artifact_orig
 ) -> None:
     """Row 8: the device does not even connect to a host outside its artifact origin (no port or file oracle)."""
     from workbench.deploy import ArtifactServer, load_signing_key
-    from workbench.deploy._candidates import stage_candidates
     from workbench.deploy._examples import tiny_model
+    from workbench.protocol.candidates import stage_candidates
 
     record = fleet_factory(devices=1)
     model = tiny_model(tmp_path / "m.onnx", seed=1)

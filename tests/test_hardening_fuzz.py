@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workbench.errors import PayloadError
-from workbench.fleet import schema
-from workbench.sync._codec import _HEAD, MAGIC, MAX_RAW_BYTES, VERSION, Codec, WireItem
-from workbench.sync._receiver import MAX_ACK_SEQS, decode_ack, encode_ack
-from workbench.telemetry._wire import MAX_SEQ, decode_batch, encode_batch
+from workbench.protocol import schema
+from workbench.protocol.acks import MAX_ACK_SEQS, decode_ack, encode_ack
+from workbench.protocol.codec import _HEAD, MAGIC, MAX_RAW_BYTES, VERSION, Codec, WireItem
+from workbench.protocol.wire import MAX_SEQ, decode_batch, encode_batch
 
 FUZZ = settings(max_examples=300, deadline=2000, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -271,6 +271,11 @@ def test_hub_killed_mid_ingestion_loses_and_duplicates_no_batch_when_restarted(f
             status = _settled(fleet)
     finally:
         _procs.stop(spawned)  # the store is read below, by this process alone
+    _assert_every_batch_stored_once(status, record, at_least=5000)  # the stream ran across the kill
+
+
+def _assert_every_batch_stored_once(status: dict[str, Any], record: dict[str, Any], *, at_least: int) -> None:
+    """Every batch the device's outbox took is in the hub's store once, with all its points (the hub is stopped)."""
     produced = status["counters"]["produced"]
     assert status["counters"].get("dropped_normal", 0) == 0
     with duckdb.connect(str(Path(record["run_dir"]) / "hub" / "fleet.duckdb"), read_only=True) as con:
@@ -282,7 +287,33 @@ def test_hub_killed_mid_ingestion_loses_and_duplicates_no_batch_when_restarted(f
     assert len(seqs) == len(set(seqs)) == produced  # every batch the outbox took, stored once
     assert {int(seq): int(n) for seq, n in batches} == {int(s): int(c) for s, c in per_seq.items()}
     assert sorted(seq & 0xFFFFFFFF for seq in seqs) == list(range(1, produced + 1))  # none missing
-    assert synthetic > 5000  # the stream ran across the kill, not only before it
+    assert synthetic > at_least
+
+
+@pytest.mark.parametrize("broker", ["embedded", "mosquitto"])
+def test_hub_stores_every_batch_once_when_the_broker_restarts_under_it(fleet_factory: FleetFactory,
+                                                                      broker: str) -> None:
+    record = fleet_factory(devices=1, keepalive=2, hub=True, broker=broker)
+    restarted: list[dict[str, Any]] = []
+    try:
+        with workbench.connect(run_dir=record["run_dir"]) as fleet:
+            fleet.wait_for(1, timeout=30)
+            fleet.call(DEVICE, "telemetry.configure", {"synthetic_points_per_s": 2000, "publish_interval_s": 0.1})
+            time.sleep(2.0)
+            _procs.stop([record["broker"]])
+            time.sleep(2.0)  # the device keeps producing into its outbox; the hub's connection is down
+            restarted.append(_procs.spawn(record["broker"]["argv"], Path(record["broker"]["log"])))
+            assert _procs.wait_port("127.0.0.1", record["broker"]["port"], timeout=20)
+            fleet.wait_until(lambda f: f[DEVICE].online, timeout=60)
+            time.sleep(2.0)
+            fleet.call(DEVICE, "telemetry.configure", {"enabled": False}, timeout=15)
+            status = _settled(fleet)  # drains only if the hub reconnected, received and acknowledged
+        health = httpx.get(f"{record['hub']['url']}/healthz", timeout=5).json()
+        assert health["status"] == "ok"
+        _procs.stop([record["hub"]])  # the store is read below, by this process alone
+    finally:
+        _procs.stop(restarted)
+    _assert_every_batch_stored_once(status, record, at_least=2000)
 
 
 def test_hub_cli_exits_naming_the_holder_when_a_second_hub_starts_on_a_fleets_store(
@@ -333,6 +364,15 @@ def test_hub_rollout_completes_and_a_new_client_sees_its_report_when_the_client_
         later.wait_until(lambda f: set(_versions(f).values()) == {"v2"}, timeout=30)
         listed = later.rollouts()
         assert listed.loc[listed["rollout_id"] == rollout_id, "status"].tolist() == ["succeeded"]
+    # The CLI follows the same hub: the list, and one rollout with its waves and devices.
+    cli = run_cli("rollouts", "--run-dir", record["run_dir"])
+    assert cli.returncode == 0 and rollout_id in cli.stdout and "succeeded" in cli.stdout, cli.stderr
+    shown = run_cli("rollouts", rollout_id, "--wait", "60", "--run-dir", record["run_dir"])
+    assert shown.returncode == 0, shown.stderr
+    assert f"rollout {rollout_id}: digits v2, Canary, succeeded" in shown.stdout
+    assert "wave 1: sim-02, sim-03" in shown.stdout and "sim-03: active" in shown.stdout
+    missing = run_cli("rollouts", "deadbeef", "--run-dir", record["run_dir"])
+    assert missing.returncode != 0 and "no rollout deadbeef in this hub" in missing.stderr
 
 
 @pytest.mark.usefixtures("keys_env")

@@ -11,10 +11,10 @@ from test_optimize_onnx import FAST, labelled, make_mlp
 
 import workbench
 from workbench.deploy import load_signing_key
-from workbench.deploy._candidates import sign_candidates
 from workbench.deploy._serve import store_for_record
 from workbench.errors import RemoteCommandError
 from workbench.optimize import optimize
+from workbench.protocol.candidates import sign_candidates
 
 
 def test_optimize_measures_on_the_device_when_target_is_a_connected_device(fleet_factory: FleetFactory,
@@ -66,7 +66,7 @@ def test_benchmark_refuses_candidates_when_the_list_is_signed_by_a_key_the_devic
         fleet_factory: FleetFactory, tmp_path: Path) -> None:
     """Row 7: the benchmark runs only models the workbench signed; a stranger's list is refused before any model."""
     from workbench.deploy import init_keys
-    from workbench.deploy._candidates import stage_candidates
+    from workbench.protocol.candidates import stage_candidates
 
     record = fleet_factory(devices=1)
     store = store_for_record(record)

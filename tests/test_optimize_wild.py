@@ -476,7 +476,7 @@ def test_int8_is_skipped_with_reason_when_opset_cannot_be_upgraded(tmp_path: Pat
 
 def test_generated_data_respects_dtype_and_role_when_inputs_are_rate_state_ids_and_mask(tmp_path: Path) -> None:
     from workbench.optimize._data import generated_samples
-    from workbench.optimize._spec import ModelSpec
+    from workbench.protocol.spec import ModelSpec
 
     vad = ModelSpec.from_path(voice_activity(tmp_path / "vad.onnx"))
     vad_samples = generated_samples(vad, 8, seed=0)
@@ -494,8 +494,8 @@ def test_generated_data_respects_dtype_and_role_when_inputs_are_rate_state_ids_a
 def test_state_input_gets_previous_fp32_state_when_samples_are_generated(tmp_path: Path) -> None:
     from workbench.optimize._data import generated_samples
     from workbench.optimize._shapes import resolve_shapes
-    from workbench.optimize._spec import ModelSpec
     from workbench.optimize._state import roll_state, state_pairs
+    from workbench.protocol.spec import ModelSpec
 
     path = voice_activity(tmp_path / "vad.onnx")
     spec = ModelSpec.from_path(path)
@@ -551,7 +551,7 @@ def test_torch_dataloader_and_callable_are_read_when_given_as_data(tmp_path: Pat
     import torch
 
     from workbench.optimize._data import to_samples
-    from workbench.optimize._spec import ModelSpec
+    from workbench.protocol.spec import ModelSpec
 
     spec = ModelSpec.from_path(mlp(tmp_path / "mlp.onnx", 17))
     x = torch.randn(10, 16)
@@ -593,7 +593,7 @@ def test_optimize_rejects_input_shapes_when_rank_or_fixed_size_disagrees(tmp_pat
 def test_grey_images_become_nhwc_rgb_when_model_takes_channels_last(tmp_path: Path) -> None:
     from workbench.optimize._data import to_samples
     from workbench.optimize._shapes import resolve_shapes
-    from workbench.optimize._spec import ModelSpec
+    from workbench.protocol.spec import ModelSpec
 
     images = tmp_path / "grey"
     images.mkdir()

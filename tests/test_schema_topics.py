@@ -9,8 +9,8 @@ import pytest
 from conftest import REPO
 
 from workbench.errors import ConfigError, PayloadError
-from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import BrokerAddress
+from workbench.protocol import schema, topics
+from workbench.protocol._mqtt import BrokerAddress
 
 
 def test_decode_returns_body_when_payload_is_valid() -> None:

@@ -16,7 +16,7 @@ from conftest import BROKERS, require_broker, run_cli
 
 import workbench
 from workbench.errors import AuthenticationError, BrokerUnreachableError, ConfigError
-from workbench.fleet._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
+from workbench.protocol._mqtt import BrokerAddress, connect_blocking, make_client, new_client_id
 from workbench.sim import RunDir, down, up
 from workbench.sim._security import prepare_secure
 

@@ -75,7 +75,7 @@ def _produce(fleet: Fleet, count: int, priority: str = "normal", rate_hz: float 
 
 def test_sync_stores_every_item_once_when_broker_restarts(synced: tuple[dict[str, Any], Fleet, Path, int]) -> None:
     record, fleet, db, base = synced
-    receiver = SyncReceiver(fleet.address, SyncStore(db))
+    receiver = SyncReceiver(fleet.bus, SyncStore(db))
     try:
         _produce(fleet, 1500, rate_hz=300)
         time.sleep(1.0)
@@ -96,7 +96,7 @@ def test_sync_stores_every_item_once_when_broker_restarts(synced: tuple[dict[str
 def test_sync_stores_every_item_once_when_agent_killed_repeatedly(
         synced: tuple[dict[str, Any], Fleet, Path, int]) -> None:
     record, fleet, db, base = synced
-    receiver = SyncReceiver(fleet.address, SyncStore(db))
+    receiver = SyncReceiver(fleet.bus, SyncStore(db))
     agent = record["agents"][0]
     spawned: list[Any] = []
     try:
@@ -122,7 +122,7 @@ def test_sync_stores_every_item_once_when_agent_killed_repeatedly(
 def test_sync_drains_critical_first_and_exactly_once_after_partition(
         synced: tuple[dict[str, Any], Fleet, Path, int]) -> None:
     _, fleet, db, base = synced
-    receiver = SyncReceiver(fleet.address, SyncStore(db))
+    receiver = SyncReceiver(fleet.bus, SyncStore(db))
     try:
         fleet.call(DEVICE, "sync.partition", {"seconds": 30})
         _produce(fleet, 300, priority="bulk", rate_hz=1000)
@@ -146,13 +146,13 @@ def test_sync_drains_critical_first_and_exactly_once_after_partition(
 def test_sync_stores_every_item_once_when_ingestion_restarts(
         synced: tuple[dict[str, Any], Fleet, Path, int]) -> None:
     _, fleet, db, base = synced
-    receiver = SyncReceiver(fleet.address, SyncStore(db))
+    receiver = SyncReceiver(fleet.bus, SyncStore(db))
     try:
         _produce(fleet, 1500, rate_hz=300)
         time.sleep(1.5)
         receiver.close()  # what was published meanwhile reaches no one and is never acknowledged
         time.sleep(2.0)
-        receiver = SyncReceiver(fleet.address, SyncStore(db))
+        receiver = SyncReceiver(fleet.bus, SyncStore(db))
         status = _settle(fleet, receiver.store, produced=base + 1500)
         _assert_exact(receiver.store, status)
     finally:
@@ -162,7 +162,7 @@ def test_sync_stores_every_item_once_when_ingestion_restarts(
 def test_sync_drops_only_counted_bulk_when_outbox_disk_bound_reached(
         synced: tuple[dict[str, Any], Fleet, Path, int]) -> None:
     _, fleet, db, base = synced
-    receiver = SyncReceiver(fleet.address, SyncStore(db))
+    receiver = SyncReceiver(fleet.bus, SyncStore(db))
     try:
         _settle(fleet, receiver.store, produced=base)  # the telemetry batches leave first: an empty outbox
         fleet.call(DEVICE, "sync.configure", {"max_mb": 0.05})  # 50 kB: 250 items of 200 bytes

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from workbench.agent import LinkShaper, Outbox
+from workbench.agent._sender import Sender
 from workbench.errors import ConfigError, PayloadError
-from workbench.sync import LINKS, Budget, Codec, LinkShaper, Outbox, WireItem, link_profile
-from workbench.sync._receiver import SyncReceiver, decode_ack, encode_ack, from_ranges, to_ranges
-from workbench.sync._sender import Sender
+from workbench.protocol.acks import decode_ack, encode_ack, from_ranges, to_ranges
+from workbench.protocol.wire import encode_batch
+from workbench.sync import LINKS, Budget, Codec, WireItem, link_profile
+from workbench.sync._receiver import SyncReceiver
 from workbench.sync._store import SyncStore
-from workbench.telemetry._wire import encode_batch
 
 
 def test_outbox_keeps_unacked_items_and_sequence_when_reopened(tmp_path: Path) -> None:

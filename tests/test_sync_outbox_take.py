@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from workbench.agent._outbox import Outbox
 from workbench.errors import ConfigError
-from workbench.sync._outbox import Outbox
 
 
 def test_put_many_numbers_items_in_order_and_counts_them_when_queued_together(tmp_path: Path) -> None:

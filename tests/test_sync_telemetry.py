@@ -16,14 +16,15 @@ from conftest import FleetFactory, deploy_model
 
 import workbench
 from workbench.fleet import Fleet
+from workbench.protocol.acks import decode_ack
+from workbench.protocol.wire import encode_batch
 from workbench.sim import _procs
 from workbench.sync import Codec, WireItem
-from workbench.sync._receiver import SyncReceiver, decode_ack
+from workbench.sync._receiver import SyncReceiver
 from workbench.sync._store import SyncStore
 from workbench.telemetry import build_digits_model
 from workbench.telemetry._ingest import Ingestor
 from workbench.telemetry._store import DuckDBStore
-from workbench.telemetry._wire import encode_batch
 
 DEVICE = "sim-01"
 TOPIC = f"wb/v1/dev/{DEVICE}/telemetry"
@@ -140,7 +141,7 @@ class Ingestion:
     def __init__(self, fleet: Fleet, folder: Path) -> None:
         self.store = DuckDBStore(folder / "telemetry.duckdb")
         self.ingestor = Ingestor(self.store, flush_interval_s=0.05)
-        self.receiver = SyncReceiver(fleet.address, SyncStore(folder / "sync.db"), telemetry=self.ingestor)
+        self.receiver = SyncReceiver(fleet.bus, SyncStore(folder / "sync.db"), telemetry=self.ingestor)
 
     def close(self) -> None:
         self.receiver.close()  # first: what the ingestor commits after this is never acknowledged

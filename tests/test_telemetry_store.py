@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from workbench.errors import ConfigError
+from workbench.protocol.wire import encode_batch
 from workbench.telemetry._client import Telemetry
 from workbench.telemetry._ingest import Ingestor
 from workbench.telemetry._store import DuckDBStore
-from workbench.telemetry._wire import encode_batch
 
 TOPIC = "wb/v1/dev/{}/telemetry"
 StoreFactory = Callable[..., Any]

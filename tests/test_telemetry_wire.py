@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from workbench.errors import PayloadError
-from workbench.telemetry._wire import WIRE_VERSION, decode_batch, encode_batch, problem_kind
+from workbench.protocol.wire import WIRE_VERSION, decode_batch, encode_batch, problem_kind
 
 
 def _batch(n: int = 5, seq: int = 3) -> bytes:

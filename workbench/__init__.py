@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from workbench._lazy import lazy_getattr
 from workbench._settings import Settings, settings
+from workbench._version import __version__
 from workbench.errors import (
     ArtifactError,
     AuthenticationError,
@@ -46,8 +47,6 @@ from workbench.errors import (
     WorkbenchError,
 )
 from workbench.profiles import HardwareProfile, get_profile, list_profiles, register_profile
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from workbench.fleet import Device, Fleet

@@ -15,8 +15,11 @@ from workbench.agent._commands import command_names, register_command
 from workbench.agent._device import AgentConfig, DeviceAgent
 from workbench.agent._host import EXIT_REFUSED, run_agents
 from workbench.agent._limits import DeviceLimits
+from workbench.agent._outbox import Item, Outbox
 from workbench.agent._runtime import LoadedModel, ModelLoadError, ModelRuntime, sha256_file
+from workbench.agent._sender import Sender
 from workbench.agent._services import AgentService, register_service
+from workbench.agent._shaper import LinkShaper
 
 __all__ = [
     "EXIT_REFUSED",
@@ -24,9 +27,13 @@ __all__ = [
     "AgentService",
     "DeviceAgent",
     "DeviceLimits",
+    "Item",
+    "LinkShaper",
     "LoadedModel",
     "ModelLoadError",
     "ModelRuntime",
+    "Outbox",
+    "Sender",
     "command_names",
     "register_command",
     "register_service",

@@ -1,7 +1,7 @@
 """The agent's ``benchmark`` command: fetch candidate models over HTTP and time them under the device's limits.
 
 Model bytes never travel over MQTT (256 KiB payload cap): the request names a candidate list
-the workbench signed (:mod:`workbench.deploy._candidates`) in the fleet's artifact store. The
+the workbench signed (:mod:`workbench.protocol.candidates`) in the fleet's artifact store. The
 agent downloads it from its artifact origin only (:mod:`workbench.agent._origin`), verifies the
 signature against its trusted keys, then downloads each candidate with the signed sha256 and
 size (enforced while streaming), checks it fits its memory limit, and times it with its own
@@ -19,8 +19,8 @@ import numpy as np
 
 from workbench.agent._commands import register_command
 from workbench.agent._origin import ArtifactOrigin
-from workbench.deploy._candidates import CANDIDATES_FORMAT
 from workbench.errors import ArtifactError, ConfigError, ResourceLimitError
+from workbench.protocol.candidates import CANDIDATES_FORMAT
 
 if TYPE_CHECKING:
     from workbench.agent._device import DeviceAgent
@@ -52,7 +52,7 @@ def _inputs(args: dict[str, Any]) -> dict[str, np.ndarray]:
                                   "{'dtype':..., 'shape':[...], 'data':[...]}") from exc
         return feeds
     if isinstance(args.get("inputs_spec"), list):
-        from workbench.optimize._spec import ModelSpec, TensorSpec, generated_inputs
+        from workbench.protocol.spec import ModelSpec, TensorSpec, generated_inputs
 
         try:
             tensors = tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in args["inputs_spec"])
@@ -85,7 +85,7 @@ def _candidates(args: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(spec, dict) or not all(isinstance(spec.get(k), str) for k in
                                              ("manifest_sha256", "signature_sha256", "base_url")):
         raise ConfigError("benchmark takes 'candidates': a candidate list the workbench signed and put in the fleet's "
-                          "artifact store (workbench.deploy._candidates.stage_candidates; optimize() does this); "
+                          "artifact store (workbench.protocol.candidates.stage_candidates; optimize() does this); "
                           "a bare 'url' is refused, since a device runs only models the workbench signed")
     return spec
 
@@ -108,9 +108,9 @@ def _fetch_signed(agent: DeviceAgent, spec: dict[str, Any]) -> tuple[dict[str, P
 def _fetch_listed(agent: DeviceAgent, spec: dict[str, Any], origin: ArtifactOrigin, base_url: str,
                   staging: Path) -> tuple[dict[str, Path], dict[str, float]]:
     from workbench.agent._deploy_service import trusted_keys_dir
-    from workbench.deploy._keys import load_trusted_keys
-    from workbench.deploy._package import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, load_package, verify_signature
-    from workbench.deploy.artifacts import fetch
+    from workbench.protocol.artifacts import fetch
+    from workbench.protocol.keys import load_trusted_keys
+    from workbench.protocol.package import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, load_package, verify_signature
 
     try:
         origin.check(base_url, "benchmark")
@@ -157,7 +157,7 @@ def _providers(requested: Any) -> list[str]:
 
 @register_command("benchmark")
 def _benchmark(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
-    from workbench.optimize._timing import time_models
+    from workbench.protocol.timing import time_models
 
     spec = _candidates(args)
     feeds = _inputs(args)

@@ -26,9 +26,17 @@ from workbench.agent._origin import ArtifactOrigin
 from workbench.agent._runtime import LoadedModel, ModelRuntime
 from workbench.agent._services import register_service
 from workbench.agent._slots import SlotStore
-from workbench.deploy._desired import MAX_SHADOW_S
-from workbench.deploy._keys import load_trusted_keys
-from workbench.deploy._package import (
+from workbench.errors import (
+    DeployError,
+    HealthCheckError,
+    PackageError,
+    PayloadError,
+    SignatureError,
+    WorkbenchError,
+)
+from workbench.protocol import schema, topics
+from workbench.protocol.keys import load_trusted_keys
+from workbench.protocol.package import (
     FORMAT,
     MANIFEST,
     MAX_MANIFEST_BYTES,
@@ -40,24 +48,14 @@ from workbench.deploy._package import (
     verify_package,
     verify_signature,
 )
-from workbench.deploy._rollback import verify_rollback
-from workbench.deploy._state import TERMINAL
-from workbench.errors import (
-    DeployError,
-    HealthCheckError,
-    PackageError,
-    PayloadError,
-    SignatureError,
-    WorkbenchError,
-)
-from workbench.fleet import schema, topics
+from workbench.protocol.rollback import verify_rollback
+from workbench.protocol.states import MAX_SHADOW_S
 
 if TYPE_CHECKING:
     from workbench.agent._device import DeviceAgent
 
 log = logging.getLogger("workbench.agent")
 
-STATES = ("pending", "downloading", "verifying", "loading", "health_checking", "activating", "shadowing", *TERMINAL)
 Reporter = Callable[..., None]
 
 
@@ -150,7 +148,7 @@ class Installer:
 
     def _fetch(self, base_url: str, sha256: str, dest: Path, size: int | None, report: Reporter,
                max_bytes: int | None = None) -> None:
-        from workbench.deploy.artifacts import ArtifactError, fetch
+        from workbench.protocol.artifacts import ArtifactError, fetch
 
         for attempt in range(1, self.download_attempts + 1):
             try:
@@ -285,7 +283,7 @@ class Installer:
     def rollback(self, report: Reporter, *, grant: Any, device_id: str, deployment_id: str) -> dict[str, Any]:
         """Serve the previous slot's package again (or the model the device started with), if ``grant`` allows it.
 
-        ``grant`` is the workbench's signed permission (see :mod:`workbench.deploy._rollback`); without
+        ``grant`` is the workbench's signed permission (see :mod:`workbench.protocol.rollback`); without
         a valid one the device refuses, since a rollback is a downgrade.
         """
         try:
@@ -469,7 +467,7 @@ def _probe(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
         feeds, expected = package.sample()
         atol, rtol = package.tolerance
     else:
-        from workbench.deploy._package import _sample_feeds
+        from workbench.protocol.package import _sample_feeds
 
         model = agent.runtime.active
         if model is None:

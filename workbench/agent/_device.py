@@ -26,8 +26,9 @@ from workbench.agent._runtime import ModelRuntime
 from workbench.agent._services import AgentService, service_factories
 from workbench.agent._startup import ConnectFailureLog
 from workbench.errors import ConfigError, DuplicateDeviceError, PayloadError, WorkbenchError
-from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import (
+from workbench.profiles import HardwareProfile, detect_hardware, device_providers, get_profile
+from workbench.protocol import schema, topics
+from workbench.protocol._mqtt import (
     BrokerAddress,
     close_client,
     guard_messages,
@@ -37,8 +38,7 @@ from workbench.fleet._mqtt import (
     new_client_id,
     restart_network,
 )
-from workbench.fleet._rejects import RejectLog
-from workbench.profiles import HardwareProfile, detect_hardware, device_providers, get_profile
+from workbench.protocol._rejects import RejectLog
 
 log = logging.getLogger("workbench.agent")
 
@@ -52,7 +52,7 @@ class AgentConfig:
     """How one device's agent runs.
 
     Example:
-        >>> from workbench.fleet._mqtt import BrokerAddress
+        >>> from workbench.protocol._mqtt import BrokerAddress
         >>> AgentConfig("sim-01", BrokerAddress.parse("mqtt://localhost:1883"), Path("/tmp/sim-01")).keepalive
         10
     """
@@ -97,7 +97,7 @@ class DeviceAgent:
     """
 
     def __init__(self, config: AgentConfig, executor: Executor) -> None:
-        from workbench import __version__
+        from workbench._version import __version__
 
         self.config = config
         self.device_id = config.device_id

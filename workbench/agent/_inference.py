@@ -111,7 +111,7 @@ class InferenceLoop:
     # -- sources -----------------------------------------------------------------------------
 
     def _digits(self) -> Callable[[], tuple[np.ndarray | None, list[Point]]]:
-        from workbench.telemetry._datasets import load_digits_frames
+        from workbench._datasets import load_digits_frames
 
         frames, _ = load_digits_frames()
         index = 0
@@ -125,7 +125,7 @@ class InferenceLoop:
         return next_sample
 
     def _sensors(self) -> Callable[[], tuple[np.ndarray | None, list[Point]]]:
-        from workbench.telemetry._datasets import SENSOR_CHANNELS, sensor_stream
+        from workbench._datasets import SENSOR_CHANNELS, sensor_stream
 
         stream = sensor_stream(list(self.config.get("sensor_activities") or ["Standing", "Walking"]))
         window = int(self.config.get("window", 20))

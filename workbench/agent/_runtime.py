@@ -13,8 +13,8 @@ import numpy as np
 import psutil
 
 from workbench.agent._limits import DeviceLimits
-from workbench.deploy.artifacts import sha256_file
 from workbench.errors import ResourceLimitError, WorkbenchError
+from workbench.protocol.artifacts import sha256_file
 
 
 class ModelLoadError(WorkbenchError):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from workbench.errors import PayloadError, WorkbenchError
-from workbench.fleet import schema
+from workbench.protocol import schema
 
 if TYPE_CHECKING:
     from workbench.agent._device import DeviceAgent

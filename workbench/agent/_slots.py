@@ -30,8 +30,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from workbench.deploy._package import MANIFEST, SIGNATURE, Package, verify_package
 from workbench.errors import PackageError
+from workbench.protocol.package import MANIFEST, SIGNATURE, Package, verify_package
 
 log = logging.getLogger("workbench.agent")
 

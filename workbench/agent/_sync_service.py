@@ -22,17 +22,17 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from workbench.agent._commands import register_command
+from workbench.agent._outbox import Outbox
+from workbench.agent._sender import Sender
 from workbench.agent._services import apply_desired, register_service
+from workbench.agent._shaper import LinkShaper
 from workbench.errors import ConfigError, PayloadError, WorkbenchError
-from workbench.fleet import schema, topics
-from workbench.sync._budget import Budget, check_budget
-from workbench.sync._codec import Codec
-from workbench.sync._links import LinkProfile, link_profile
-from workbench.sync._outbox import Outbox
-from workbench.sync._priority import PRIORITIES, priority_rank
-from workbench.sync._receiver import decode_ack
-from workbench.sync._sender import Sender
-from workbench.sync._shaper import LinkShaper
+from workbench.protocol import schema, topics
+from workbench.protocol.acks import decode_ack
+from workbench.protocol.budget import Budget, check_budget
+from workbench.protocol.codec import Codec
+from workbench.protocol.links import LinkProfile, link_profile
+from workbench.protocol.priority import PRIORITIES, priority_rank
 
 if TYPE_CHECKING:
     from workbench.agent._device import DeviceAgent

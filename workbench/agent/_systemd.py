@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ConfigError
-from workbench.fleet import topics
-from workbench.fleet._mqtt import BrokerAddress
+from workbench.protocol import topics
+from workbench.protocol._mqtt import BrokerAddress
 
 UNIT_NAME = "workbench-agent.service"
 UNIT_PATH = "etc/systemd/system/" + UNIT_NAME

@@ -31,9 +31,9 @@ from workbench.agent._inference import SOURCES, InferenceLoop, Metrics, Point
 from workbench.agent._services import apply_desired, register_service
 from workbench.agent._sync_service import SyncService, sync_service
 from workbench.errors import ConfigError
-from workbench.fleet import topics
-from workbench.sync._priority import PRIORITIES
-from workbench.telemetry._wire import encode_batch
+from workbench.protocol import topics
+from workbench.protocol.priority import PRIORITIES
+from workbench.protocol.wire import encode_batch
 
 if TYPE_CHECKING:
     from workbench.agent._device import DeviceAgent

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from workbench.agent._watchdog import Watchdog
     from workbench.errors import ConfigError
-    from workbench.fleet._mqtt import BrokerAddress
+    from workbench.protocol._mqtt import BrokerAddress
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.device_ids:

@@ -74,11 +74,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     query.add_argument("--token-file", type=Path, help="the hub's token (with --hub)")
     query.set_defaults(func=query_command)
 
+    rollouts = sub.add_parser("rollouts", help="list the hub's rollouts, or show (and wait for) one",
+                              description="List the rollouts the hub of the local fleet in --run-dir (or --hub URL "
+                              "with --token-file) ran or runs, newest first; with an id, show that one.")
+    rollouts.add_argument("rollout_id", nargs="?", help="one rollout's id: print its waves, devices and report")
+    rollouts.add_argument("--wait", type=float, metavar="SECONDS", help="with an id: wait up to SECONDS for it "
+                          "to finish; exit 1 unless it succeeded")
+    rollouts.add_argument("--json", action="store_true", help="JSON instead of a table")
+    rollouts.add_argument("--run-dir", help="the local fleet's run directory (default: $WORKBENCH_RUN_DIR)")
+    rollouts.add_argument("--hub", help="a hub's URL instead of the local fleet's")
+    rollouts.add_argument("--token-file", type=Path, help="the hub's token (with --hub)")
+    rollouts.set_defaults(func=rollouts_command)
+
 
 def _fleet_connector(args: argparse.Namespace, broker: Any) -> Any:
     """How the hub connects to its fleet to run rollouts (None: it runs none)."""
     if args.run_dir is not None:
-        def connect_local() -> Any:
+        def connect_local(bus: Any) -> Any:
             from workbench.fleet._connect import connect_record
             from workbench.sim._rundir import RunDir
 
@@ -87,23 +99,23 @@ def _fleet_connector(args: argparse.Namespace, broker: Any) -> Any:
             if record is None:
                 raise ConfigError(f"no local fleet in {rd.path}; the hub runs its rollouts once `workbench up` has "
                                   "written fleet.json")
-            return connect_record(record, rd)
+            return connect_record(record, rd, bus=bus)
 
         return connect_local
     if args.rollouts:
-        def connect_broker() -> Any:
+        def connect_broker(bus: Any) -> Any:
             from workbench.fleet._fleet import Fleet
 
-            return Fleet(broker)
+            return Fleet(broker, bus=bus)
 
         return connect_broker
     return None
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.fleet._mqtt import BrokerAddress
     from workbench.hub._api import serve
     from workbench.hub._service import Hub
+    from workbench.protocol._mqtt import BrokerAddress
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter())
@@ -145,22 +157,63 @@ def _instant(value: str | None) -> str | float | None:
         return value
 
 
-def query_command(args: argparse.Namespace) -> int:
+def _hub_client(args: argparse.Namespace) -> Any:
     from workbench.hub import HubClient
 
     if args.hub:
         if args.token_file is None:
             raise ConfigError("--hub needs --token-file, the hub's token")
-        client = HubClient(args.hub, token_file=args.token_file)
-    else:
-        from workbench.sim._rundir import RunDir
+        return HubClient(args.hub, token_file=args.token_file)
+    from workbench.sim._rundir import RunDir
 
-        rd = RunDir.resolve(args.run_dir)
-        record = rd.read()
-        if record is None:
-            raise ConfigError(f"no local fleet in {rd.path}; start one with `workbench up`, or give --hub URL")
-        client = HubClient.for_record(record)
-    with client:
+    rd = RunDir.resolve(args.run_dir)
+    record = rd.read()
+    if record is None:
+        raise ConfigError(f"no local fleet in {rd.path}; start one with `workbench up`, or give --hub URL")
+    return HubClient.for_record(record)
+
+
+def rollouts_command(args: argparse.Namespace) -> int:
+    from workbench.hub._remote_rollout import HubRollout, rollouts_frame
+
+    with _hub_client(args) as client:
+        if args.rollout_id is None:
+            if args.wait is not None:
+                raise ConfigError("--wait needs a rollout id: workbench rollouts ID --wait 600")
+            if args.json:
+                print(json.dumps(client.rollouts(), indent=2))
+                return 0
+            frame = rollouts_frame(client)
+            print(frame.to_string(index=False) if not frame.empty else "no rollouts yet")
+            return 0
+        handle = HubRollout(client, client.rollout(args.rollout_id))
+        try:
+            if args.wait is not None:
+                handle.wait(timeout=args.wait)
+            state = client.rollout(args.rollout_id)
+        finally:
+            handle.close()
+    if args.json:
+        print(json.dumps(state, indent=2, default=str))
+    else:
+        print(_describe_rollout(state))
+    return 0 if args.wait is None or state.get("status") == "succeeded" else 1
+
+
+def _describe_rollout(state: dict[str, Any]) -> str:
+    package = state.get("package") or {}
+    reason = f" ({state['reason']})" if state.get("reason") else ""
+    lines = [f"rollout {state.get('rollout_id')}: {package.get('name')} {package.get('version')}, "
+             f"{state.get('strategy')}, {state.get('status')}{reason}"]
+    for number, wave in enumerate(state.get("waves") or []):
+        lines.append(f"  wave {number}: {', '.join(wave.get('devices') or [])}")
+    for row in state.get("rows") or []:
+        lines.append(f"  {row.get('device_id')}: {row.get('state')}")
+    return "\n".join(lines)
+
+
+def query_command(args: argparse.Namespace) -> int:
+    with _hub_client(args) as client:
         devices = [d for d in args.devices.split(",") if d] if args.devices else "all"
         frame = client.query(args.metric, devices=devices, since=_instant(args.since), until=_instant(args.until),
                              every=args.every, agg=args.agg)

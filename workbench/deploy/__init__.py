@@ -7,14 +7,12 @@ Example:
     ...     fetch(server.url(sha), sha, "/tmp/copy.onnx")
 """
 
-from workbench.deploy.artifacts import ArtifactError, ArtifactServer, fetch, sha256_file
+from workbench.protocol.artifacts import ArtifactError, ArtifactServer, fetch, sha256_file
 
 __all__ = ["ArtifactError", "ArtifactServer", "fetch", "sha256_file"]
 
 # Deployments (issue 4): signed packages, A/B installs on the agents, rollouts.
 from workbench.deploy._gates import Gate, MetricSource, ProbeMetrics, gate
-from workbench.deploy._keys import init_keys, load_signing_key, load_trusted_keys
-from workbench.deploy._package import Package, build_package, load_package, sign_package, verify_package
 from workbench.deploy._rollout import Rollout, RolloutReport, deploy, history, prepare_package
 from workbench.deploy._strategies import AllAtOnce, Canary, Outcome, Shadow, Strategy, Wave, WaveResult
 from workbench.errors import (
@@ -25,6 +23,8 @@ from workbench.errors import (
     RolloutAbortedError,
     SignatureError,
 )
+from workbench.protocol.keys import init_keys, load_signing_key, load_trusted_keys
+from workbench.protocol.package import Package, build_package, load_package, sign_package, verify_package
 
 __all__ += [
     "AllAtOnce", "Canary", "DeployConflictError", "DeployError", "Gate", "HealthCheckError", "MetricSource",

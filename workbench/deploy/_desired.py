@@ -6,14 +6,10 @@ import time
 import uuid
 from typing import Any
 
-from workbench.deploy._keys import SigningKey
-from workbench.deploy._package import MANIFEST, SIGNATURE, Package
-from workbench.deploy._rollback import sign_rollback
-from workbench.deploy.artifacts import ArtifactStore
-
-# A shadow run holds a second model in memory and doubles the inference work: devices refuse longer ones
-# (issue 12, item 6), and workbench.Shadow refuses to ask for them.
-MAX_SHADOW_S = 3600.0
+from workbench.protocol.artifacts import ArtifactStore
+from workbench.protocol.keys import SigningKey
+from workbench.protocol.package import MANIFEST, SIGNATURE, Package
+from workbench.protocol.rollback import sign_rollback
 
 
 def stage_package(package: Package, server: ArtifactStore) -> dict[str, Any]:
@@ -50,7 +46,7 @@ def desired_rollback(*, rollout_id: str, reason: str, device_id: str, key: Signi
     """The desired state telling ``device_id`` to return to its previous package, with the grant ``key`` signed.
 
     A device refuses packages older than the one it installed; this signed grant is what lets it
-    go back (see :mod:`workbench.deploy._rollback`).
+    go back (see :mod:`workbench.protocol.rollback`).
 
     Example:
         >>> desired_rollback(rollout_id="r1", reason="gate failed", device_id="sim-01",

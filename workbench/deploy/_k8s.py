@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workbench.deploy._keys import load_signing_key
-from workbench.deploy._package import load_package
 from workbench.profiles import get_profile
+from workbench.protocol.keys import load_signing_key
+from workbench.protocol.package import load_package
 
 PROFILE_LABEL = "workbench.io/profile"
 HEALTH_PORT = 8081  # the agent's /healthz, probed by the kubelet

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench.deploy._package import Package
+from workbench.protocol.package import Package
 
 # The highest ai.onnx opset each ONNX Runtime release runs (from its release notes); newer releases run at least 23.
 _ORT_MAX_OPSET = {(1, 14): 18, (1, 15): 19, (1, 16): 19, (1, 17): 20, (1, 18): 21, (1, 19): 21, (1, 20): 21,

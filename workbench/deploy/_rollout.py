@@ -23,13 +23,14 @@ from workbench._settings import settings
 from workbench.deploy import _history
 from workbench.deploy._desired import desired_install, desired_rollback, stage_package
 from workbench.deploy._gates import Gate, MetricSource, ProbeMetrics
-from workbench.deploy._keys import load_signing_key
-from workbench.deploy._package import Package, load_package, sign_package, verify_package
 from workbench.deploy._preflight import preflight
-from workbench.deploy._state import TERMINAL, DeployState
+from workbench.deploy._state import DeployState
 from workbench.deploy._strategies import AllAtOnce, Outcome, Strategy, WaveResult, failure_limit
-from workbench.deploy.artifacts import ArtifactServer, ArtifactStore
 from workbench.errors import ConfigError, DeployConflictError, DeployError
+from workbench.protocol.artifacts import ArtifactServer, ArtifactStore
+from workbench.protocol.keys import load_signing_key
+from workbench.protocol.package import Package, load_package, sign_package, verify_package
+from workbench.protocol.states import TERMINAL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,7 +121,7 @@ class _Context:
     """Per-fleet deployment machinery: the state watcher and the artifact server (made on first use)."""
 
     def __init__(self, fleet: Fleet) -> None:
-        self.state = DeployState(fleet.address)
+        self.state = DeployState(fleet.bus)
         self.server: ArtifactServer | None = None
         self.lock = threading.Lock()
 

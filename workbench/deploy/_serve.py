@@ -3,7 +3,7 @@
 Run as ``python -m workbench.deploy._serve --dir DIR --port PORT``; it serves ``DIR/<sha256>``
 at ``http://HOST:PORT/artifacts/<sha256>`` until SIGTERM, logging one line per request.
 Any workbench process (a notebook, the CLI) publishes packages by writing into ``DIR``
-(an :class:`~workbench.deploy.artifacts.ArtifactStore`), so devices can download them
+(an :class:`~workbench.protocol.artifacts.ArtifactStore`), so devices can download them
 for as long as the fleet runs, whichever process started the rollout.
 """
 
@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from workbench.deploy.artifacts import ArtifactServer, ArtifactStore
 from workbench.errors import ArtifactError
+from workbench.protocol.artifacts import ArtifactServer, ArtifactStore
 
 HOST = "127.0.0.1"
 

@@ -1,8 +1,7 @@
-"""The workbench's view of desired and reported deployment state, on its own MQTT connection.
+"""The workbench's view of desired and reported deployment state, on the process's MQTT connection.
 
-The fleet client's message handler stays untouched: this module subscribes separately to
-``wb/v1/dev/+/deploy`` (what devices report) and ``wb/v1/desired/+/model`` (what was asked of
-them, retained) and publishes desired state.
+It subscribes to ``wb/v1/dev/+/deploy`` (what devices report) and ``wb/v1/desired/+/model`` (what
+was asked of them, retained) on the bus it is given, and publishes desired state through it.
 """
 
 from __future__ import annotations
@@ -15,10 +14,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from workbench.errors import PayloadError
-from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
+from workbench.protocol import schema, topics
+from workbench.protocol._bus import Bus
 
-TERMINAL = ("active", "failed", "rejected", "rolled_back", "shadowed")
 Listener = Callable[[str, dict[str, Any]], None]
 
 
@@ -26,26 +24,21 @@ class DeployState:
     """Latest reported and desired deployment state of every device.
 
     Example:
-        >>> state = DeployState(fleet.address)                         # doctest: +SKIP
+        >>> state = DeployState(fleet.bus)                             # doctest: +SKIP
         >>> state.wait(lambda s: s.reported("sim-01").get("state") == "active", timeout=30)   # doctest: +SKIP
     """
 
-    def __init__(self, address: BrokerAddress, *, timeout: float = 10.0) -> None:
+    def __init__(self, bus: Bus) -> None:
         self._reported: dict[str, dict[str, Any]] = {}
         self._desired: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
         self._listeners: list[Listener] = []
         self._last_message = time.monotonic()
-        self._client = make_client(address, new_client_id("wb-deploy"))
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        connect_blocking(self._client, address, keepalive=10, timeout=timeout)
+        self._bus = bus
+        self._unsubscribe = [bus.subscribe(topics.device_topic("+", "deploy"), self._on_message),
+                             bus.subscribe(topics.desired_topic("+", "model"), self._on_message)]
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
-        if not getattr(reason_code, "is_failure", False):
-            client.subscribe([(topics.device_topic("+", "deploy"), 1), (topics.desired_topic("+", "model"), 1)])
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
         parts = message.topic.split("/")
         if len(parts) != 5:
             return
@@ -95,7 +88,7 @@ class DeployState:
 
     def set_desired(self, device_id: str, body: dict[str, Any]) -> None:
         """Publish a device's desired model, retained, and wait until the broker has it."""
-        info = self._client.publish(topics.desired_topic(device_id, "model"), schema.encode(body), qos=1, retain=True)
+        info = self._bus.publish(topics.desired_topic(device_id, "model"), schema.encode(body), qos=1, retain=True)
         info.wait_for_publish(timeout=10)
 
     def wait(self, predicate: Callable[[DeployState], bool], timeout: float) -> bool:
@@ -110,4 +103,6 @@ class DeployState:
         return True
 
     def close(self) -> None:
-        close_client(self._client)
+        """Stop following deployment state (the connection stays up for its other users)."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()

@@ -152,7 +152,7 @@ class Shadow:
     max_failures: int | float | None = None
 
     def __post_init__(self) -> None:
-        from workbench.deploy._desired import MAX_SHADOW_S
+        from workbench.protocol.states import MAX_SHADOW_S
 
         if isinstance(self.duration, bool) or not isinstance(self.duration, (int, float)) or \
                 not 0 < self.duration <= MAX_SHADOW_S:

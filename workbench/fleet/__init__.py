@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from workbench._lazy import lazy_getattr
-from workbench.fleet._mqtt import BrokerAddress
+from workbench.protocol._mqtt import BrokerAddress
 
 if TYPE_CHECKING:
     from workbench.fleet._connect import connect

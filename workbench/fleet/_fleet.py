@@ -22,18 +22,11 @@ from workbench.errors import (
     RemoteCommandError,
     UnknownDeviceError,
 )
-from workbench.fleet import schema, topics
 from workbench.fleet._device import Device
-from workbench.fleet._mqtt import (
-    BrokerAddress,
-    close_client,
-    connect_blocking,
-    guard_messages,
-    make_client,
-    network_alive,
-    new_client_id,
-)
-from workbench.fleet._rejects import RejectLog
+from workbench.protocol import schema, topics
+from workbench.protocol._bus import Bus
+from workbench.protocol._mqtt import BrokerAddress
+from workbench.protocol._rejects import RejectLog
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,9 +73,14 @@ class Fleet:
         timeout: float = 10.0,
         keepalive: int = 10,
         client_prefix: str = "wb-ctl",
+        bus: Bus | None = None,
     ) -> None:
         self.address = address
-        self.client_id = new_client_id(client_prefix)
+        # The process's one MQTT connection: this fleet's own, or the one its owner passes in (the hub's).
+        self._owns_bus = bus is None
+        self.bus = bus if bus is not None else Bus(address, client_prefix=client_prefix, keepalive=keepalive,
+                                                   timeout=timeout)
+        self.client_id = self.bus.client_id
         self.rejected = schema.PayloadCounters()
         self.reject_log = RejectLog(log, what="message")
         self._devices: dict[str, Device] = {}
@@ -91,11 +89,14 @@ class Fleet:
         self._pending: dict[str, _Pending] = {}
         self._listeners: list[Listener] = []
         self.revision = 0  # bumped on every change, so pollers can tell cheaply
-        self._client: mqtt.Client = make_client(address, self.client_id)
-        self._client.on_connect = self._on_connect
-        self._client.on_message = guard_messages(self._on_message, self._on_message_failed)
-        connect_blocking(self._client, address, keepalive=keepalive, timeout=timeout)
         self._closed = False
+        # Inventory first: brokers send retained messages filter by filter, so a device's
+        # inventory then arrives before its online status.
+        self._unsubscribe = [
+            self.bus.subscribe(topic_filter, self._on_message, on_error=self._on_message_failed)
+            for topic_filter in (topics.device_topic("+", "inventory"), topics.device_topic("+", "status"),
+                                 topics.reply_topic("+", self.client_id))
+        ]
 
     # -- container protocol ----------------------------------------------------------
 
@@ -256,7 +257,7 @@ class Fleet:
                 {"id": request_id, "reply_to": self.client_id, "args": args or {}, "sent": time.time(),
                  "timeout": timeout}
             )
-            self._client.publish(topics.command_topic(device_id, command), payload, qos=1)
+            self.bus.publish(topics.command_topic(device_id, command), payload, qos=1)
             if not pending.done.wait(timeout):
                 raise CommandTimeoutError(
                     f"device {device_id!r} did not answer {command!r} within {timeout:g} s; "
@@ -302,6 +303,16 @@ class Fleet:
             raise ConfigError("this fleet's telemetry is already running; attach views before first use")
         self._telemetry = views
 
+    def attach_sync(self, sync: Sync) -> None:
+        """Answer ``fleet.sync`` with ``sync`` (one started by the telemetry that feeds on it).
+
+        Example:
+            >>> fleet.attach_sync(Sync(fleet, telemetry=telemetry))   # doctest: +SKIP
+        """
+        if getattr(self, "_sync", None) is not None:
+            raise ConfigError("this fleet's sync is already running; attach a sync before first use")
+        self._sync = sync
+
     @property
     def connected(self) -> bool:
         """Whether this client is connected to the broker now: False after :meth:`close` or while the link is lost.
@@ -310,7 +321,7 @@ class Fleet:
             >>> fleet.connected   # doctest: +SKIP
             True
         """
-        return not self._closed and self._client.is_connected()
+        return not self._closed and self.bus.is_connected()
 
     @property
     def running_telemetry(self) -> TelemetryViews | None:
@@ -340,8 +351,18 @@ class Fleet:
 
     @property
     def has_hub(self) -> bool:
-        """Whether this fleet's hub receives its data (a local fleet started with a hub)."""
-        return bool(((self.local_record or {}).get("hub") or {}).get("url"))
+        """Whether this fleet's hub receives its data (a local fleet started with a hub, or connected by hub URL)."""
+        return getattr(self, "_hub", None) is not None or bool(((self.local_record or {}).get("hub") or {}).get("url"))
+
+    def attach_hub(self, hub: HubClient) -> None:
+        """Make ``hub`` this fleet's hub: its history, rollouts and stores answer ``fleet.telemetry`` and the rest.
+
+        Example:
+            >>> fleet.attach_hub(HubClient("https://hub.example:8443", token=token))   # doctest: +SKIP
+        """
+        if getattr(self, "_hub", None) is not None or self.running_telemetry is not None or self.running_sync:
+            raise ConfigError("attach the hub before this fleet's hub, telemetry or sync is first used")
+        self._hub = hub
 
     def refuse_receiving_beside_hub(self, what: str) -> None:
         """Raise :class:`~workbench.errors.HubError` when this fleet's hub is its receiver: a second receiver in this
@@ -436,7 +457,10 @@ class Fleet:
             for part in (getattr(self, "_sync", None), getattr(self, "_telemetry", None), getattr(self, "_hub", None)):
                 if part is not None:  # the hub's client last: the telemetry's streams are its own
                     part.close()
-            close_client(self._client)
+            for unsubscribe in self._unsubscribe:
+                unsubscribe()
+            if self._owns_bus:
+                self.bus.close()
 
     def network_alive(self) -> bool:
         """True while the MQTT network thread that receives device state runs.
@@ -445,7 +469,7 @@ class Fleet:
             >>> fleet.network_alive()   # doctest: +SKIP
             True
         """
-        return network_alive(self._client)
+        return self.bus.network_alive()
 
     def rejects(self) -> dict[str, dict[str, int]]:
         """Messages rejected so far, per device and kind (``(unknown)`` where the topic named no valid device).
@@ -462,20 +486,7 @@ class Fleet:
         self.rejected["internal"] += 1
         self.reject_log.count(_topic_device(message.topic), "internal", f"on {message.topic}: {exc!r}")
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
-        if getattr(reason_code, "is_failure", False):
-            return
-        client.subscribe(
-            [
-                # Inventory first: brokers send retained messages filter by filter, so a device's
-                # inventory then arrives before its online status.
-                (topics.device_topic("+", "inventory"), 1),
-                (topics.device_topic("+", "status"), 1),
-                (topics.reply_topic("+", self.client_id), 1),
-            ]
-        )
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
         try:
             device_id, kind, _ = topics.parse_device_topic(message.topic)
             topics.check_device_id(device_id)

@@ -265,6 +265,15 @@ def make_app(hub: Hub, token: str) -> Starlette:
             return _json(await run_in_threadpool(manager.start, spec))
         return _json(await run_in_threadpool(manager.summaries))
 
+    async def fleet(request: Request) -> Response:
+        return _json(hub.fleet_info())
+
+    async def packages(request: Request) -> Response:
+        from workbench.hub._packages import receive
+
+        folder = await receive(request.stream(), hub.data_dir)
+        return _json({"path": str(folder)})
+
     async def rollout(request: Request) -> Response:
         rollout_id = str(request.path_params["rollout_id"])
         try:
@@ -283,6 +292,7 @@ def make_app(hub: Hub, token: str) -> Starlette:
         Route("/v1/sync/stats", sync_stats), Route("/v1/sync/rows", sync_rows), Route("/v1/sync/seqs", sync_seqs),
         Route("/v1/ingest", ingest), Route("/v1/alerts", alerts),
         Route("/v1/rollouts", rollouts, methods=["GET", "POST"]), Route("/v1/rollouts/{rollout_id}", rollout),
+        Route("/v1/packages", packages, methods=["POST"]), Route("/v1/fleet", fleet),
         Route("/v1/alerts/rules", rules, methods=["GET", "POST"]),
     ]
     return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],

@@ -285,6 +285,29 @@ class HubClient:
         """
         return dict(self._json("/v1/ingest", params={"after": str(after)} if after is not None else {}))
 
+    def fleet_info(self) -> dict[str, Any]:
+        """Where the hub's fleet is: ``{"broker": "mqtts://gw:8883", "store": ...}`` (no credentials).
+
+        Example:
+            >>> HubClient("https://hub.example:8443", token=token).fleet_info()["broker"]   # doctest: +SKIP
+            'mqtts://gw.example:8883'
+        """
+        return dict(self._json("/v1/fleet"))
+
+    def upload_package(self, directory: str | os.PathLike[str]) -> str:
+        """Send a signed package folder to the hub; returns where the hub keeps it (what a rollout spec names).
+
+        Example:
+            >>> hub.upload_package("out/digits")   # doctest: +SKIP
+            '/var/lib/workbench/packages/3f2a...-9c1d...'
+        """
+        from workbench.hub._packages import MEDIA_TYPE, pack
+
+        body = pack(directory)
+        response = self._request("POST", "/v1/packages", content=body, timeout=300.0,
+                                 headers={"Content-Type": MEDIA_TYPE})
+        return str(response.json()["path"])
+
     def start_rollout(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Have the hub run a rollout (see ``fleet.deploy``); returns its first snapshot."""
         return dict(self._request("POST", "/v1/rollouts", content=json.dumps(spec), timeout=60.0,

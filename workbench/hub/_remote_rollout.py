@@ -13,7 +13,6 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.deploy._gates import Gate, MetricSource
@@ -25,9 +24,9 @@ from workbench.hub._rollouts import strategy_spec
 if TYPE_CHECKING:
     import pandas as pd
 
-    from workbench.deploy._package import Package
     from workbench.fleet._fleet import Fleet
     from workbench.hub._client import HubClient
+    from workbench.protocol.package import Package
 
 log = logging.getLogger("workbench.deploy")
 
@@ -172,7 +171,9 @@ def deploy_via_hub(fleet: Fleet, package: str | os.PathLike[str] | Package, devi
                    max_failures: int | float | None = None, device_timeout: float = 120.0,
                    keys_dir: str | os.PathLike[str] | None = None, artifacts: Any = None, artifact_dir: Any = None,
                    force: bool = False) -> HubRollout:
-    """Sign the package here (with the workbench key) and have the fleet's hub run the rollout.
+    """Sign the package here (with the workbench key), upload it, and have the fleet's hub run the rollout.
+
+    The hub may be on another machine: it gets the package over its API, never a path on this disk.
 
     Example:
         >>> deploy_via_hub(fleet, "out/digits", strategy=workbench.Canary(first=1)).wait()   # doctest: +SKIP
@@ -184,15 +185,13 @@ def deploy_via_hub(fleet: Fleet, package: str | os.PathLike[str] | Package, devi
         raise ConfigError("the hub serves packages from the fleet's artifact server; leave artifacts= and "
                           "artifact_dir= out")
     spec = {
-        "package": str(prepare_package(package, keys_dir).path.resolve()),
+        "package": fleet.hub.upload_package(prepare_package(package, keys_dir).path),
         "devices": _device_ids(fleet, devices),
         "strategy": strategy_spec(strategy or AllAtOnce()),
         "gates": [asdict(g) for g in gates],
         "max_failures": max_failures,
         "device_timeout": device_timeout,
         "force": force,
-        # The hub signs a rollback with the key that signed the package (the one the devices trust).
-        "keys_dir": str(Path(keys_dir).expanduser().resolve()) if keys_dir is not None else None,
     }
     return HubRollout(fleet.hub, fleet.hub.start_rollout(spec))
 

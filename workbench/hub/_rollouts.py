@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 from workbench._files import write_private
 from workbench.deploy._desired import desired_rollback
 from workbench.deploy._gates import gate
-from workbench.deploy._keys import load_signing_key
-from workbench.deploy._package import load_package
 from workbench.deploy._rollout import Rollout, _device_ids, context
-from workbench.deploy._state import TERMINAL
 from workbench.deploy._strategies import AllAtOnce, Canary, Shadow, Strategy
 from workbench.errors import ConfigError, FleetTimeoutError, HubError
+from workbench.protocol.keys import load_signing_key
+from workbench.protocol.package import load_package
+from workbench.protocol.states import TERMINAL
 from workbench.telemetry._alerts import AlertRule
 from workbench.telemetry._client import TelemetryViews
 from workbench.telemetry._ingest import FeedInfo
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from workbench.fleet._fleet import Fleet
     from workbench.hub._service import Hub
+    from workbench.protocol._bus import Bus
     from workbench.telemetry._ingest import PointsListener
 
 log = logging.getLogger("workbench.hub")
@@ -132,11 +133,11 @@ class HubRollouts:
     ``connect`` makes the hub's fleet connection on first use (the hub receives without one).
 
     Example:
-        >>> rollouts = HubRollouts(hub, connect=lambda: workbench.connect("mqtt://127.0.0.1:1883"))  # doctest: +SKIP
+        >>> rollouts = HubRollouts(hub, connect=lambda bus: Fleet(hub_address, bus=bus))  # doctest: +SKIP
         >>> rollouts.start({"package": "/tmp/pkg", "strategy": {"kind": "Canary", "first": 1}})    # doctest: +SKIP
     """
 
-    def __init__(self, hub: Hub, *, connect: Callable[[], Fleet]) -> None:
+    def __init__(self, hub: Hub, *, connect: Callable[[Bus | None], Fleet]) -> None:
         self.hub = hub
         self.folder = hub.data_dir / "rollouts"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -150,7 +151,7 @@ class HubRollouts:
     def fleet(self) -> Fleet:
         with self._lock:
             if self._fleet is None:
-                fleet = self._connect()
+                fleet = self._connect(self.hub.bus)  # the hub's own connection, not a second one
                 fleet.attach_telemetry(HubViews(fleet, self.hub))  # gates read the hub's store, not HTTP to itself
                 self._fleet = fleet
             return self._fleet
@@ -160,16 +161,18 @@ class HubRollouts:
     def start(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Start a rollout from its JSON spec; returns its first snapshot.
 
-        The spec names a signed package directory the hub can read, the devices (ids or "all"),
+        The spec names a signed package uploaded to this hub (``HubClient.upload_package``), the devices (ids or "all"),
         a strategy spec, gates (``gate()``'s arguments), and optionally max_failures,
         device_timeout and force.
         """
         if not isinstance(spec, dict):
             raise ConfigError("a rollout is a JSON object with package, devices, strategy and gates")
         path = spec.get("package")
-        if not isinstance(path, str) or not Path(path).is_dir():
-            raise ConfigError(f"package {path!r} is not a directory the hub can read; the hub deploys packages on "
-                              "its own machine (a local fleet's hub shares yours)")
+        uploaded = (self.hub.data_dir / "packages").resolve()
+        # Only what was uploaded, never any folder of the hub's disk a token holder names.
+        if not isinstance(path, str) or Path(path).resolve().parent != uploaded or not Path(path).is_dir():
+            raise ConfigError(f"package {str(path)[:200]!r} was not uploaded to this hub; send it first with "
+                              "HubClient.upload_package (fleet.deploy does)")
         package = load_package(path)
         if not (Path(path) / "signature.json").exists():
             raise ConfigError(f"package {path} is not signed; fleet.deploy signs it before handing it to the hub")
@@ -187,8 +190,7 @@ class HubRollouts:
         targets = _device_ids(fleet, spec.get("devices") or "all")
         rollout = Rollout(fleet, package, targets, strategy=strategy, gates=gates, metrics=None,
                           max_failures=spec.get("max_failures"), device_timeout=float(spec.get("device_timeout", 120)),
-                          artifacts=None, artifact_dir=None, force=bool(spec.get("force", False)),
-                          keys_dir=spec.get("keys_dir") if isinstance(spec.get("keys_dir"), str) else None)
+                          artifacts=None, artifact_dir=None, force=bool(spec.get("force", False)))
         with self._lock:
             self._running[rollout.id] = rollout
         self._save(rollout, force=True)
@@ -223,8 +225,7 @@ class HubRollouts:
                 "deployments": {d: p.deployment_id for d, p in rollout.devices.items()},
                 "gate_values": list(rollout.gate_values), "waves": [dict(w) for w in rollout.waves],
                 "shadow": rollout.shadow, "started": rollout.started, "finished": rollout.finished,
-                "report": report.to_dict() if report is not None else None,
-                "keys_dir": str(rollout.keys_dir) if rollout.keys_dir is not None else None}
+                "report": report.to_dict() if report is not None else None}
 
     def get(self, rollout_id: str) -> dict[str, Any]:
         with self._lock:
@@ -321,9 +322,9 @@ class HubRollouts:
                          if state.reported(d).get("deployment_id") == i and state.reported(d).get("state") == "active"]
             rollbacks = {}
             if activated:
-                # Devices accept a rollback only with a grant signed by the key they trust: the rollout's own.
-                keys_dir = saved.get("keys_dir")
-                key = load_signing_key(keys_dir if isinstance(keys_dir, str) else None)
+                # Devices accept a rollback only with a grant signed by a key they trust: the hub's machine's
+                # workbench key (never a key folder a token holder names).
+                key = load_signing_key()
                 for device in activated:
                     desired = desired_rollback(rollout_id=rollout_id, reason=INTERRUPTED, device_id=device, key=key)
                     rollbacks[device] = desired["deployment_id"]

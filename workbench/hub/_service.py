@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from workbench._files import write_private
 from workbench.errors import ConfigError, HubAlreadyRunningError
-from workbench.fleet._mqtt import BrokerAddress
 from workbench.hub._store_url import StoreURL
+from workbench.protocol._bus import Bus
+from workbench.protocol._mqtt import BrokerAddress
 from workbench.sync._receiver import SyncReceiver
 from workbench.sync._store import SyncStore
 from workbench.telemetry._alerts import AlertEngine, AlertRule
@@ -97,7 +98,7 @@ class Hub:
 
     def __init__(self, broker: BrokerAddress | None, store: str, *, data_dir: str | os.PathLike[str] | None = None,
                  flush_interval_s: float = 0.05, timeout: float = 10.0,
-                 connect: Callable[[], Fleet] | None = None) -> None:
+                 connect: Callable[[Bus | None], Fleet] | None = None) -> None:
         self.store_url = StoreURL.parse(store)
         folder = Path(data_dir).expanduser() if data_dir is not None else self.store_url.data_dir
         if folder is None:
@@ -108,6 +109,7 @@ class Hub:
         self.stream_drops = 0  # live points a slow stream client did not get (it can query them)
         self._exclusive = _Exclusive(self.store_url, folder)
         self._closed = threading.Event()
+        self.bus: Bus | None = None
         try:
             if self.store_url.backend == "postgres":
                 self.store: Any = open_store(backend="postgres", dsn=self.store_url.dsn)
@@ -118,13 +120,17 @@ class Hub:
                 self.engine.add(rule)
             self.ingestor = Ingestor(self.store, alerts=self.engine, flush_interval_s=flush_interval_s)
             self.sync_store = SyncStore(folder / "sync.db")
-            self.receiver = SyncReceiver(broker, self.sync_store, telemetry=self.ingestor, timeout=timeout)
+            # The hub's one MQTT connection: its receiver and the fleet its rollouts drive share it.
+            self.bus = Bus(broker, client_prefix="wb-hub", timeout=timeout) if broker is not None else None
+            self.receiver = SyncReceiver(self.bus, self.sync_store, telemetry=self.ingestor)
             self.rollouts: HubRollouts | None = None
             if connect is not None:
                 from workbench.hub._rollouts import HubRollouts
 
                 self.rollouts = HubRollouts(self, connect=connect)
         except BaseException:
+            if self.bus is not None:
+                self.bus.close()
             self._exclusive.release()
             raise
 
@@ -202,6 +208,10 @@ class Hub:
                 "store": str(self.store_url), "devices": len(self.ingestor.feeds), "backlog": self.ingestor.backlog,
                 "stream_drops": self.stream_drops}
 
+    def fleet_info(self) -> dict[str, Any]:
+        """Where this hub's fleet is: its broker's URL (never its credentials), for clients that connect by hub URL."""
+        return {"broker": self.bus.address.url if self.bus is not None else None, "store": str(self.store_url)}
+
     # -- alert rules --------------------------------------------------------------------------
 
     def add_rule(self, rule: AlertRule) -> None:
@@ -246,6 +256,8 @@ class Hub:
             if self.rollouts is not None:
                 self.rollouts.close()
             self.receiver.close()
+            if self.bus is not None:
+                self.bus.close()
             self.ingestor.close()
             self.store.close()
         finally:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import ConfigError
-from workbench.optimize._spec import ModelSpec, generated_inputs
+from workbench.protocol.spec import ModelSpec, generated_inputs
 
 
 @dataclass
@@ -152,7 +152,7 @@ def to_samples(data: Any, spec: ModelSpec, *, what: str, stacked: bool = True,
 
     Example:
         >>> import numpy as np
-        >>> from workbench.optimize._spec import TensorSpec
+        >>> from workbench.protocol.spec import TensorSpec
         >>> spec = ModelSpec((TensorSpec("x", "float32", ("batch", 3)),), (), 17, ())
         >>> to_samples((np.zeros((5, 3)), np.arange(5)), spec, what="eval data").count
         5
@@ -215,7 +215,7 @@ def generated_samples(spec: ModelSpec, count: int, *, seed: int = 0, stacked: bo
     ``[layers, batch, hidden]``) each sample keeps the input's own shape under a leading sample axis.
 
     Example:
-        >>> from workbench.optimize._spec import TensorSpec
+        >>> from workbench.protocol.spec import TensorSpec
         >>> spec = ModelSpec((TensorSpec("x", "float32", ("batch", 3)), TensorSpec("sr", "int64", ())), (), 17, ())
         >>> generated_samples(spec, 4).inputs["sr"].tolist()
         [16000, 16000, 16000, 16000]

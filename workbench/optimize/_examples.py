@@ -59,7 +59,7 @@ def load_digits(path: str | os.PathLike[str] | None = None) -> DigitsData:
         >>> load_digits().x_train.shape[1:]
         (1, 8, 8)
     """
-    from workbench.telemetry._datasets import datasets_dir
+    from workbench._datasets import datasets_dir
 
     file = Path(path) if path is not None else datasets_dir() / "digits" / "digits.npz"
     if not file.is_file():

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import ConfigError
-from workbench.optimize._spec import ModelSpec
+from workbench.protocol.spec import ModelSpec
 
 _DECODED = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _MAX_IMAGES = 1024

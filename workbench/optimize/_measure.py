@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import OptimizeError, RemoteCommandError
-from workbench.optimize._spec import ModelSpec
 from workbench.optimize._target import Target
-from workbench.optimize._timing import time_models
+from workbench.protocol.spec import ModelSpec
+from workbench.protocol.timing import time_models
 
 # A sample input larger than this goes to the device as its spec (regenerated there from a seed).
 _MAX_INLINE_INPUT_BYTES = 64 * 1024
@@ -36,10 +36,10 @@ def measure_on_device(paths: dict[str, Path], feeds: dict[str, np.ndarray], spec
     Example:
         >>> measure_on_device(paths, feeds, spec, target, warmup=5, iterations=50, rounds=5)  # doctest: +SKIP
     """
-    from workbench.deploy._candidates import stage_candidates
-    from workbench.deploy._keys import load_signing_key
     from workbench.deploy._serve import store_for_record
-    from workbench.deploy.artifacts import ArtifactServer
+    from workbench.protocol.artifacts import ArtifactServer
+    from workbench.protocol.candidates import stage_candidates
+    from workbench.protocol.keys import load_signing_key
 
     device = target.device
     # A device downloads only from its fleet's artifact origin: a local fleet's artifact server when there is one.

@@ -26,9 +26,9 @@ from workbench.optimize._passes import DEFAULT_CALIBRATION_MEMORY_MB, PassContex
 from workbench.optimize._preflight import int8_outlook
 from workbench.optimize._result import OptimizeResult
 from workbench.optimize._shapes import ShapePlan, one_line, resolve_shapes
-from workbench.optimize._spec import ModelSpec, load_model
 from workbench.optimize._state import roll_state, state_pairs
 from workbench.optimize._target import resolve_target
+from workbench.protocol.spec import ModelSpec, load_model
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 _GENERATED_EVAL = 64

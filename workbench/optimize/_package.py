@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workbench.deploy.artifacts import sha256_file
 from workbench.errors import ConfigError
+from workbench.protocol.artifacts import sha256_file
 
 PACKAGE_FORMAT = 1
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ConfigError, OptimizeError
-from workbench.optimize._spec import ModelSpec, TensorSpec, generated_inputs, input_role
+from workbench.protocol.spec import ModelSpec, TensorSpec, generated_inputs, input_role
 
 Dim = int | str | None
 # Sizes tried, in order, for a dim that cannot be read from the model: image sides, then sequence-like lengths.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.optimize._data import Samples
-from workbench.optimize._spec import ModelSpec, TensorSpec, input_role
+from workbench.protocol.spec import ModelSpec, TensorSpec, input_role
 
 
 def _common_prefix(a: str, b: str) -> int:

@@ -22,8 +22,8 @@ from workbench.errors import (
     FleetTimeoutError,
     WorkbenchError,
 )
-from workbench.fleet._mqtt import BrokerAddress
 from workbench.profiles import get_profile
+from workbench.protocol._mqtt import BrokerAddress
 from workbench.sim import _brokers, _procs
 from workbench.sim._rundir import RunDir
 
@@ -148,7 +148,7 @@ def _start(record: dict[str, Any], rd: RunDir, plan: list[list[tuple[str, str]]]
     from workbench.deploy._serve import spawn_artifact_server  # devices fetch packages here, whoever deploys
 
     record["artifacts"] = spawn_artifact_server(rd.path / "artifacts", rd.logs / "artifacts.log")
-    from workbench.deploy._keys import enroll_local_fleet  # devices trust only packages the workbench's key signed
+    from workbench.protocol.keys import enroll_local_fleet  # devices trust only packages the workbench's key signed
 
     enroll_local_fleet(rd.data, [d for group in plan for d, _ in group])
     from workbench.agent._origin import write_origins  # devices download only from that artifact server

@@ -22,7 +22,7 @@ from typing import Any
 
 from workbench._files import write_private
 from workbench.errors import ConfigError
-from workbench.fleet import topics
+from workbench.protocol import topics
 from workbench.sim._rundir import RunDir
 
 CONTROLLER_USER = "workbench"

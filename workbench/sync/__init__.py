@@ -13,20 +13,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from workbench.sync._budget import Budget
-from workbench.sync._codec import Codec, WireItem, train_dictionary
-from workbench.sync._links import LINKS, LinkProfile, link_profile
-from workbench.sync._outbox import Item, Outbox
-from workbench.sync._priority import PRIORITIES, priority_rank
-from workbench.sync._sender import Sender
-from workbench.sync._shaper import LinkShaper
+from workbench.protocol.budget import Budget
+from workbench.protocol.codec import Codec, WireItem, train_dictionary
+from workbench.protocol.links import LINKS, LinkProfile, link_profile
+from workbench.protocol.priority import PRIORITIES, priority_rank
 
 if TYPE_CHECKING:
     from workbench.sync._client import Sync
     from workbench.sync._receiver import SyncReceiver
     from workbench.sync._store import SyncStore
 
-# The agent imports the outbox side; pandas and the workbench side load on demand.
+# pandas and DuckDB load on demand. The outbox, its sender and the link shaper are the device side: workbench.agent.
 _LAZY = {"Sync": "workbench.sync._client", "SyncReceiver": "workbench.sync._receiver",
          "SyncStore": "workbench.sync._store"}
 
@@ -37,5 +34,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'workbench.sync' has no attribute {name!r}")
 
 
-__all__ = ["LINKS", "PRIORITIES", "Budget", "Codec", "Item", "LinkProfile", "LinkShaper", "Outbox", "Sender", "Sync",
+__all__ = ["LINKS", "PRIORITIES", "Budget", "Codec", "LinkProfile", "Sync",
            "SyncReceiver", "SyncStore", "WireItem", "link_profile", "priority_rank", "train_dictionary"]

@@ -19,13 +19,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from workbench._settings import settings
-from workbench.errors import PayloadError
-from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import close_client, connect_blocking, guard_messages, make_client, new_client_id
-from workbench.fleet._rejects import RejectLog
-from workbench.sync._budget import check_budget
-from workbench.sync._links import LinkProfile, link_profile
-from workbench.sync._priority import PRIORITIES
+from workbench.errors import ConfigError, PayloadError
+from workbench.protocol import schema, topics
+from workbench.protocol._rejects import RejectLog
+from workbench.protocol.budget import check_budget
+from workbench.protocol.links import LinkProfile, link_profile
+from workbench.protocol.priority import PRIORITIES
 from workbench.sync._receiver import SyncReceiver
 from workbench.sync._store import SyncStore
 
@@ -85,24 +84,18 @@ class Sync:
         path = path if path is not None else settings().sync_db
         if receive and telemetry is None:
             telemetry = _fleet_telemetry(fleet)
-        self.receiver = SyncReceiver(fleet.address, SyncStore(path), telemetry=telemetry.ingestor if telemetry
+        self.receiver = SyncReceiver(fleet.bus, SyncStore(path), telemetry=telemetry.ingestor if telemetry
                                      else None) if receive else None
         self.states: dict[str, dict[str, Any]] = {}
         self.revision = 0
         self._desired_docs: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._client = make_client(fleet.address, new_client_id("wb-syncstate"))
-        self._client.on_connect = self._on_connect
         self.reject_log = RejectLog(log, what="sync state")
-        self._client.on_message = guard_messages(
-            self._on_message, lambda message, exc: self.reject_log.count("(unknown)", "internal", repr(exc)))
-        connect_blocking(self._client, fleet.address, keepalive=10, timeout=10.0)
+        self._unsubscribe = fleet.bus.subscribe(
+            topics.sync_state_topic("+"), self._on_message,
+            on_error=lambda message, exc: self.reject_log.count("(unknown)", "internal", repr(exc)))
 
-    def _on_connect(self, client: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
-        if not getattr(reason_code, "is_failure", False):
-            client.subscribe(topics.sync_state_topic("+"), qos=1)
-
-    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
+    def _on_message(self, message: Any) -> None:
         try:
             device, _kind, _ = topics.parse_device_topic(message.topic)
             topics.check_device_id(device)
@@ -190,8 +183,7 @@ class Sync:
         """Set desired sync config (retained, so a restarted device gets it) and apply it now."""
         known = dict(self._desired(device))
         known.update(changes)
-        info = self.fleet._client.publish(topics.desired_topic(device, "sync"), schema.encode(known), qos=1,
-                                          retain=True)
+        info = self.fleet.bus.publish(topics.desired_topic(device, "sync"), schema.encode(known), qos=1, retain=True)
         info.wait_for_publish(timeout)
         with self._lock:
             self._desired_docs[device] = known
@@ -223,19 +215,21 @@ class Sync:
             self.fleet.call(device, "sync.partition", {"seconds": 0}, timeout=timeout)
 
     def close(self) -> None:
-        close_client(self._client)
+        self._unsubscribe()
         if self.receiver is not None:
             self.receiver.close()
 
 
 def _fleet_telemetry(fleet: Fleet) -> Telemetry:
     # The fleet's telemetry without a receiver of its own: this Sync's receiver feeds it.
-    telemetry: Telemetry | None = getattr(fleet, "_telemetry", None)
-    if telemetry is None:
-        from workbench.telemetry._client import Telemetry
+    from workbench.telemetry._client import Telemetry
 
+    telemetry = fleet.running_telemetry
+    if telemetry is None:
         telemetry = Telemetry(fleet, receive=False)
-        fleet._telemetry = telemetry  # what the fleet.telemetry property returns from now on
+        fleet.attach_telemetry(telemetry)  # what the fleet.telemetry property returns from now on
+    if not isinstance(telemetry, Telemetry):  # a hub's views: the hub receives, never this process
+        raise ConfigError("this fleet's telemetry is the hub's; its sync items go to the hub, not to this process")
     return telemetry
 
 
@@ -245,13 +239,12 @@ def receive_telemetry(fleet: Fleet, telemetry: Telemetry) -> Sync:
     Example:
         >>> receive_telemetry(fleet, Telemetry(fleet, path="t.duckdb", receive=False))   # doctest: +SKIP
     """
-    sync: Sync | None = getattr(fleet, "_sync", None)
+    sync = fleet.running_sync
     if sync is None:
         sync = Sync(fleet, telemetry=telemetry)
-        fleet._sync = sync  # what the fleet.sync property returns from now on
+        fleet.attach_sync(sync)  # what the fleet.sync property returns from now on
     elif sync.receiver is not None:
         sync.receiver.telemetry = telemetry.ingestor
     else:
-        sync.receiver = SyncReceiver(fleet.address, SyncStore(settings().sync_db),
-                                     telemetry=telemetry.ingestor)
+        sync.receiver = SyncReceiver(fleet.bus, SyncStore(settings().sync_db), telemetry=telemetry.ingestor)
     return sync

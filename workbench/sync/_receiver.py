@@ -33,18 +33,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import PayloadError
-from workbench.fleet import schema, topics
-from workbench.fleet._mqtt import (
-    BrokerAddress,
-    close_client,
-    connect_blocking,
-    guard_messages,
-    make_client,
-    network_alive,
-    new_client_id,
-)
-from workbench.fleet._rejects import RejectLog
-from workbench.sync._codec import MAX_MESSAGE_BYTES, Codec, WireItem
+from workbench.protocol import topics
+from workbench.protocol._bus import Bus
+from workbench.protocol._rejects import RejectLog
+from workbench.protocol.acks import MAX_ACK_SEQS, encode_ack
+from workbench.protocol.codec import MAX_MESSAGE_BYTES, Codec, WireItem
 from workbench.sync._store import SyncStore
 
 if TYPE_CHECKING:
@@ -53,66 +46,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("workbench.sync")
 
 ItemsListener = Callable[[str, list[WireItem]], None]
-# One acknowledgement covers the items of one message (at most MAX_ITEMS) or one telemetry flush: the
-# receiver splits larger sets, so a device can refuse anything bigger without losing a real one.
-MAX_ACK_SEQS = 10_000
-MAX_ACK_RANGES = MAX_ACK_SEQS
-
-
-def to_ranges(seqs: list[int]) -> list[list[int]]:
-    """Compress sequence numbers into inclusive ranges.
-
-    Example:
-        >>> to_ranges([5, 1, 2, 3, 7])
-        [[1, 3], [5, 5], [7, 7]]
-    """
-    ranges: list[list[int]] = []
-    for seq in sorted(set(seqs)):
-        if ranges and seq == ranges[-1][1] + 1:
-            ranges[-1][1] = seq
-        else:
-            ranges.append([seq, seq])
-    return ranges
-
-
-def from_ranges(ranges: Any) -> list[int]:
-    """Expand inclusive ranges; raise :class:`PayloadError` for anything else.
-
-    Example:
-        >>> from_ranges([[1, 3], [7, 7]])
-        [1, 2, 3, 7]
-    """
-    if isinstance(ranges, list) and len(ranges) > MAX_ACK_RANGES:
-        raise PayloadError(f"oversized sync ack: {len(ranges)} ranges, at most {MAX_ACK_RANGES}", kind="oversized")
-    if not isinstance(ranges, list) or not all(isinstance(r, list) and len(r) == 2 and all(
-            isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63 for x in r) and r[0] <= r[1]
-            for r in ranges):
-        raise PayloadError("malformed sync ack: ranges must be a list of [first, last] sequence numbers")
-    if sum(last - first + 1 for first, last in ranges) > MAX_ACK_SEQS:
-        raise PayloadError(f"oversized sync ack: more than {MAX_ACK_SEQS} sequence numbers", kind="oversized")
-    return [seq for first, last in ranges for seq in range(first, last + 1)]
-
-
-def encode_ack(seqs: list[int]) -> bytes:
-    return schema.encode({"ranges": to_ranges(seqs)})
-
-
 class SyncReceiver:
     """Subscribe to every device's outbox, store the items exactly once, acknowledge them.
 
-    With ``address=None`` nothing is subscribed: call :meth:`feed` and pass ``send_ack``
+    It receives on the process's MQTT connection, ``bus``. With ``bus=None`` nothing is
+    subscribed: call :meth:`feed` and pass ``send_ack``
     (the benchmark wires a sender to a receiver in one process this way). ``telemetry``
     (or setting :attr:`telemetry` later) routes telemetry items into that ingestor.
 
     Example:
-        >>> receiver = SyncReceiver(fleet.address, SyncStore("sync.db"))   # doctest: +SKIP
+        >>> receiver = SyncReceiver(fleet.bus, SyncStore("sync.db"))        # doctest: +SKIP
         >>> receiver.stats()["sim-01"]["stored"]                             # doctest: +SKIP
         1200
     """
 
-    def __init__(self, address: BrokerAddress | None, store: SyncStore | None = None, *,
-                 telemetry: Ingestor | None = None, send_ack: Callable[[str, bytes], None] | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(self, bus: Bus | None, store: SyncStore | None = None, *,
+                 telemetry: Ingestor | None = None, send_ack: Callable[[str, bytes], None] | None = None) -> None:
         self.store = store or SyncStore()
         self.codec = Codec()
         self.listeners: list[ItemsListener] = []
@@ -124,23 +73,15 @@ class SyncReceiver:
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._send_ack = send_ack
-        self._client: Any = None
+        self._bus = bus
         self._telemetry: Ingestor | None = None
         self.telemetry = telemetry
         self._writer = threading.Thread(target=self._write_loop, name="wb-sync-receiver", daemon=True)
         self._writer.start()
-        if address is not None:
-            self._client = make_client(address, new_client_id("wb-sync"))
-            self._client.on_connect = self._on_connect
-            self._client.on_message = guard_messages(self._on_message, self._on_message_failed)
-            self._client.max_queued_messages_set(0)
-            connect_blocking(self._client, address, keepalive=10, timeout=timeout)
+        self._unsubscribe = (bus.subscribe(topics.outbox_topic("+"), self._on_message, on_error=self._on_message_failed)
+                             if bus is not None else None)
 
-    def _on_connect(self, client: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
-        if not getattr(reason_code, "is_failure", False):
-            client.subscribe(topics.outbox_topic("+"), qos=1)
-
-    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
+    def _on_message(self, message: Any) -> None:
         try:
             device, _kind, _ = topics.parse_device_topic(message.topic)
             topics.check_device_id(device)
@@ -165,7 +106,7 @@ class SyncReceiver:
             >>> receiver.network_alive()   # doctest: +SKIP
             True
         """
-        return self._writer.is_alive() and (self._client is None or network_alive(self._client))
+        return self._writer.is_alive() and (self._bus is None or self._bus.network_alive())
 
     @property
     def telemetry(self) -> Ingestor | None:
@@ -201,8 +142,8 @@ class SyncReceiver:
             payload = encode_ack(ordered[start:start + MAX_ACK_SEQS])
             if self._send_ack is not None:
                 self._send_ack(device, payload)
-            elif self._client is not None:
-                self._client.publish(topics.sync_ack_topic(device), payload, qos=1)
+            elif self._bus is not None:
+                self._bus.publish(topics.sync_ack_topic(device), payload, qos=1)
 
     def _write_loop(self) -> None:
         while not self._stop.is_set() or self._inbox:
@@ -281,18 +222,12 @@ class SyncReceiver:
         return result
 
     def close(self, *, close_store: bool = True) -> None:
-        if self._client is not None:
-            close_client(self._client)
+        """Stop receiving (the process's connection stays up for its other users) and writing."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         self._stop.set()
         self._wake.set()
         self._writer.join(timeout=10)
         self.telemetry = None  # what the ingestor still commits is acknowledged by the next receiver
         if close_store:
             self.store.close()
-
-
-def decode_ack(payload: bytes) -> list[int]:
-    """The sequence numbers of one acknowledgement; raise :class:`PayloadError` if malformed."""
-    body = schema.decode(payload)
-    return from_ranges(body.get("ranges"))
-

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.sync._codec import WireItem
-from workbench.sync._priority import PRIORITIES
+from workbench.protocol.codec import WireItem
+from workbench.protocol.priority import PRIORITIES
 
 if TYPE_CHECKING:
     import pandas as pd

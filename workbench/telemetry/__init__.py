@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from workbench._lazy import lazy_getattr
-from workbench.telemetry._wire import MAX_BATCH_BYTES, WIRE_VERSION, Batch, decode_batch, encode_batch
+from workbench.protocol.wire import MAX_BATCH_BYTES, WIRE_VERSION, Batch, decode_batch, encode_batch
 
 if TYPE_CHECKING:
     from workbench.telemetry._alerts import AlertRule

@@ -12,7 +12,7 @@ import numpy as np
 
 from workbench._settings import settings
 from workbench.errors import ConfigError
-from workbench.fleet import schema, topics
+from workbench.protocol import schema, topics
 from workbench.telemetry._alerts import AlertEngine, AlertRule
 from workbench.telemetry._ingest import FeedInfo, Ingestor, PointsListener, Store
 from workbench.telemetry._time import Duration, Instant, epoch, seconds
@@ -209,8 +209,8 @@ class TelemetryViews(ABC):
         results = {}
         for name in names:
             if retain:
-                info = self.fleet._client.publish(topics.desired_topic(name, "telemetry"),
-                                                  schema.encode(settings), qos=1, retain=True)
+                info = self.fleet.bus.publish(topics.desired_topic(name, "telemetry"), schema.encode(settings),
+                                              qos=1, retain=True)
                 info.wait_for_publish(timeout)
             results[name] = self.fleet.call(name, "telemetry.configure", settings, timeout=timeout)
         return results
@@ -274,8 +274,8 @@ class Telemetry(TelemetryViews):
         if receive:
             from workbench.sync._client import receive_telemetry
 
-            if getattr(fleet, "_telemetry", None) is None:
-                fleet._telemetry = self  # so the sync started below finds this one, not a second
+            if fleet.running_telemetry is None:
+                fleet.attach_telemetry(self)  # so the sync started below finds this one, not a second
             receive_telemetry(fleet, self)
 
     # -- queries ---------------------------------------------------------------------------------

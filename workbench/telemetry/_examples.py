@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.telemetry._datasets import SENSOR_CHANNELS, load_digits_frames, load_sensor_recordings, sensor_stream
+from workbench._datasets import SENSOR_CHANNELS, load_digits_frames, load_sensor_recordings, sensor_stream
 
 ANOMALY_WINDOW = 20
 NORMAL_ACTIVITIES = ("Standing", "Walking")

@@ -43,10 +43,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from workbench.errors import PayloadError
-from workbench.fleet import topics
-from workbench.fleet._rejects import RejectLog
+from workbench.protocol import topics
+from workbench.protocol._rejects import RejectLog
+from workbench.protocol.wire import MAX_BATCH_BYTES, Batch, decode_batch, problem_kind
 from workbench.telemetry._alerts import AlertEngine
-from workbench.telemetry._wire import MAX_BATCH_BYTES, Batch, decode_batch, problem_kind
 
 log = logging.getLogger("workbench.telemetry")
 

@@ -103,7 +103,9 @@ class _StoreBase:
 class DuckDBStore(_StoreBase):
     """Telemetry points in DuckDB (a file, or in memory when ``path`` is None).
 
-    Thread-safe: one lock serialises the writer thread's inserts and callers' queries.
+    Thread-safe: one lock serialises writes; queries run on a second connection to the same
+    database under their own lock, so a long query never holds up an insert (DuckDB's MVCC gives
+    each query a consistent snapshot, and it releases the GIL while it works).
 
     Example:
         >>> store = DuckDBStore()
@@ -137,6 +139,8 @@ class DuckDBStore(_StoreBase):
                               "(DuckDB allows one writer): close it or use another path") from None
         self._lock = threading.Lock()
         self._con.execute(_SCHEMA).fetchall()
+        self._reader = self._con.cursor()
+        self._read_lock = threading.Lock()
         self._devices: dict[str, int] = dict(self._con.execute("SELECT name, id FROM device_names").fetchall())
         self._metrics: dict[str, int] = dict(self._con.execute("SELECT name, id FROM metric_names").fetchall())
 
@@ -234,8 +238,8 @@ class DuckDBStore(_StoreBase):
         import pandas as pd
 
         sql, params = self._query_sql(metric, devices, since, until, every, agg)
-        with self._lock:
-            frame: pd.DataFrame = self._con.execute(sql, params).df()
+        with self._read_lock:
+            frame: pd.DataFrame = self._reader.execute(sql, params).df()
         frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
         return frame.reset_index(drop=True)
 
@@ -248,8 +252,8 @@ class DuckDBStore(_StoreBase):
             ['time', 'device_id', 'metric', 'value']
         """
         sql, params = self._query_sql(metric, devices, since, until, every, agg)
-        with self._lock:
-            return self._con.execute(sql, params).to_arrow_table()
+        with self._read_lock:
+            return self._reader.execute(sql, params).to_arrow_table()
 
     def _query_sql(self, metric: str | list[str], devices: list[str] | None, since: float | None, until: float | None,
                    every: float | None, agg: str) -> tuple[str, list[Any]]:
@@ -284,13 +288,15 @@ class DuckDBStore(_StoreBase):
     def alerts(self, since: float | None = None) -> pd.DataFrame:
         import pandas as pd
 
-        with self._lock:
-            frame: pd.DataFrame = self._con.execute(
+        with self._read_lock:
+            frame: pd.DataFrame = self._reader.execute(
                 "SELECT ts AS time, device AS device_id, rule, metric, value, message FROM alerts "
                 "WHERE ts >= ? ORDER BY ts", [since if since is not None else float("-inf")]).df()
         frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
         return frame
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._con.close()

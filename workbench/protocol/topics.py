@@ -16,7 +16,7 @@ topic                                    retained  publisher   payload
 ``wb/v1/dev/{device}/deploy``            yes       device      deployment state (reported)
 ``wb/v1/dev/{device}/telemetry``         no        nobody      a name: batches travel in outbox items
 ``wb/v1/desired/{device}/telemetry``     yes       workbench   telemetry/inference config (JSON)
-``wb/v1/dev/{device}/outbox``            no        device      sync items, zstd (workbench.sync._codec)
+``wb/v1/dev/{device}/outbox``            no        device      sync items, zstd (workbench.protocol.codec)
 ``wb/v1/desired/{device}/ack``           no        workbench   sync items stored: ``{"v", "ranges"}``
 ``wb/v1/dev/{device}/sync``              yes       device      sync state (backlog, link, budget, twin)
 ``wb/v1/desired/{device}/sync``          yes       workbench   sync config: link, budget (the twin)

@@ -177,9 +177,10 @@ def is_auth_failure(reason_code: Any) -> bool:
 
 
 def connect_blocking(
-    client: mqtt.Client, address: BrokerAddress, *, keepalive: int, timeout: float
+    client: mqtt.Client, address: BrokerAddress, *, keepalive: int, timeout: float,
+    start: Callable[[mqtt.Client], object] = mqtt.Client.loop_start,
 ) -> None:
-    """Connect, start the network thread and wait for the CONNACK.
+    """Connect, start the network thread (``start``: paho's own by default) and wait for the CONNACK.
 
     Raises :class:`BrokerUnreachableError` or :class:`AuthenticationError` naming the URL
     within ``timeout`` seconds.
@@ -203,7 +204,7 @@ def connect_blocking(
             f"cannot reach the MQTT broker at {address.url}: {exc}. "
             "Check that the broker is running (workbench up starts a local one) and the URL is right."
         ) from None
-    client.loop_start()
+    start(client)
     try:
         if not connected.wait(timeout):
             raise BrokerUnreachableError(

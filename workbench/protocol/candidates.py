@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workbench.deploy._keys import SigningKey
-from workbench.deploy.artifacts import ArtifactStore
+from workbench.protocol.artifacts import ArtifactStore
+from workbench.protocol.keys import SigningKey
 
 CANDIDATES_FORMAT = "wb-benchmark/1"
 

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from workbench.errors import ConfigError
-from workbench.sync._priority import PRIORITIES
+from workbench.protocol.priority import PRIORITIES
 
 # The share of the day's budget after which a priority stops being sent (critical: never stops).
 SHARE = {"critical": math.inf, "high": 1.0, "normal": 0.8, "bulk": 0.5}

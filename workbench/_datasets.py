@@ -27,7 +27,7 @@ SENSOR_HZ = 10.0
 
 def datasets_dir() -> Path:
     """Where the shipped data sets live: ``$WORKBENCH_DATASETS`` or the repository's ``datasets/``."""
-    return settings().datasets or Path(__file__).resolve().parents[2] / "datasets"
+    return settings().datasets or Path(__file__).resolve().parents[1] / "datasets"
 
 
 @lru_cache(maxsize=1)

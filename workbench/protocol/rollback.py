@@ -16,9 +16,9 @@ import base64
 import json
 from typing import Any
 
-from workbench.deploy._keys import SigningKey
-from workbench.deploy._sequence import MAX_SEQUENCE, next_sequence
 from workbench.errors import SignatureError
+from workbench.protocol.keys import SigningKey
+from workbench.protocol.sequence import MAX_SEQUENCE, next_sequence
 
 GRANT_FORMAT = "wb-rollback/1"
 _FIELDS = {"format": str, "device_id": str, "deployment_id": str, "sequence": int}

@@ -6,7 +6,7 @@ Layout (little-endian)::
     frame = item*   item = seq:u64  priority:u8  kind_len:u8  kind  payload_len:u32  payload
 
 Telemetry batches (``kind == "telemetry"``, the ``WBT`` columns of
-:mod:`workbench.telemetry._wire`) are stored column-transformed inside the frame:
+:mod:`workbench.protocol.wire`) are stored column-transformed inside the frame:
 timestamps as deltas, and the float columns byte-shuffled, so that zstd sees the
 slowly changing high bytes together. The transform is exact (bit for bit) and is
 undone on decode. The format has room for a dictionary (``dict_id`` not 0), which helps

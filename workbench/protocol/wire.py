@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import PayloadError
-from workbench.fleet.schema import MAX_DEPTH, nesting_depth
+from workbench.protocol.schema import MAX_DEPTH, nesting_depth
 
 MAGIC = b"WBT"
 WIRE_VERSION = 1

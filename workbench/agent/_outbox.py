@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import ConfigError, ResourceLimitError
-from workbench.sync._priority import EVICTABLE, PRIORITIES, priority_rank
+from workbench.protocol.priority import EVICTABLE, PRIORITIES, priority_rank
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (seq INTEGER PRIMARY KEY, priority INTEGER NOT NULL, kind TEXT NOT NULL,

@@ -20,10 +20,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from workbench.sync._budget import Budget
-from workbench.sync._codec import Codec, WireItem
-from workbench.sync._outbox import Outbox
-from workbench.sync._shaper import LinkShaper
+from workbench.agent._outbox import Outbox
+from workbench.agent._shaper import LinkShaper
+from workbench.protocol.budget import Budget
+from workbench.protocol.codec import Codec, WireItem
 
 log = logging.getLogger("workbench.sync")
 

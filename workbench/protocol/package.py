@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from workbench.deploy._keys import SigningKey, load_signing_key
-from workbench.deploy._sequence import manifest_sequence, next_sequence
-from workbench.deploy.artifacts import sha256_file
 from workbench.errors import PackageError, SignatureError
+from workbench.protocol.artifacts import sha256_file
+from workbench.protocol.keys import SigningKey, load_signing_key
+from workbench.protocol.sequence import manifest_sequence, next_sequence
 
 FORMAT = "wb-package/1"
 MANIFEST = "manifest.json"

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from workbench.sync._links import LINKS, LinkProfile
+from workbench.protocol.links import LINKS, LinkProfile
 
 
 class LinkShaper:

@@ -1,0 +1,208 @@
+"""One MQTT connection per process, shared by everything in it that talks to the fleet.
+
+The fleet client, the sync-state view, deployment state and the hub's receiver used to open a
+connection each and find one another through private attributes. Now whoever owns the process's
+connection (a :class:`~workbench.fleet.Fleet`, or the hub) makes one :class:`Bus` and passes it to
+the others: each subscribes to its topic filters with its own handler and error counter, and
+publishes through it.
+
+Filters may not overlap: a message that matches two subscriptions of one connection arrives once
+on some brokers and twice on others, so routing could not tell. Two parts that want the same
+filter share its one subscription (each handler is called).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from workbench.errors import ConfigError
+from workbench.protocol._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
+
+log = logging.getLogger("workbench.bus")
+
+Handler = Callable[[mqtt.MQTTMessage], None]
+ErrorHandler = Callable[[mqtt.MQTTMessage, Exception], None]
+
+
+@dataclass
+class _Route:
+    topic_filter: str
+    qos: int
+    pattern: re.Pattern[str]
+    handlers: list[tuple[Handler, ErrorHandler | None]] = field(default_factory=list)
+
+
+def _pattern(topic_filter: str) -> re.Pattern[str]:
+    parts = []
+    for level in topic_filter.split("/"):
+        parts.append("[^/]*" if level == "+" else ".*" if level == "#" else re.escape(level))
+    # "a/#" also matches "a" itself (MQTT 3.1.1, 4.7.1.2).
+    return re.compile("/".join(parts).replace("/.*", "(?:/.*)?") + r"\Z")
+
+
+def filters_overlap(first: str, second: str) -> bool:
+    """True when some topic matches both filters.
+
+    Example:
+        >>> filters_overlap("wb/v1/dev/+/status", "wb/v1/dev/pi-1/+")
+        True
+        >>> filters_overlap("wb/v1/dev/+/status", "wb/v1/dev/+/outbox")
+        False
+    """
+    a, b = first.split("/"), second.split("/")
+    for x, y in zip(a, b, strict=False):
+        if x == "#" or y == "#":
+            return True
+        if x != y and "+" not in (x, y):
+            return False
+    return len(a) == len(b) or (len(a) == len(b) + 1 and a[-1] == "#") or (len(b) == len(a) + 1 and b[-1] == "#")
+
+
+class Bus:
+    """The process's MQTT connection: topic filters routed to handlers, publishing, liveness.
+
+    It reconnects by itself (paho's loop) and subscribes every filter again on each connect, so
+    a broker restart is invisible to the parts that use it. A handler that raises goes to its
+    ``on_error`` (count it there) and never ends the network thread.
+
+    Example:
+        >>> bus = Bus(BrokerAddress.parse("mqtt://127.0.0.1:1883"))             # doctest: +SKIP
+        >>> stop = bus.subscribe("wb/v1/dev/+/status", lambda m: print(m.topic))  # doctest: +SKIP
+        >>> bus.publish("wb/v1/cmd/sim-01/ping", b'{"v":1}').wait_for_publish(5)  # doctest: +SKIP
+        >>> stop(); bus.close()                                                  # doctest: +SKIP
+    """
+
+    def __init__(self, address: BrokerAddress, *, client_prefix: str = "wb", keepalive: int = 10,
+                 timeout: float = 10.0) -> None:
+        self.address = address
+        self.client_id = new_client_id(client_prefix)
+        self._routes: dict[str, _Route] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self.undecodable_topics = 0  # messages whose topic was not UTF-8: routed nowhere, counted here
+        self._client = make_client(address, self.client_id)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        # Our own thread runs paho's loop (reconnecting by itself), so liveness is that thread's, not a private field.
+        self._thread = threading.Thread(target=self._loop, name=f"{client_prefix}-mqtt", daemon=True)
+        connect_blocking(self._client, address, keepalive=keepalive, timeout=timeout,
+                         start=lambda _client: self._thread.start())
+
+    def _loop(self) -> None:
+        try:
+            self._client.loop_forever(retry_first_connection=True)
+        except Exception:  # counted as dead by network_alive(); the owner's health check reports it
+            log.exception("the MQTT network loop of %s ended", self.client_id)
+
+    def __repr__(self) -> str:
+        return f"<Bus {self.client_id} at {self.address.url}: {len(self._routes)} filters>"
+
+    def subscribe(self, topic_filter: str, handler: Handler, *, qos: int = 1,
+                  on_error: ErrorHandler | None = None) -> Callable[[], None]:
+        """Route messages matching ``topic_filter`` to ``handler`` (on the network thread); return the undo.
+
+        Raises :class:`ConfigError` when the filter overlaps another one on this connection.
+
+        Example:
+            >>> stop = bus.subscribe("wb/v1/dev/+/inventory", on_inventory, on_error=count_reject)  # doctest: +SKIP
+        """
+        with self._lock:
+            route = self._routes.get(topic_filter)
+            if route is None:
+                clash = next((f for f in self._routes if filters_overlap(f, topic_filter)), None)
+                if clash is not None:
+                    raise ConfigError(f"MQTT filter {topic_filter!r} overlaps {clash!r} on the same connection; "
+                                      "brokers differ in delivering such messages once or twice: use disjoint filters")
+                route = self._routes[topic_filter] = _Route(topic_filter, qos, _pattern(topic_filter))
+                new = True
+            else:
+                new = False
+            entry = (handler, on_error)
+            route.handlers.append(entry)
+        if new and self._client.is_connected():
+            self._client.subscribe(topic_filter, qos=qos)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                current = self._routes.get(topic_filter)
+                if current is None or entry not in current.handlers:
+                    return
+                current.handlers.remove(entry)
+                last = not current.handlers
+                if last:
+                    del self._routes[topic_filter]
+            if last and not self._closed:
+                self._client.unsubscribe(topic_filter)
+
+        return unsubscribe
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Publish on the shared connection; ``wait_for_publish`` on the result waits for the broker's PUBACK.
+
+        Example:
+            >>> info = bus.publish(topics.desired_topic("sim-01", "model"), body, retain=True)  # doctest: +SKIP
+            >>> info.wait_for_publish(10)                                                      # doctest: +SKIP
+        """
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def is_connected(self) -> bool:
+        """True while the broker connection is up."""
+        return not self._closed and self._client.is_connected()
+
+    def network_alive(self) -> bool:
+        """True while the network thread runs (it reconnects by itself while it does).
+
+        Example:
+            >>> bus.network_alive()   # doctest: +SKIP
+            True
+        """
+        return not self._closed and self._thread.is_alive()
+
+    def close(self) -> None:
+        """Disconnect; every subscription ends with it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._client.disconnect()  # ends loop_forever; its sockets are closed once it has returned
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        close_client(self._client)
+
+    # -- network thread ---------------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            return
+        with self._lock:
+            wanted = [(route.topic_filter, route.qos) for route in self._routes.values()]
+        if wanted:
+            # Insertion order: a fleet subscribes inventory before status, so a device's inventory
+            # (retained, sent filter by filter) arrives before its online status.
+            client.subscribe(wanted)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # a hostile publisher's topic bytes: nobody subscribed to those
+            self.undecodable_topics += 1
+            return
+        with self._lock:
+            handlers = [h for route in self._routes.values() if route.pattern.match(topic) for h in route.handlers]
+        for handler, on_error in handlers:
+            try:
+                handler(message)
+            except Exception as exc:  # the network thread must outlive any handler
+                try:
+                    if on_error is not None:
+                        on_error(message, exc)
+                    else:
+                        log.warning("handler for %s failed: %r", topic[:200], exc)
+                except Exception:
+                    pass
