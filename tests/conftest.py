@@ -108,3 +108,12 @@ def keys_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WORKBENCH_KEYS_DIR", str(tmp_path / "keys"))
     monkeypatch.setenv("WORKBENCH_DEPLOY_HISTORY", str(tmp_path / "history.jsonl"))
     return tmp_path
+
+
+def deploy_model(fleet: Any, model: Path, devices: list[str], out: Path) -> None:
+    """Serve ``model`` on ``devices`` the one way a device serves a model: a signed package, deployed and verified."""
+    from workbench.deploy import build_package, load_signing_key
+
+    package = build_package(model, out, load_signing_key(create=True), name=model.stem)
+    report = fleet.deploy(package.path, devices=devices).wait(timeout=90)
+    assert report.status == "succeeded", report

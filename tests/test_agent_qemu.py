@@ -81,6 +81,11 @@ def test_agent_joins_answers_ping_inventory_and_benchmark_under_arm64_emulation(
     _require_tools()
     root = _arm64_root()
     record = fleet_factory(devices=1)
+    from workbench.deploy import load_signing_key
+    from workbench.protocol.keys import enroll
+
+    key = load_signing_key(create=True)
+    enroll(key.public_file, tmp_path / "data" / "arm-01" / "trusted_keys")  # it benchmarks what this key signed
     env = {**os.environ, "PYTHONPATH": f"{root / 'opt/wb-site'}:{REPO}", "PYTHONDONTWRITEBYTECODE": "1"}
     agent_cmd = (f"mount --bind {CPUINFO} /proc/cpuinfo && exec qemu-aarch64-static -L {root} "
                  f"{root / 'usr/bin/python3.11'} -m workbench.cli agent --device-id arm-01 "
@@ -104,13 +109,15 @@ def test_agent_joins_answers_ping_inventory_and_benchmark_under_arm64_emulation(
             assert hardware["execution_providers"] == ["CPUExecutionProvider"]
             assert hardware["python"].startswith("3.11") and inventory["agent_version"] == workbench.__version__
             from workbench.deploy import ArtifactServer
+            from workbench.protocol.candidates import stage_candidates
 
             model = tiny_model(tmp_path / "tiny.onnx")
             with ArtifactServer(tmp_path / "store") as server:
-                sha = server.add(model)
+                # The device runs only candidates the workbench signed, fetched from its artifact origin.
+                candidates = stage_candidates({"model": model}, server, key)
                 sample = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
                 result = device.call("benchmark", {
-                    "url": server.url(sha), "sha256": sha, "size": model.stat().st_size, "iterations": 50,
+                    "candidates": candidates, "iterations": 50,
                     "inputs": {"x": {"dtype": "float32", "shape": [1, 16], "data": sample.ravel().tolist()}}},
                     timeout=240)
             print(f"\nemulated arm64 (qemu-user, Debian bookworm, Pi 5 cpuinfo): joined in {joined_s:.1f} s, "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from _chromium import CHROMIUM, DevTools, _free_port, _wait_http, _wait_port
-from conftest import run_cli
+from conftest import deploy_model, run_cli
 
 import workbench
 from workbench.sim import down, up
@@ -56,9 +56,10 @@ def test_voila_dashboard_renders_changing_charts_without_console_errors(tmp_path
             model = built.result()
         with workbench.connect(run_dir=run_dir) as fleet:
             fleet.wait_for(2)
+            deploy_model(fleet, model, ["sim-01", "sim-02"], tmp_path / "digits-pkg")
             for device in ("sim-01", "sim-02"):
-                fleet[device].call("telemetry.configure", {"source": "digits", "rate_hz": 30, "model": str(model),
-                                                           "publish_interval_s": 0.25})
+                fleet[device].call("telemetry.configure",
+                                   {"source": "digits", "rate_hz": 30, "publish_interval_s": 0.25})
             # History before the page opens: the hub stores it, and the page must show it at once.
             fleet.telemetry.wait_for("latency_p95_ms", devices=["sim-01", "sim-02"], count=3, timeout=60)
         _wait_port(port, timeout=60)

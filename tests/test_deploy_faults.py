@@ -22,6 +22,7 @@ import pytest
 from conftest import FleetFactory, run_cli
 
 import workbench
+from workbench.agent._origin import ORIGIN_FILE
 from workbench.deploy import ArtifactServer, build_package, load_signing_key
 from workbench.deploy._desired import stage_package
 from workbench.deploy._examples import slow_model, tiny_model
@@ -231,6 +232,9 @@ def test_second_rollout_from_another_process_is_refused_when_device_is_mid_insta
     hanging.listen(8)
     first_pkg, second_pkg = make_package(keys_env, "first", seed=5), make_package(keys_env, "second", seed=6)
     stuck = ArtifactStore(keys_env / "stuck", f"http://127.0.0.1:{hanging.getsockname()[1]}")
+    # Devices download only from their artifact origins: the operator adds the stuck server as one.
+    with open(RunDir(Path(record["run_dir"])).data / "sim-01" / ORIGIN_FILE, "a") as origins:
+        origins.write(stuck.base_url + "\n")
     rollout = fleet.deploy(first_pkg.path, artifacts=stuck, device_timeout=60)
     state = DeployState(fleet.bus)
     try:
@@ -263,7 +267,9 @@ def test_restarted_agent_serves_verified_model_when_killed_during_rollout(one_de
     window = time.perf_counter() - start
     rng = random.Random(7)
     for trial in range(3):
-        target = packages[trial % 2]
+        # A new package each time (newer sequence): a device refuses to go back to an older one.
+        target = make_package(keys_env, f"t{trial}", seed=20 + trial % 2)
+        ids[target.id] = target.version
         rollout = fleet.deploy(target.path, device_timeout=60)
         time.sleep(rng.random() * window)
         psutil.Process(agent["pid"]).kill()

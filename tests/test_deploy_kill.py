@@ -132,9 +132,14 @@ def test_restarted_device_serves_verified_model_when_killed_at_random_points(tmp
             boot = time.perf_counter() - start  # a child boots before it installs: aim past that
 
             durations = [window]
+            seeds = {p.id: seed for p, seed in zip(packages, (1, 2), strict=True)}
             for trial in range(TRIALS):
                 before = helper.run("boot", data)
-                target = next(p for p in packages if p.id != before["package_id"])
+                # The other model, signed anew: a device refuses to go back to an older package (anti-rollback).
+                seed = 3 - seeds[before["package_id"]]
+                target = build_package(tmp_path / f"m{seed}.onnx", tmp_path / f"t{trial}", key, version=f"t{trial}")
+                seeds[target.id], model_hashes[target.id] = seed, target.describe()["model_sha256"]
+                desired[target.id] = {**stage_package(target, server), "deployment_id": target.id[:8]}
                 (data / "trace.log").unlink(missing_ok=True)
                 started = time.perf_counter()
                 pid = helper.start("install", data, json.dumps({**desired[target.id], "deployment_id": f"t{trial}"}))

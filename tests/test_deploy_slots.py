@@ -18,6 +18,7 @@ from workbench.deploy._desired import stage_package
 from workbench.deploy._examples import tiny_model
 from workbench.protocol.keys import SigningKey, init_keys
 from workbench.protocol.package import Package, build_package
+from workbench.protocol.rollback import sign_rollback
 
 
 def publish(server: ArtifactServer, package: Package) -> dict[str, Any]:
@@ -130,7 +131,8 @@ def test_rollback_returns_to_previous_package_when_requested(tmp_path: Path, key
     installer = make_installer(tmp_path / "dev", key)
     installer.install(publish(server, package(tmp_path, key, 1)), lambda s, **i: None)
     installer.install(publish(server, package(tmp_path, key, 2)), lambda s, **i: None)
-    result = installer.rollback(lambda s, **i: None)
+    grant = sign_rollback(key, device_id="dev", deployment_id="back")
+    result = installer.rollback(lambda s, **i: None, grant=grant, device_id="dev", deployment_id="back")
     assert result["state"] == "rolled_back"
     assert installer.runtime.active is not None and installer.runtime.active.version == "v1"
     assert make_installer(tmp_path / "dev", key).package.version == "v1"  # type: ignore[union-attr]

@@ -356,3 +356,20 @@ def test_benchmark_inputs_raise_config_error_before_allocating_when_shapes_or_dt
 
     with pytest.raises(ConfigError, match="benchmark input"):
         _inputs(args)
+
+
+def test_outbox_refuses_critical_and_drops_bulk_items_when_they_would_eat_into_the_disk_reserve(
+    tmp_path: Path,
+) -> None:
+    """Item 6: an absolute cap no setting can raise: the outbox never writes into the disk's last free bytes."""
+    import shutil
+
+    box = Outbox(tmp_path / "outbox.db", max_bytes=10**12)  # a bound a sync.configure could set: 1 TB
+    assert box.put(b"kept" * 100, priority="critical") == 1
+    box.min_free_bytes = shutil.disk_usage(tmp_path).total  # no disk has that much free: "full" from here on
+    with pytest.raises(ResourceLimitError, match=r"disk is nearly full.*none of the 2 items was queued"):
+        box.put_many([b"c" * 1000, b"d" * 1000], priority="critical")
+    assert box.put(b"b" * 1000, priority="bulk") is None
+    counters = box.counters()
+    assert counters["refused_critical"] == 2 and counters["dropped_bulk"] == 1 and counters["disk_reserve"] == 2
+    assert box.pending() == 1 and [item.payload for item in box.take(max_bytes=10_000)] == [b"kept" * 100]

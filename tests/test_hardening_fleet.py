@@ -120,7 +120,7 @@ def test_benchmark_errors_are_identical_when_url_is_a_local_file_a_closed_port_o
     import hashlib
     import socket
 
-    from workbench.deploy import ArtifactServer
+    from workbench.deploy._serve import store_for_record
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -128,12 +128,15 @@ def test_benchmark_errors_are_identical_when_url_is_a_local_file_a_closed_port_o
     hostname_sha = hashlib.sha256(Path("/etc/hostname").read_bytes()).hexdigest() if Path("/etc/hostname").is_file() \
         else "f" * 64
     record = fleet_factory(devices=1)
-    with workbench.connect(run_dir=record["run_dir"]) as fleet, ArtifactServer(tmp_path / "store") as server:
+    origin = store_for_record(record)
+    assert origin is not None
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
         device = fleet.wait_for(1, timeout=30)[0]
         errors = []
-        for url in ("file:///etc/hostname", f"http://127.0.0.1:{closed_port}/artifacts/{'0' * 64}",
-                    f"{server.base_url}/artifacts/{'0' * 64}"):
-            args = {"url": url, "sha256": "0" * 64, "size": 100,
+        for base_url in ("file:///etc/hostname", f"http://127.0.0.1:{closed_port}", origin.base_url):
+            candidates = {"manifest_sha256": hostname_sha, "manifest_size": 100, "signature_sha256": "0" * 64,
+                          "signature_size": 100, "base_url": base_url}
+            args = {"candidates": candidates,
                     "inputs": {"x": {"dtype": "float32", "shape": [1, 4], "data": [0.0] * 4}}}
             with pytest.raises(workbench.RemoteCommandError) as caught:
                 device.call("benchmark", args, timeout=30)
@@ -164,3 +167,128 @@ def test_sync_state_table_still_builds_when_a_device_reports_a_state_of_wrong_ty
         assert set(table["device_id"]) == {"sim-01", "late-01"}
         assert sync.backlog().keys() == {"sim-01", "late-01"}
         assert sync.reject_log.by_device() == {"evil-01": {"malformed": 4}}
+
+
+def test_device_keeps_serving_its_signed_package_when_a_command_names_an_unsigned_model_file(
+    fleet_factory: FleetFactory, tmp_path: Path
+) -> None:
+    """Row 7: a model file on the device (a benchmark download, anything) is never activated by naming its path."""
+    from conftest import deploy_model
+
+    from workbench.deploy import sha256_file
+    from workbench.deploy._examples import tiny_model
+    from workbench.errors import ConfigError
+
+    record = fleet_factory(devices=1)
+    signed = tiny_model(tmp_path / "signed.onnx", seed=1)
+    unsigned = tiny_model(tmp_path / "unsigned.onnx", seed=2)
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(1, timeout=30)
+        deploy_model(fleet, signed, ["sim-01"], tmp_path / "pkg")
+        model_sha = sha256_file(signed)
+        with pytest.raises(ConfigError, match="deploy the model first"):
+            fleet.telemetry.configure("sim-01", source="digits", model=str(unsigned))
+        attacker = _attacker(record["broker"]["url"])
+        try:  # what the workbench side refuses to send, an attacker publishes itself
+            with pytest.raises(workbench.RemoteCommandError, match="serves only signed packages"):
+                fleet.call("sim-01", "telemetry.configure", {"source": "digits", "model": str(unsigned)}, timeout=15)
+            attacker.publish(topics.desired_topic("sim-01", "telemetry"),
+                             schema.encode({"source": "digits", "model": str(unsigned)}), qos=1,
+                             retain=True).wait_for_publish(5)
+            time.sleep(1.0)
+            attacker.publish(topics.desired_topic("sim-01", "telemetry"), b"", qos=1, retain=True).wait_for_publish(5)
+        finally:
+            close_client(attacker)
+        status = fleet.call("sim-01", "deploy_status", timeout=15)
+        assert status["active"]["sha256"] == model_sha, status["active"]  # the signed model still serves
+        assert status["active"]["package_id"] == status["state"]["package"]["package_id"]
+
+
+def test_device_stays_on_the_newer_package_when_an_older_signed_desired_state_is_replayed(
+    fleet_factory: FleetFactory, tmp_path: Path
+) -> None:
+    """Row 6 on a real fleet: the attacker replays, retained, the desired state that installed an older package."""
+    from conftest import deploy_model
+
+    from workbench.deploy._examples import tiny_model
+
+    record = fleet_factory(devices=1)
+    captured: list[bytes] = []
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(1, timeout=30)
+        deploy_model(fleet, tiny_model(tmp_path / "old.onnx", seed=1), ["sim-01"], tmp_path / "old")
+        attacker = _attacker(record["broker"]["url"])
+        try:
+            attacker.on_message = lambda _c, _u, message: captured.append(bytes(message.payload))
+            attacker.subscribe(topics.desired_topic("sim-01", "model"), qos=1)
+            assert _eventually(lambda: bool(captured), 10)
+            old_desired = captured[-1]
+            attacker.unsubscribe(topics.desired_topic("sim-01", "model"))
+            deploy_model(fleet, tiny_model(tmp_path / "new.onnx", seed=2), ["sim-01"], tmp_path / "new")
+            newer = fleet.call("sim-01", "deploy_status", timeout=15)["active"]
+            attacker.publish(topics.desired_topic("sim-01", "model"), old_desired, qos=1,
+                             retain=True).wait_for_publish(5)
+            replayed = schema.decode(old_desired)["deployment_id"]
+            assert _eventually(lambda: fleet.call("sim-01", "deploy_status", timeout=15)["state"].get(
+                "deployment_id") == replayed and fleet.call("sim-01", "deploy_status", timeout=15)["state"].get(
+                "state") in ("rejected", "active", "failed"), 30)
+        finally:
+            close_client(attacker)
+        status = fleet.call("sim-01", "deploy_status", timeout=15)
+        assert status["state"]["state"] == "rejected" and "older than" in status["state"]["reason"], status["state"]
+        assert status["active"]["package_id"] == newer["package_id"] and status["active"]["sha256"] == newer["sha256"]
+
+
+def test_benchmark_sends_no_request_when_its_url_is_not_the_fleets_artifact_origin(
+    fleet_factory: FleetFactory, tmp_path: Path
+) -> None:
+    """Row 8: the device does not even connect to a host outside its artifact origin (no port or file oracle)."""
+    from workbench.deploy import ArtifactServer, load_signing_key
+    from workbench.deploy._examples import tiny_model
+    from workbench.protocol.candidates import stage_candidates
+
+    record = fleet_factory(devices=1)
+    model = tiny_model(tmp_path / "m.onnx", seed=1)
+    with workbench.connect(run_dir=record["run_dir"]) as fleet, ArtifactServer(tmp_path / "elsewhere") as other:
+        device = fleet.wait_for(1, timeout=30)[0]
+        args = {"candidates": stage_candidates({"m": model}, other, load_signing_key(create=True)), "iterations": 1,
+                "inputs": {"x": {"dtype": "float32", "shape": [1, 16], "data": [0.0] * 16}}}
+        with pytest.raises(workbench.RemoteCommandError, match="could not fetch"):
+            device.call("benchmark", args, timeout=30)
+        assert other.requests == 0
+
+
+def test_data_producing_commands_and_shadow_runs_are_refused_with_clear_errors_when_over_the_devices_caps(
+    fleet_factory: FleetFactory,
+) -> None:
+    """Item 6: sync.produce's byte rate, bytes per call and concurrent runs, synthetic telemetry and shadow length."""
+    from workbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at most 3600"):
+        workbench.Shadow(duration=10**9)
+    record = fleet_factory(devices=1)
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(1, timeout=30)
+        with pytest.raises(workbench.RemoteCommandError, match="MiB/s, over the device's cap"):
+            fleet.call("sim-01", "sync.produce", {"count": 100, "rate_hz": 1_000_000, "size": 1_000_000}, timeout=15)
+        with pytest.raises(workbench.RemoteCommandError, match="MiB for one call"):
+            fleet.call("sim-01", "sync.produce", {"count": 10_000_000, "rate_hz": 100, "size": 1000}, timeout=15)
+        for _ in range(4):  # slow runs that are still going when the fifth one asks
+            fleet.call("sim-01", "sync.produce", {"count": 1000, "rate_hz": 0.5, "size": 16}, timeout=15)
+        with pytest.raises(workbench.RemoteCommandError, match="still going"):
+            fleet.call("sim-01", "sync.produce", {"count": 1, "size": 16}, timeout=15)
+        with pytest.raises(workbench.RemoteCommandError, match="synthetic_points_per_s must be a number from 0 to"):
+            fleet.call("sim-01", "telemetry.configure", {"synthetic_points_per_s": 10_000_000}, timeout=15)
+        attacker = _attacker(record["broker"]["url"])
+        try:  # what workbench.Shadow refuses to send, an attacker publishes itself
+            attacker.publish(topics.desired_topic("sim-01", "model"),
+                             schema.encode({"action": "shadow", "duration": 10**9, "deployment_id": "endless",
+                                            "package_id": "0" * 64, "base_url": "http://127.0.0.1:1"}),
+                             qos=1).wait_for_publish(5)
+        finally:
+            close_client(attacker)
+        assert _eventually(lambda: fleet.call("sim-01", "deploy_status", timeout=15)["state"].get(
+            "deployment_id") == "endless" and fleet.call("sim-01", "deploy_status", timeout=15)["state"].get(
+            "state") in ("rejected", "failed"), 20)
+        state = fleet.call("sim-01", "deploy_status", timeout=15)["state"]
+        assert state["state"] == "rejected" and "shadow duration" in state["reason"], state

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import FleetFactory
+from conftest import FleetFactory, deploy_model
 
 import workbench
 from workbench.errors import ConfigError, RemoteCommandError
@@ -55,7 +55,8 @@ def test_health_and_fleet_panel_show_backlog_and_p95_when_telemetry_runs_and_lin
     model = build_digits_model(tmp_path / "digits.onnx")
     with workbench.connect(run_dir=record["run_dir"]) as fleet:
         fleet.wait_for(1, timeout=30)
-        fleet.telemetry.configure("sim-01", source="digits", rate_hz=40, model=str(model), publish_interval_s=0.2)
+        deploy_model(fleet, model, ["sim-01"], tmp_path / "digits-pkg")
+        fleet.telemetry.configure("sim-01", source="digits", rate_hz=40, publish_interval_s=0.2)
         fleet.telemetry.wait_for("latency_p95_ms", devices="sim-01", count=2, timeout=30)
         with fleet.partition("sim-01", seconds=30):
             fleet["sim-01"].call("sync.produce", {"count": 40, "priority": "high", "rate_hz": 1000})

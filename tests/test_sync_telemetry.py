@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pytest
-from conftest import FleetFactory
+from conftest import FleetFactory, deploy_model
 
 import workbench
 from workbench.fleet import Fleet
@@ -182,15 +182,15 @@ def test_inference_telemetry_is_in_duckdb_exactly_once_when_agent_is_killed_brok
         fleet.wait_for(1, timeout=30)
         ingestion = Ingestion(fleet, tmp_path)
         try:
-            fleet.call(DEVICE, "telemetry.configure", {"source": "digits", "rate_hz": 50, "model": str(model),
-                                                       "publish_interval_s": 0.1, "batch_size": 40})
+            deploy_model(fleet, model, [DEVICE], tmp_path / "digits-pkg")
+            fleet.call(DEVICE, "telemetry.configure", {"source": "digits", "rate_hz": 50, "publish_interval_s": 0.1,
+                                                       "batch_size": 40})
             time.sleep(1.0)
             # 1. kill -9 mid-production, mid-send, acknowledgements in flight.
             os.kill(agent["pid"], signal.SIGKILL)
             fleet.wait_until(lambda f: not f[DEVICE].online, timeout=10)
             spawned.append(_procs.spawn(agent["argv"], Path(agent["log"])))
-            fleet.wait_until(lambda f: f[DEVICE].online, timeout=30)
-            fleet.call(DEVICE, "telemetry.configure", {"model": str(model)}, timeout=15)
+            fleet.wait_until(lambda f: f[DEVICE].online, timeout=30)  # it serves its deployed package again
             time.sleep(1.0)
             # 2. The broker goes away for a while; the agent keeps producing into its outbox.
             _procs.stop([record["broker"]])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import deploy_model
 
 import workbench
 from workbench.errors import RemoteCommandError
@@ -25,15 +26,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("broker", ["embedded", "mosquitto"])
 def test_query_returns_each_devices_inference_metrics_when_models_serve_replayed_data(
-        fleet_factory: Any, models: dict[str, Path], broker: str) -> None:
+        fleet_factory: Any, models: dict[str, Path], broker: str, tmp_path: Path) -> None:
     record = fleet_factory(devices=2, broker=broker)
     with workbench.connect(run_dir=record["run_dir"]) as fleet:
         fleet.wait_for(2)
+        deploy_model(fleet, models["digits"], ["sim-01"], tmp_path / "digits-pkg")
+        deploy_model(fleet, models["anomaly"], ["sim-02"], tmp_path / "anomaly-pkg")
         telemetry = fleet.telemetry
-        telemetry.configure("sim-01", source="digits", rate_hz=40, model=str(models["digits"]),
-                            publish_interval_s=0.2, confidence_threshold=0.99)
-        telemetry.configure("sim-02", source="sensors", rate_hz=40, model=str(models["anomaly"]),
-                            publish_interval_s=0.2)
+        telemetry.configure("sim-01", source="digits", rate_hz=40, publish_interval_s=0.2, confidence_threshold=0.99)
+        telemetry.configure("sim-02", source="sensors", rate_hz=40, publish_interval_s=0.2)
         telemetry.wait_for("latency_p95_ms", devices=["sim-01", "sim-02"], count=3, timeout=30)
         frame = telemetry.query(["latency_p95_ms", "inference_count"], since="1m", every="1s")
         assert set(frame["device_id"]) == {"sim-01", "sim-02"}
@@ -53,14 +54,15 @@ def test_query_returns_each_devices_inference_metrics_when_models_serve_replayed
 
 
 def test_alert_fires_on_the_device_when_its_sensor_stream_turns_anomalous(
-        fleet_factory: Any, models: dict[str, Path]) -> None:
+        fleet_factory: Any, models: dict[str, Path], tmp_path: Path) -> None:
     record = fleet_factory(devices=1)
     with workbench.connect(run_dir=record["run_dir"]) as fleet:
         fleet.wait_for(1)
+        deploy_model(fleet, models["anomaly"], ["sim-01"], tmp_path / "anomaly-pkg")
         telemetry = fleet.telemetry
         telemetry.add_rule("motion-anomaly", "anomaly_score", above=0.5, for_points=5, cooldown_s=60)
-        telemetry.configure("sim-01", source="sensors", rate_hz=50, model=str(models["anomaly"]),
-                            publish_interval_s=0.2, sensor_activities=["Standing", "Walking"])
+        telemetry.configure("sim-01", source="sensors", rate_hz=50, publish_interval_s=0.2,
+                            sensor_activities=["Standing", "Walking"])
         telemetry.wait_for("anomaly_score", devices="sim-01", count=50, timeout=30)
         assert telemetry.alerts().empty
         telemetry.configure("sim-01", sensor_activities=["Running"])
@@ -82,11 +84,12 @@ def test_configure_raises_remote_error_naming_the_setting_when_it_is_unknown(sha
 
 
 def test_http_endpoint_answers_predictions_when_a_real_device_posts_inputs(
-        fleet_factory: Any, models: dict[str, Path]) -> None:
+        fleet_factory: Any, models: dict[str, Path], tmp_path: Path) -> None:
     record = fleet_factory(devices=1)
     with workbench.connect(run_dir=record["run_dir"]) as fleet:
         fleet.wait_for(1)
-        status = fleet["sim-01"].call("telemetry.configure", {"source": "http", "model": str(models["digits"])})
+        deploy_model(fleet, models["digits"], ["sim-01"], tmp_path / "digits-pkg")
+        status = fleet["sim-01"].call("telemetry.configure", {"source": "http"})
         url = f"http://127.0.0.1:{status['http_port']}/infer"
         body = json.dumps({"inputs": [0.0] * 64}).encode()
         with urllib.request.urlopen(urllib.request.Request(url, body, method="POST"), timeout=5) as response:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import deploy_model
 
 import workbench
 from workbench.errors import RemoteCommandError
@@ -25,8 +26,8 @@ def test_configure_digits_raises_naming_device_and_deploy_when_the_device_has_no
         assert "sim-01" in message and "deploy a model first" in message and "'digits'" in message, message
         # Nothing half-applied: the device still serves nothing.
         assert fleet["sim-01"].call("telemetry.status")["config"]["source"] == "none"
-        # With a model on the device, the same source is accepted.
-        model = build_digits_model(tmp_path / "digits.onnx")
-        status = fleet.telemetry.configure("sim-01", source="digits", rate_hz=5, model=str(model))["sim-01"]
+        # With a deployed package on the device, the same source is accepted.
+        deploy_model(fleet, build_digits_model(tmp_path / "digits.onnx"), ["sim-01"], tmp_path / "digits-pkg")
+        status = fleet.telemetry.configure("sim-01", source="digits", rate_hz=5)["sim-01"]
         assert status["config"]["source"] == "digits"
         fleet.telemetry.configure("sim-01", source="none")

@@ -37,6 +37,8 @@ VARIABLES: dict[str, tuple[str, str, str]] = {
                   "none of its own", "~/.workbench/artifacts"),
     "artifact_host": ("WORKBENCH_ARTIFACT_HOST", "the address that artifact server binds and devices download from",
                       "127.0.0.1"),
+    "artifact_origin": ("WORKBENCH_ARTIFACT_ORIGIN", "the only artifact servers an agent downloads from, "
+                        "comma-separated http(s)://HOST:PORT", "DATA_DIR/artifact_origin, else the broker's host"),
     "telemetry_db": ("WORKBENCH_TELEMETRY_DB", "the DuckDB file of `fleet.telemetry`", "in memory"),
     "sync_db": ("WORKBENCH_SYNC_DB", "the SQLite file of `fleet.sync`'s store", "in memory"),
     "cache_dir": ("WORKBENCH_CACHE_DIR", "the optimizer's cache of measured variants", "~/.cache/workbench"),
@@ -72,6 +74,7 @@ class Settings:
     deploy_history: Path | None = None
     artifacts: Path | None = None
     artifact_host: str | None = None
+    artifact_origin: tuple[str, ...] | None = None
     telemetry_db: Path | None = None
     sync_db: Path | None = None
     cache_dir: Path | None = None
@@ -130,6 +133,11 @@ def _parse(name: str, env: str, raw: str) -> Any:
         if not 0 <= port < 65536:
             raise ConfigError(f"{env}={raw!r} is not a port; set 0-65535 (0: a free one), or unset it")
         return port
+    if name == "artifact_origin":
+        origins = tuple(part.strip() for part in raw.split(",") if part.strip())
+        if not origins:
+            raise ConfigError(f"{env}={raw!r} names no origin; give comma-separated http(s)://HOST:PORT, or unset it")
+        return origins
     if name == "dashboard_metrics":
         metrics = tuple(part.strip() for part in raw.split(",") if part.strip())
         if not metrics:

@@ -1,21 +1,26 @@
 """The agent's ``benchmark`` command: fetch candidate models over HTTP and time them under the device's limits.
 
-Model bytes never travel over MQTT (256 KiB payload cap): the request carries each model's
-URL, sha256 and size; the agent downloads into its data dir, verifies the hash, checks the
-model fits its memory limit, and times it with its own thread limit. Only ``http(s)://`` URLs are
-fetched, and a failed download gets one error whatever the cause: the reply must not tell a
+Model bytes never travel over MQTT (256 KiB payload cap): the request names a candidate list
+the workbench signed (:mod:`workbench.protocol.candidates`) in the fleet's artifact store. The
+agent downloads it from its artifact origin only (:mod:`workbench.agent._origin`), verifies the
+signature against its trusted keys, then downloads each candidate with the signed sha256 and
+size (enforced while streaming), checks it fits its memory limit, and times it with its own
+thread limit. A failed download gets one error whatever the cause: the reply must not tell a
 caller whether a port is open, a file exists or what its hash is.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from workbench.agent._commands import register_command
+from workbench.agent._origin import ArtifactOrigin
 from workbench.errors import ArtifactError, ConfigError, ResourceLimitError
+from workbench.protocol.candidates import CANDIDATES_FORMAT
 
 if TYPE_CHECKING:
     from workbench.agent._device import DeviceAgent
@@ -27,6 +32,10 @@ _MAX_ITERATIONS = 10_000
 # Generated inputs are allocated from the request's shapes: bounded before any allocation.
 _MAX_INPUT_ELEMENTS = 16 * 2**20
 _MAX_INPUTS = 64
+_MAX_CANDIDATES = 64
+# One error for every failed download, whatever the cause: no file, port or hash oracle (issue 12, row 8).
+_FETCH_FAILED = ("benchmark could not fetch {what}: no file with the signed sha256 and size came from the fleet's "
+                 "artifact origin; check that the artifact server runs and the device reaches it")
 
 
 def _inputs(args: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -71,17 +80,70 @@ def _check_generated(tensors: tuple[Any, ...], batch: int) -> None:
                                   f"{_MAX_INPUT_ELEMENTS} elements; send a smaller shape or batch")
 
 
-def _models(args: dict[str, Any]) -> list[dict[str, Any]]:
-    models = args.get("models")
-    if models is None and "url" in args:
-        models = [{"name": args.get("name", "model"), "url": args["url"], "sha256": args.get("sha256"),
-                   "size": args.get("size")}]
-    if not isinstance(models, list) or not models:
-        raise ConfigError("benchmark needs 'url', 'sha256' and 'size' of a model (or a 'models' list of them)")
-    for model in models:
-        if not isinstance(model, dict) or not all(isinstance(model.get(k), str) for k in ("url", "sha256")):
-            raise ConfigError(f"benchmark model entry {model!r} needs string 'url' and 'sha256'")
-    return models
+def _candidates(args: dict[str, Any]) -> dict[str, Any]:
+    spec = args.get("candidates")
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), str) for k in
+                                             ("manifest_sha256", "signature_sha256", "base_url")):
+        raise ConfigError("benchmark takes 'candidates': a candidate list the workbench signed and put in the fleet's "
+                          "artifact store (workbench.protocol.candidates.stage_candidates; optimize() does this); "
+                          "a bare 'url' is refused, since a device runs only models the workbench signed")
+    return spec
+
+
+def _fetch_signed(agent: DeviceAgent, spec: dict[str, Any]) -> tuple[dict[str, Path], dict[str, float]]:
+    """Download and verify the signed candidate list, then each candidate it names: model files and download ms."""
+    import shutil
+    import tempfile
+
+    origin = ArtifactOrigin.for_device(agent.config.data_dir, agent.config.broker.host)
+    base_url = str(spec["base_url"]).rstrip("/")
+    # Scratch space per call (two benchmarks may run at once); only the list and its signature land here.
+    staging = Path(tempfile.mkdtemp(prefix="benchmark-", dir=agent.config.data_dir))
+    try:
+        return _fetch_listed(agent, spec, origin, base_url, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fetch_listed(agent: DeviceAgent, spec: dict[str, Any], origin: ArtifactOrigin, base_url: str,
+                  staging: Path) -> tuple[dict[str, Path], dict[str, float]]:
+    from workbench.agent._deploy_service import trusted_keys_dir
+    from workbench.protocol.artifacts import fetch
+    from workbench.protocol.keys import load_trusted_keys
+    from workbench.protocol.package import MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, load_package, verify_signature
+
+    try:
+        origin.check(base_url, "benchmark")
+        for name, sha, size, cap in (("manifest.json", spec["manifest_sha256"], spec.get("manifest_size"),
+                                      MAX_MANIFEST_BYTES),
+                                     ("signature.json", spec["signature_sha256"], spec.get("signature_size"),
+                                      MAX_SIGNATURE_BYTES)):
+            fetch(f"{base_url}/artifacts/{sha}", str(sha), staging / name, size=size if isinstance(size, int) else None,
+                  max_bytes=cap, timeout=15.0, attempts=1)
+    except (ArtifactError, ConfigError, OSError, ValueError):
+        raise ArtifactError(_FETCH_FAILED.format(what="the candidate list")) from None
+    listed = load_package(staging)
+    verify_signature(listed, load_trusted_keys(trusted_keys_dir(agent)))
+    if listed.manifest.get("format") != CANDIDATES_FORMAT:
+        raise ArtifactError(f"the signed manifest is not a candidate list ({CANDIDATES_FORMAT}); the workbench "
+                            "signs one per benchmark")
+    store = agent.config.data_dir / "artifacts"
+    paths: dict[str, Path] = {}
+    download_ms: dict[str, float] = {}
+    for name, entry in list(listed.files.items())[:_MAX_CANDIDATES]:
+        sha, size = entry.get("sha256") if isinstance(entry, dict) else None, \
+            entry.get("size") if isinstance(entry, dict) else None
+        if not isinstance(sha, str) or isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ArtifactError(f"candidate {name[:64]!r} has no sha256 and size in the signed list")
+        agent.limits.check_memory(size * _LOAD_FACTOR / 2**20, f"model {name[:64]} (estimate)")
+        start = time.perf_counter()
+        try:
+            paths[name] = fetch(f"{base_url}/artifacts/{sha}", sha, store / f"{sha}.onnx", size=size,
+                                max_bytes=agent.limits.memory_mb * 2**20)
+        except (ArtifactError, ConfigError, OSError, ValueError):
+            raise ArtifactError(_FETCH_FAILED.format(what=f"model {name[:64]!r}")) from None
+        download_ms[name] = (time.perf_counter() - start) * 1000.0
+    return paths, download_ms
 
 
 def _providers(requested: Any) -> list[str]:
@@ -95,33 +157,16 @@ def _providers(requested: Any) -> list[str]:
 
 @register_command("benchmark")
 def _benchmark(agent: DeviceAgent, args: dict[str, Any]) -> dict[str, Any]:
-    from workbench.protocol.artifacts import fetch
     from workbench.protocol.timing import time_models
 
-    models = _models(args)
+    spec = _candidates(args)
     feeds = _inputs(args)
     iterations = int(args.get("iterations", 50))
     if not 1 <= iterations <= _MAX_ITERATIONS:
         raise ConfigError(f"iterations must be 1..{_MAX_ITERATIONS}, got {iterations}")
     threads = max(1, min(int(args.get("threads") or agent.limits.threads), agent.limits.threads))
-    store = agent.config.data_dir / "artifacts"
-    paths: dict[str, str] = {}
-    download_ms: dict[str, float] = {}
-    for model in models:
-        size = model.get("size")
-        if isinstance(size, int):
-            agent.limits.check_memory(size * _LOAD_FACTOR / 2**20, f"model {model.get('name')} (estimate)")
-        start = time.perf_counter()
-        try:
-            path = fetch(model["url"], model["sha256"], store / f"{model['sha256']}.onnx",
-                         size=size if isinstance(size, int) else None,
-                         max_bytes=agent.limits.memory_mb * 2**20)
-        except (ArtifactError, ConfigError, OSError, ValueError):
-            raise ArtifactError(f"benchmark could not fetch model {str(model.get('name'))[:64]!r}: no file with "
-                                "that sha256 and size came from that URL; serve it from the workbench's artifact "
-                                "server (http:// or https://) and check the URL") from None
-        download_ms[str(model.get("name"))] = (time.perf_counter() - start) * 1000.0
-        paths[str(model.get("name", model["sha256"][:12]))] = str(path)
+    fetched, download_ms = _fetch_signed(agent, spec)
+    paths = {name: str(path) for name, path in fetched.items()}
     options = agent.limits.session_options()
     providers = _providers(args.get("providers"))
     try:

@@ -22,13 +22,22 @@ import numpy as np
 
 from workbench._settings import settings
 from workbench.agent._commands import register_command
+from workbench.agent._origin import ArtifactOrigin
 from workbench.agent._runtime import LoadedModel, ModelRuntime
 from workbench.agent._services import register_service
 from workbench.agent._slots import SlotStore
-from workbench.errors import DeployError, HealthCheckError, PackageError, PayloadError, WorkbenchError
+from workbench.errors import (
+    DeployError,
+    HealthCheckError,
+    PackageError,
+    PayloadError,
+    SignatureError,
+    WorkbenchError,
+)
 from workbench.protocol import schema, topics
 from workbench.protocol.keys import load_trusted_keys
 from workbench.protocol.package import (
+    FORMAT,
     MANIFEST,
     MAX_MANIFEST_BYTES,
     MAX_SIGNATURE_BYTES,
@@ -39,6 +48,8 @@ from workbench.protocol.package import (
     verify_package,
     verify_signature,
 )
+from workbench.protocol.rollback import verify_rollback
+from workbench.protocol.states import MAX_SHADOW_S
 
 if TYPE_CHECKING:
     from workbench.agent._device import DeviceAgent
@@ -101,8 +112,10 @@ class Installer:
     """
 
     def __init__(self, store: SlotStore, runtime: ModelRuntime, *, trusted_keys: Callable[[], dict[str, Any]],
-                 download_attempts: int = 3, retry_delay: float = 0.5, background: bool = True) -> None:
+                 download_attempts: int = 3, retry_delay: float = 0.5, background: bool = True,
+                 origin: Callable[[], ArtifactOrigin] | None = None) -> None:
         self.store = store
+        self.origin = origin  # where downloads may come from (None: a test's installer, any http(s) URL)
         self.background = background  # download, verify and load in a low-priority thread (serving comes first)
         self.runtime = runtime
         self.trusted_keys = trusted_keys
@@ -120,6 +133,8 @@ class Installer:
                                        name=package.name, version=package.version)
             self.runtime.activate(loaded)
             self.package = package
+            # A device installed before anti-rollback existed has no floor yet: the package it serves is one.
+            self.store.accept_install(package.sequence)
         return package
 
     def active_description(self) -> dict[str, Any] | None:
@@ -170,6 +185,8 @@ class Installer:
     def _stage(self, desired: dict[str, Any], slot: str, report: Reporter) -> tuple[Package, LoadedModel]:
         package_id = str(desired.get("package_id", ""))
         base_url = str(desired.get("base_url", ""))
+        if self.origin is not None:
+            self.origin().check(base_url, "the deployment's base_url")
         report("downloading", slot=slot)
         needed = int(desired.get("size") or 0)
         free = shutil.disk_usage(self.store.root).free
@@ -184,7 +201,9 @@ class Installer:
         self._fetch(base_url, str(desired.get("signature_sha256")), staged / SIGNATURE,
                     desired.get("signature_size"), report, max_bytes=MAX_SIGNATURE_BYTES)
         report("verifying", slot=slot, detail="signature")
-        verify_signature(load_package(staged), self.trusted_keys())
+        candidate = load_package(staged)
+        verify_signature(candidate, self.trusted_keys())
+        self._check_not_older(candidate)  # before adopt: a refused package never touches a slot
         folder = self.store.adopt(slot, package_id, staged)
         package = load_package(folder)
         verify_signature(package, self.trusted_keys())  # what the slot now holds, not only what staging held
@@ -200,6 +219,18 @@ class Installer:
                                    name=package.name, version=package.version)
         return package, loaded
 
+    def _check_not_older(self, package: Package) -> None:
+        if package.manifest.get("format") != FORMAT:
+            raise PackageError(f"the signed manifest's format is {str(package.manifest.get('format'))[:40]!r}, not "
+                               f"{FORMAT!r}: it is not a model package; deploy one made by `workbench package`")
+        floor = self.store.floor()
+        if package.sequence < floor:
+            raise PackageError(
+                f"package {package.name[:64]} {package.version[:64]} has sequence {package.sequence}, older than the "
+                f"{floor} of the newest package this device installed: a downgrade is refused unless the workbench "
+                "sends a signed rollback (a rollout's abort does); to deploy this model again, re-sign it "
+                "(workbench.deploy.sign_package) so it gets a new sequence")
+
     def install(self, desired: dict[str, Any], report: Reporter) -> dict[str, Any]:
         """Download, verify, load, health-check and activate ``desired``; return the final report fields.
 
@@ -213,6 +244,7 @@ class Installer:
         try:
             package, loaded, health = self._prepare(desired, slot, report)
             report("activating", slot=slot, health=health)
+            self.store.accept_install(package.sequence)
             self.store.commit(slot)
             self.runtime.activate(loaded)
             self.package = package
@@ -248,14 +280,25 @@ class Installer:
         log.exception("install failed")  # an unexpected bug must still leave a report and the old model serving
         return {"state": "failed", "reason": f"{type(exc).__name__}: {exc}", "slot": slot}
 
-    def rollback(self, report: Reporter) -> dict[str, Any]:
-        """Serve the previous slot's package again (or the model the device started with)."""
+    def rollback(self, report: Reporter, *, grant: Any, device_id: str, deployment_id: str) -> dict[str, Any]:
+        """Serve the previous slot's package again (or the model the device started with), if ``grant`` allows it.
+
+        ``grant`` is the workbench's signed permission (see :mod:`workbench.protocol.rollback`); without
+        a valid one the device refuses, since a rollback is a downgrade.
+        """
+        try:
+            sequence = verify_rollback(grant, device_id=device_id, deployment_id=deployment_id,
+                                       trusted_keys=self.trusted_keys(), above=self.store.newest())
+        except SignatureError as exc:
+            return {"state": "rejected", "reason": f"{exc}; the current model keeps serving"}
+        self.store.consume_grant(sequence)
         target = self.store.previous()
         try:
             if target is None:
                 if self.base is None:
                     raise DeployError("nothing to roll back to: no previous package and no start model")
                 report("activating", detail="back to the start model")
+                self.store.lower_floor(0)
                 self.store.revert()
                 self.runtime.activate(self.base)
                 self.package = None
@@ -266,6 +309,7 @@ class Installer:
             loaded = self.runtime.load(package.model_file, sha256=package.describe()["model_sha256"],
                                        name=package.name, version=package.version)
             report("activating", slot=target)
+            self.store.lower_floor(package.sequence)
             self.store.revert()
             self.runtime.activate(loaded)
             self.package = package
@@ -287,7 +331,9 @@ class DeployService:
     def __init__(self, agent: DeviceAgent) -> None:
         self.agent = agent
         self.installer = Installer(SlotStore(agent.config.data_dir / "deploy"), agent.runtime,
-                                   trusted_keys=lambda: load_trusted_keys(trusted_keys_dir(agent)))
+                                   trusted_keys=lambda: load_trusted_keys(trusted_keys_dir(agent)),
+                                   origin=lambda: ArtifactOrigin.for_device(agent.config.data_dir,
+                                                                            agent.config.broker.host))
         self._pending: dict[str, Any] | None = None
         self._wake = threading.Condition()
         self._stopping = False
@@ -367,9 +413,16 @@ class DeployService:
 
         report("pending")
         if desired.get("action") == "rollback":
-            result = self.installer.rollback(report)
+            result = self.installer.rollback(report, grant=desired.get("grant"), device_id=self.agent.device_id,
+                                             deployment_id=deployment)
         elif desired.get("action") == "shadow":
-            result = self.installer.shadow(desired, report, float(desired.get("duration") or 10.0))
+            duration = desired.get("duration") or 10.0
+            if isinstance(duration, bool) or not isinstance(duration, (int, float)) or \
+                    not 0 < duration <= MAX_SHADOW_S:
+                result = {"state": "rejected", "reason": f"shadow duration must be a number of seconds above 0 and "
+                          f"at most {MAX_SHADOW_S:g}, got {str(duration)[:40]!r}; nothing was downloaded"}
+            else:
+                result = self.installer.shadow(desired, report, float(duration))
         else:
             result = self.installer.install(desired, report)
         self._record_active()

@@ -14,6 +14,11 @@ hard cap of :data:`HARD_CAP_FACTOR` times the bound: beyond it, :meth:`Outbox.pu
 counts them); nothing already queued is lost. A bulk or normal item that cannot make room is
 itself dropped. Every drop is counted per priority, in the database, in the same transaction as the drop.
 
+The bound is a setting a command may raise, so there is also an absolute cap that none can: an
+item is never written if it would leave less than ``min_free_bytes`` (:data:`MIN_FREE_BYTES`) free
+on the outbox's disk. Past it, critical and high items are refused as above, bulk and normal ones
+dropped (``disk_reserve`` counts both).
+
 ``synchronous=NORMAL`` in WAL mode keeps committed items through a process crash
 (``kill -9``); a power cut may lose the last few commits.
 """
@@ -21,6 +26,7 @@ itself dropped. Every drop is counted per priority, in the database, in the same
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -44,6 +50,8 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 # Critical and high items may take the disk up to this multiple of the bound, never more.
 HARD_CAP_FACTOR = 2
+# Free disk the outbox never writes into, whatever its bound says: the device's OS and agent need it too.
+MIN_FREE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -75,13 +83,15 @@ class Outbox:
         1
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = 256 * 2**20,
+                 min_free_bytes: int = MIN_FREE_BYTES) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1024:
             raise ConfigError(f"outbox max_bytes must be an integer of at least 1024, got {max_bytes!r}")
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -106,8 +116,8 @@ class Outbox:
                          (name, by, by))
 
     def counters(self) -> dict[str, int]:
-        """Persistent counters: produced, acked, dropped_<priority>, refused_<priority>, over_bound, resent,
-        ack_not_sent."""
+        """Persistent counters: produced, acked, dropped_<priority>, refused_<priority>, over_bound, disk_reserve,
+        resent, ack_not_sent."""
         with self._lock:
             rows = self._db.execute("SELECT name, value FROM counters").fetchall()
         return {name: int(value) for name, value in rows}
@@ -151,6 +161,7 @@ class Outbox:
         seqs: list[int | None] = []
         with self._lock:
             start_bytes = self._bytes
+            room, reserve_hit = self._disk_room(), False
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute("SELECT value FROM counters WHERE name = 'produced'").fetchone()
@@ -158,6 +169,19 @@ class Outbox:
                 for data in datas:
                     seq += 1
                     size = len(data)
+                    if size > room:
+                        reserve_hit = True
+                        if PRIORITIES[rank] not in EVICTABLE:
+                            raise ResourceLimitError(
+                                f"the device's disk is nearly full: a {PRIORITIES[rank]} item of {size} bytes "
+                                f"would leave less than the {self.min_free_bytes} bytes the outbox keeps free; "
+                                f"none of the {len(datas)} items was queued. Free disk space on the device or let "
+                                "the backlog drain")
+                        self._bump("disk_reserve")
+                        self._bump(f"dropped_{PRIORITIES[rank]}")
+                        seqs.append(None)
+                        continue
+                    room -= size
                     if self._bytes + size > self.max_bytes and not self._make_room(size, rank):
                         self._bump(f"dropped_{PRIORITIES[rank]}")
                         seqs.append(None)
@@ -183,8 +207,19 @@ class Outbox:
                 self._bytes = start_bytes
                 if isinstance(exc, ResourceLimitError):
                     self._bump(f"refused_{PRIORITIES[rank]}", len(datas))
+                    if reserve_hit:
+                        self._bump("disk_reserve")
                 raise
             return seqs
+
+    def _disk_room(self) -> int:
+        """Bytes that may still be written before the disk's free space reaches ``min_free_bytes``."""
+        if self.path == ":memory:":
+            return 2**62
+        try:
+            return shutil.disk_usage(Path(self.path).parent).free - self.min_free_bytes
+        except OSError:
+            return 2**62  # the write itself reports a real disk problem
 
     @property
     def hard_max_bytes(self) -> int:

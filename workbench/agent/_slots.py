@@ -7,6 +7,7 @@ Layout under ``DATA_DIR/deploy``::
     staging/   a new package's manifest and signature, until the signature verifies
     current -> slots/a    the package the device serves (absent: the --model it started with)
     previous -> slots/b   what a rollback returns to
+    anti_rollback.json    the sequence of the newest package installed, and the highest sequence accepted
 
 A new package is only ever written into the slot ``current`` does not point to, and only
 once its manifest's signature has verified in ``staging`` (so a bogus deployment cannot wipe
@@ -14,6 +15,10 @@ the package a rollback would return to), and
 ``current`` changes by renaming a new symlink over it (then fsync of the directory), so a
 crash at any moment leaves ``current`` pointing at the old or the new complete package.
 At boot the agent verifies the package ``current`` names before it serves it.
+
+Anti-rollback: a package whose signed sequence is below the newest one installed is refused
+(checked in staging, before a slot is touched); only a signed rollback grant lowers that floor,
+and a grant counts only if its sequence is above every sequence accepted before.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ log = logging.getLogger("workbench.agent")
 
 SLOTS = ("a", "b")
 _MARKER = ".package_id"
+_ANTI_ROLLBACK = "anti_rollback.json"
 
 
 def fsync_dir(path: Path) -> None:
@@ -134,6 +140,52 @@ class SlotStore:
         fsync_dir(folder)
         return folder
 
+    # -- anti-rollback ----------------------------------------------------------------------------------
+
+    def _accepted(self) -> dict[str, int]:
+        try:
+            record = json.loads((self.root / _ANTI_ROLLBACK).read_text())
+            return {key: int(record[key]) for key in ("floor", "newest")}
+        except FileNotFoundError:
+            return {"floor": 0, "newest": 0}
+        except (OSError, ValueError, TypeError, KeyError):
+            # Written by rename only, so this is tampering or a failing disk: refuse every package rather than
+            # forget the floor (a forgotten floor would let a replayed old package in).
+            log.error("%s is unreadable; refusing every package until it is fixed", self.root / _ANTI_ROLLBACK)
+            return {"floor": 2**63, "newest": 2**63}
+
+    def _write_accepted(self, floor: int, newest: int) -> None:
+        path = self.root / _ANTI_ROLLBACK
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w") as handle:
+            json.dump({"floor": floor, "newest": newest}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(self.root)
+
+    def floor(self) -> int:
+        """The sequence of the newest package this device installed: older ones are refused."""
+        return self._accepted()["floor"]
+
+    def newest(self) -> int:
+        """The highest sequence this device accepted (packages and rollback grants): a grant must exceed it."""
+        return self._accepted()["newest"]
+
+    def accept_install(self, sequence: int) -> None:
+        """Record that a package of ``sequence`` is being activated (before the switch: a crash errs safe)."""
+        accepted = self._accepted()
+        self._write_accepted(max(accepted["floor"], sequence), max(accepted["newest"], sequence))
+
+    def consume_grant(self, grant: int) -> None:
+        """Record a verified rollback grant's sequence, so that the grant can never count again."""
+        accepted = self._accepted()
+        self._write_accepted(accepted["floor"], max(accepted["newest"], grant))
+
+    def lower_floor(self, serving: int) -> None:
+        """After a granted rollback: packages from ``serving`` (the one now served) on are accepted again."""
+        self._write_accepted(serving, self._accepted()["newest"])
+
     def _set_link(self, name: str, slot: str | None) -> None:
         link = self.root / name
         if slot is None:
@@ -207,4 +259,4 @@ class SlotStore:
                 pass
             slots[slot] = {"package_id": self.package_id(slot), "name": manifest.get("name"),
                            "version": manifest.get("version")}
-        return {"current": self.current(), "previous": self.previous(), "slots": slots}
+        return {"current": self.current(), "previous": self.previous(), "slots": slots, **self._accepted()}

@@ -232,12 +232,26 @@ class SyncService:
 
     def produce(self, count: int, *, priority: str = "normal", rate_hz: float = 100.0, size: int = 200,
                 kind: str = "event") -> dict[str, Any]:
-        """Queue ``count`` items of ``size`` bytes at ``rate_hz`` in a background thread."""
+        """Queue ``count`` items of ``size`` bytes at ``rate_hz`` in a background thread.
+
+        A command anyone on the broker may send must not fill the device's disk or CPU: the byte
+        rate, the bytes of one call and the producers running at once are capped (issue 12, item 6).
+        """
         rank = priority_rank(priority)
         for name, value, low, high in (("count", count, 1, 10_000_000), ("size", size, 16, 1_000_000),
                                        ("rate_hz", rate_hz, 0.01, 1e6)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                 raise ConfigError(f"sync.produce {name} must be a number from {low} to {high}, got {value!r}")
+        if rate_hz * size > MAX_PRODUCE_BYTES_PER_S:
+            raise ConfigError(f"sync.produce would write {rate_hz * size / 2**20:.1f} MiB/s, over the device's cap of "
+                              f"{MAX_PRODUCE_BYTES_PER_S // 2**20} MiB/s; lower rate_hz or size")
+        if count * size > MAX_PRODUCE_BYTES:
+            raise ConfigError(f"sync.produce would write {count * size / 2**20:.1f} MiB, over the cap of "
+                              f"{MAX_PRODUCE_BYTES // 2**20} MiB for one call; lower count or size")
+        self._producers = [t for t in self._producers if t.is_alive()]
+        if len(self._producers) >= MAX_PRODUCERS:
+            raise ConfigError(f"{MAX_PRODUCERS} sync.produce runs are still going on this device; wait for one "
+                              "to finish before starting another")
 
         def run() -> None:
             period = 1.0 / float(rate_hz)
@@ -259,6 +273,12 @@ class SyncService:
         self._producers.append(thread)
         thread.start()
         return {"producing": int(count), "priority": PRIORITIES[rank]}
+
+
+# Caps on the load generator (issue 12, item 6): it exists for tests and demos, not to fill a device's disk.
+MAX_PRODUCE_BYTES_PER_S = 16 * 2**20
+MAX_PRODUCE_BYTES = 256 * 2**20
+MAX_PRODUCERS = 4
 
 
 def sync_service(agent: DeviceAgent) -> SyncService:

@@ -21,7 +21,6 @@ import logging
 import shutil
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +43,9 @@ log = logging.getLogger("workbench.agent.telemetry")
 # Sources that run inputs through the active model (the others report device metrics or synthetic points).
 MODEL_SOURCES = ("digits", "sensors", "http")
 
+# The synthetic load generator's cap (issue 12, item 6): the benchmarks offer 1 M points/s to a whole fleet.
+MAX_SYNTHETIC_POINTS_PER_S = 2_000_000
+
 DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "publish_interval_s": 1.0,
@@ -57,11 +59,16 @@ DEFAULTS: dict[str, Any] = {
     "window": 20,
     "http_port": 0,
     "synthetic_points_per_s": 0,
-    "model": None,              # a model file already on the device, served from now on
 }
 _LIMITS = {"publish_interval_s": (0.01, 3600.0), "batch_size": (1, 100_000), "qos": (0, 1), "rate_hz": (0.01, 10_000.0),
            "confidence_threshold": (0.0, 1.0), "window": (1, 10_000), "http_port": (0, 65535),
-           "synthetic_points_per_s": (0, 10_000_000)}
+           "synthetic_points_per_s": (0, MAX_SYNTHETIC_POINTS_PER_S)}
+
+
+# Serving a file named by a command let anyone who can publish a command serve an unsigned model (issue 12, row 7).
+MODEL_BY_PATH_REFUSED = ("telemetry setting 'model' is refused: a device serves only signed packages it has verified; "
+                         "deploy one first (fleet.deploy(workbench.deploy.build_package(MODEL.onnx, OUT_DIR).path)), "
+                         "then configure the source; the telemetry settings are unchanged")
 
 
 def validate_config(changes: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -72,7 +79,10 @@ def validate_config(changes: dict[str, Any], current: dict[str, Any] | None = No
         5.0
     """
     config = dict(current or DEFAULTS)
+    config.pop("model", None)  # a setting older agents kept; a device no longer serves a file by its path
     for key, value in changes.items():
+        if key == "model":
+            raise ConfigError(MODEL_BY_PATH_REFUSED)
         if key not in DEFAULTS:
             raise ConfigError(f"unknown telemetry setting {key!r}; known: {', '.join(sorted(DEFAULTS))}")
         if key in _LIMITS:
@@ -144,11 +154,9 @@ class TelemetryService:
         """Apply and persist new settings; restart the inference loop; return the full config."""
         with self._lock:
             config = validate_config(changes, self.config)
-            if changes.get("model"):
-                self._load_model(Path(str(changes["model"])))
             self._check_servable(changes, config)
             self.config = config
-            self.agent.state["telemetry"] = {k: v for k, v in config.items() if k != "model"}
+            self.agent.state["telemetry"] = dict(config)
             self.agent.save_state()
             if self._thread is not None:
                 self._restart_loop()
@@ -162,22 +170,10 @@ class TelemetryService:
                 and self.agent.runtime.active is None):
             raise ConfigError(
                 f"device {self.agent.device_id} has no model to serve telemetry source {source!r}: deploy a model "
-                "first (fleet.deploy(package)), or pass model=<path of a model file on the device>; "
-                "its telemetry settings are unchanged")
+                "first (fleet.deploy(package)); its telemetry settings are unchanged")
 
     def _apply_desired(self, payload: bytes) -> None:
         apply_desired(self.agent, payload, "telemetry", self.configure)
-
-    def _load_model(self, path: Path) -> None:
-        if not path.is_file():
-            raise ConfigError(f"model file {path} is not on this device; copy it there first (or deploy it)")
-        runtime = self.agent.runtime
-        runtime.activate(runtime.load(path, name=path.stem))
-        active = runtime.active
-        assert active is not None
-        self.agent.state["active_model"] = {k: v for k, v in active.describe().items()
-                                            if k not in ("inputs", "outputs")}
-        self.agent.publish_inventory()
 
     def _restart_loop(self) -> None:
         with self._lock:

@@ -7,7 +7,9 @@ import uuid
 from typing import Any
 
 from workbench.protocol.artifacts import ArtifactStore
+from workbench.protocol.keys import SigningKey
 from workbench.protocol.package import MANIFEST, SIGNATURE, Package
+from workbench.protocol.rollback import sign_rollback
 
 
 def stage_package(package: Package, server: ArtifactStore) -> dict[str, Any]:
@@ -40,12 +42,17 @@ def desired_install(staged: dict[str, Any], *, rollout_id: str, deployment_id: s
             "deployment_id": deployment_id or uuid.uuid4().hex[:12], "set_at": time.time()}
 
 
-def desired_rollback(*, rollout_id: str, reason: str) -> dict[str, Any]:
-    """The desired state telling a device to return to its previous package.
+def desired_rollback(*, rollout_id: str, reason: str, device_id: str, key: SigningKey) -> dict[str, Any]:
+    """The desired state telling ``device_id`` to return to its previous package, with the grant ``key`` signed.
+
+    A device refuses packages older than the one it installed; this signed grant is what lets it
+    go back (see :mod:`workbench.protocol.rollback`).
 
     Example:
-        >>> desired_rollback(rollout_id="r1", reason="gate failed")["action"]
+        >>> desired_rollback(rollout_id="r1", reason="gate failed", device_id="sim-01",
+        ...                  key=load_signing_key())["action"]   # doctest: +SKIP
         'rollback'
     """
-    return {"action": "rollback", "rollout_id": rollout_id, "deployment_id": uuid.uuid4().hex[:12],
-            "reason": reason, "set_at": time.time()}
+    deployment_id = uuid.uuid4().hex[:12]
+    return {"action": "rollback", "rollout_id": rollout_id, "deployment_id": deployment_id, "reason": reason,
+            "set_at": time.time(), "grant": sign_rollback(key, device_id=device_id, deployment_id=deployment_id)}

@@ -179,8 +179,9 @@ class Rollout:
     def __init__(self, fleet: Fleet, package: Package, targets: list[str], *, strategy: Strategy,
                  gates: Sequence[Gate], metrics: MetricSource | None, max_failures: int | float | None,
                  device_timeout: float, artifacts: ArtifactStore | None, artifact_dir: Path | None,
-                 force: bool) -> None:
+                 force: bool, keys_dir: str | os.PathLike[str] | None = None) -> None:
         self.fleet = fleet
+        self.keys_dir = keys_dir  # the key that signs a rollback: devices trust the one that signed the package
         self.package = package
         self.strategy = strategy
         self.gates = list(gates)
@@ -480,9 +481,16 @@ class Rollout:
     def _abort(self, updated: list[str], reason: str) -> None:
         self.status, self.reason = "aborted", reason
         state = self._ctx.state
+        try:
+            key = load_signing_key(self.keys_dir)
+        except ConfigError as exc:  # without the key no device would accept the rollback: say so, send nothing
+            for device_id in updated:
+                self.devices[device_id].reason = f"{reason}; not rolled back: {exc}"
+            self._changed()
+            return
         for device_id in updated:
             progress = self.devices[device_id]
-            desired = desired_rollback(rollout_id=self.id, reason=reason)
+            desired = desired_rollback(rollout_id=self.id, reason=reason, device_id=device_id, key=key)
             progress.deployment_id, progress.state, progress.reason = desired["deployment_id"], "rolling_back", reason
             state.set_desired(device_id, desired)
         for progress in self.devices.values():
@@ -602,7 +610,7 @@ def deploy(
     targets = _device_ids(fleet, devices)
     return Rollout(fleet, signed, targets, strategy=strategy, gates=gates, metrics=metrics,
                    max_failures=max_failures, device_timeout=device_timeout, artifacts=artifacts,
-                   artifact_dir=Path(artifact_dir) if artifact_dir else None, force=force)
+                   artifact_dir=Path(artifact_dir) if artifact_dir else None, force=force, keys_dir=keys_dir)
 
 
 def history(fleet: Fleet | None = None) -> pd.DataFrame:

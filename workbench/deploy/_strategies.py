@@ -151,6 +151,14 @@ class Shadow:
     soak_s: float = 0.0
     max_failures: int | float | None = None
 
+    def __post_init__(self) -> None:
+        from workbench.protocol.states import MAX_SHADOW_S
+
+        if isinstance(self.duration, bool) or not isinstance(self.duration, (int, float)) or \
+                not 0 < self.duration <= MAX_SHADOW_S:
+            raise ConfigError(f"Shadow(duration=...) must be seconds above 0 and at most {MAX_SHADOW_S:g} (devices "
+                              f"refuse longer shadow runs), got {self.duration!r}")
+
     def plan(self, devices: list[str]) -> list[list[str]]:
         return [list(devices)] if devices else []
 

@@ -27,6 +27,7 @@ from workbench.deploy._gates import gate
 from workbench.deploy._rollout import Rollout, _device_ids, context
 from workbench.deploy._strategies import AllAtOnce, Canary, Shadow, Strategy
 from workbench.errors import ConfigError, FleetTimeoutError, HubError
+from workbench.protocol.keys import load_signing_key
 from workbench.protocol.package import load_package
 from workbench.protocol.states import TERMINAL
 from workbench.telemetry._alerts import AlertRule
@@ -320,10 +321,14 @@ class HubRollouts:
             activated = [d for d, i in deployments.items()
                          if state.reported(d).get("deployment_id") == i and state.reported(d).get("state") == "active"]
             rollbacks = {}
-            for device in activated:
-                desired = desired_rollback(rollout_id=rollout_id, reason=INTERRUPTED)
-                rollbacks[device] = desired["deployment_id"]
-                state.set_desired(device, desired)
+            if activated:
+                # Devices accept a rollback only with a grant signed by a key they trust: the hub's machine's
+                # workbench key (never a key folder a token holder names).
+                key = load_signing_key()
+                for device in activated:
+                    desired = desired_rollback(rollout_id=rollout_id, reason=INTERRUPTED, device_id=device, key=key)
+                    rollbacks[device] = desired["deployment_id"]
+                    state.set_desired(device, desired)
             while time.monotonic() < deadline and not all(
                     state.reported(d).get("deployment_id") == i and state.reported(d).get("state") in TERMINAL
                     for d, i in rollbacks.items()):

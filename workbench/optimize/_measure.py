@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,22 @@ def measure_on_device(paths: dict[str, Path], feeds: dict[str, np.ndarray], spec
     Example:
         >>> measure_on_device(paths, feeds, spec, target, warmup=5, iterations=50, rounds=5)  # doctest: +SKIP
     """
+    from workbench.deploy._serve import store_for_record
     from workbench.protocol.artifacts import ArtifactServer
+    from workbench.protocol.candidates import stage_candidates
+    from workbench.protocol.keys import load_signing_key
 
     device = target.device
-    with tempfile.TemporaryDirectory(prefix="wb-artifacts-") as store, \
-            ArtifactServer(store, host=artifact_host, port=artifact_port) as server:
-        models = []
-        for name, path in paths.items():
-            sha = server.add(path)
-            models.append({"name": name, "url": server.url(sha), "sha256": sha, "size": path.stat().st_size})
+    # A device downloads only from its fleet's artifact origin: a local fleet's artifact server when there is one.
+    record = getattr(getattr(device, "_fleet", None), "local_record", None)
+    fleet_store = store_for_record(record) if record is not None else None
+    with tempfile.TemporaryDirectory(prefix="wb-artifacts-") as folder, \
+            contextlib.nullcontext(fleet_store) if fleet_store is not None else \
+            ArtifactServer(folder, host=artifact_host, port=artifact_port) as server:
+        # The device runs only what the workbench signed: the candidates go as a signed list.
+        candidates = stage_candidates(paths, server, load_signing_key(create=True))
         # The device times on the target's GPU/accelerator providers it has; an older agent ignores the key.
-        args: dict[str, Any] = {"models": models, "warmup": warmup, "iterations": iterations, "rounds": rounds,
+        args: dict[str, Any] = {"candidates": candidates, "warmup": warmup, "iterations": iterations, "rounds": rounds,
                                 "threads": threads or target.threads, "providers": list(target.providers)}
         if sum(a.nbytes for a in feeds.values()) <= _MAX_INLINE_INPUT_BYTES:
             args["inputs"] = {k: {"dtype": v.dtype.name, "shape": list(v.shape), "data": v.ravel().tolist()}

@@ -28,6 +28,7 @@ import numpy as np
 from workbench.errors import PackageError, SignatureError
 from workbench.protocol.artifacts import sha256_file
 from workbench.protocol.keys import SigningKey, load_signing_key
+from workbench.protocol.sequence import manifest_sequence, next_sequence
 
 FORMAT = "wb-package/1"
 MANIFEST = "manifest.json"
@@ -75,6 +76,11 @@ class Package:
     @property
     def version(self) -> str:
         return str(self.manifest.get("version") or self.id[:12])
+
+    @property
+    def sequence(self) -> int:
+        """The signed, monotonic sequence number anti-rollback compares (0 for a package signed without one)."""
+        return manifest_sequence(self.manifest)
 
     @property
     def files(self) -> dict[str, dict[str, Any]]:
@@ -239,6 +245,8 @@ def sign_package(
         },
         "signed_at": time.time(),
         "key_id": key.key_id,
+        # Signed with the rest: a device refuses a package older than one it installed (anti-rollback).
+        "sequence": next_sequence(key.directory),
     })
     manifest.setdefault("recipe", None)
     manifest.setdefault("metrics", None)

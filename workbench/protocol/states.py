@@ -10,4 +10,7 @@ Example:
 from __future__ import annotations
 
 TERMINAL = ("active", "failed", "rejected", "rolled_back", "shadowed")
+# A shadow run holds a second model in memory and doubles the inference work: devices refuse longer ones
+# (issue 12, item 6), and workbench.Shadow refuses to ask for them.
+MAX_SHADOW_S = 3600.0
 STATES = ("pending", "downloading", "verifying", "loading", "health_checking", "activating", "shadowing", *TERMINAL)

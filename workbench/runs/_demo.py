@@ -91,24 +91,33 @@ def leave_serving(fleet: DemoFleet, *, rate_hz: float = LIVE_RATE_HZ, timeout: f
     """Have every device of the demo's fleet serve a digits classifier on replayed digits; return their ids.
 
     The curated notebooks leave the devices idle, so without this `workbench dashboard` would
-    open on empty charts. The model goes to ``<run dir>/demo/digits.onnx`` (the devices are
-    local processes); the devices serve until ``telemetry.configure(source="none")`` or
-    ``workbench down``. Commands go straight to the devices; the fleet's hub stores what they
-    report, and the dashboard shows it from the hub.
+    open on empty charts. The model is packaged and signed in ``<run dir>/demo/digits`` and
+    deployed (a device serves only signed packages); the devices serve until
+    ``telemetry.configure(source="none")`` or ``workbench down``. Commands go straight to the
+    devices; the fleet's hub stores what they report, and the dashboard shows it from the hub.
 
     Example:
         >>> leave_serving(ensure_fleet(3))   # doctest: +SKIP
         ['sim-01', 'sim-02', 'sim-03']
     """
+    import shutil
+
     import workbench
+    from workbench.deploy import build_package, load_signing_key
+    from workbench.errors import DeployError
     from workbench.telemetry import build_digits_model
 
-    model = build_digits_model(Path(fleet.run_dir) / "demo" / "digits.onnx")
-    settings = {"enabled": True, "source": "digits", "model": str(model), "rate_hz": rate_hz,
-                "publish_interval_s": 1.0}
+    folder = Path(fleet.run_dir) / "demo"
+    model = build_digits_model(folder / "digits.onnx")
+    shutil.rmtree(folder / "digits", ignore_errors=True)  # a new package (a new sequence) for every demo run
+    package = build_package(model, folder / "digits", load_signing_key(create=True), name="digits")
+    settings = {"enabled": True, "source": "digits", "rate_hz": rate_hz, "publish_interval_s": 1.0}
     with workbench.connect(run_dir=fleet.run_dir) as connected:
         connected.wait_for(fleet.devices, timeout=timeout)
         serving = sorted(device.device_id for device in connected.online())
+        report = connected.deploy(package.path, devices=serving).wait(timeout=max(timeout, 120.0))
+        if report.status != "succeeded":
+            raise DeployError(f"the demo's digits package did not deploy: {report.reason}; see `workbench status`")
         for device_id in serving:
             connected.call(device_id, "telemetry.configure", settings, timeout=timeout)
     return serving

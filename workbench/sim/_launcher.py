@@ -151,6 +151,9 @@ def _start(record: dict[str, Any], rd: RunDir, plan: list[list[tuple[str, str]]]
     from workbench.protocol.keys import enroll_local_fleet  # devices trust only packages the workbench's key signed
 
     enroll_local_fleet(rd.data, [d for group in plan for d, _ in group])
+    from workbench.agent._origin import write_origins  # devices download only from that artifact server
+
+    write_origins(rd.data, [d for group in plan for d, _ in group], record["artifacts"]["url"])
     if hub:
         record["hub"] = spawn_hub(record, rd)
     for index, group in enumerate(plan):

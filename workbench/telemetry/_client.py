@@ -200,6 +200,11 @@ class TelemetryViews(ABC):
         Example:
             >>> fleet.telemetry.configure("sim-01", source="sensors", rate_hz=10)   # doctest: +SKIP
         """
+        if "model" in settings:
+            raise ConfigError("telemetry.configure(model=...) was removed: a device serves only signed packages it "
+                              "has verified, never a file named by its path; deploy the model first "
+                              "(fleet.deploy(workbench.deploy.build_package(MODEL.onnx, OUT_DIR).path)), then "
+                              "configure the source")
         names = [d.device_id for d in self.fleet.online()] if devices == "all" else self._devices(devices) or []
         results = {}
         for name in names:
