@@ -122,6 +122,7 @@ def up(
             _start(record, rd, plan, broker=broker, port=port, keepalive=keepalive, secure=secure, hub=hub)
             rd.write(record)  # written before the wait, so `down` can clean up a fleet that never came up
             _wait_online(record, rd, [d for group in plan for d, _ in group], timeout=timeout)
+            _check_subscriptions(record)
         except BaseException:
             _stop_record(record)
             rd.clear()
@@ -215,6 +216,18 @@ def _wait_online(record: dict[str, Any], rd: RunDir, expected: list[str], *, tim
                 raise FleetTimeoutError(f"{len(missing)} of {len(expected)} devices not online after {timeout:g} s "
                                         f"({', '.join(missing[:5])}...); see the logs in {rd.logs}")
             time.sleep(0.1)
+
+
+def _check_subscriptions(record: dict[str, Any]) -> None:
+    # NATS grants the SUBACK of a QoS 1 subscription whose JetStream consumer it refused: the device is
+    # online but deaf to commands. Only the broker's log and /jsz tell, so look before calling the fleet up.
+    if record["broker"].get("kind") != _brokers.EMBEDDED:
+        return
+    report = _brokers.subscription_report(record["broker"])
+    if report["refused"]:
+        raise FleetError(f"the NATS broker refused {report['refused']} QoS 1 subscription(s) of the fleet's devices "
+                         f"(JetStream consumers: {report['consumers']}, limit {report['max_consumers']}); those "
+                         f"devices would miss commands. First refusal: {report['refusals'][0]}")
 
 
 def _stop_record(record: dict[str, Any]) -> None:

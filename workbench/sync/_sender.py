@@ -195,7 +195,11 @@ class Sender:
         items = self.outbox.take(max_bytes=self.batch_bytes, max_rank=self.budget.max_rank(),
                                  ack_timeout=self._ack_timeout())
         if not items:
-            self._wake.wait(0.05)
+            # Nothing due: a put or an ack wakes the sender. With nothing in flight, no resend can fall due
+            # either, so an idle device's sender wakes once a second, not twenty times (a thousand devices).
+            with self._lock:
+                idle = not self._inflight
+            self._wake.wait(1.0 if idle else 0.05)
             self._wake.clear()
             return
         message = self.codec.encode([WireItem(i.seq, i.priority, i.kind, i.payload) for i in items])
