@@ -25,6 +25,7 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -59,15 +60,25 @@ def _cpu_seconds(procs: list[psutil.Process]) -> float:
 
 
 def _switches(procs: list[psutil.Process]) -> int:
-    return sum(sum(proc.num_ctx_switches()) for proc in procs)
+    """Context switches of every thread (psutil's num_ctx_switches counts the main thread's only)."""
+    total = 0
+    for proc in procs:
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            try:
+                text = (task / "status").read_text()
+            except OSError:
+                continue  # the thread ended meanwhile
+            total += sum(int(line.split()[1]) for line in text.splitlines()
+                         if "ctxt_switches:" in line)
+    return total
 
 
-def measure(broker: str, devices: int, *, idle: float, timeout: float) -> dict[str, Any]:
+def measure(broker: str, devices: int, *, idle: float, timeout: float, keepalive: int = 30) -> dict[str, Any]:
     """One fleet of ``devices`` on ``broker``: time to online, memory, idle CPU and wake-ups; the fleet is stopped."""
     with tempfile.TemporaryDirectory(prefix="wb-scale-") as run_dir:
         load_before = _load()
         started = time.perf_counter()
-        record = up(devices=devices, run_dir=run_dir, broker=broker, timeout=timeout)
+        record = up(devices=devices, run_dir=run_dir, broker=broker, timeout=timeout, keepalive=keepalive)
         online_s = time.perf_counter() - started
         try:
             agents = _processes(record["agents"])
@@ -80,6 +91,7 @@ def measure(broker: str, devices: int, *, idle: float, timeout: float) -> dict[s
             threads = sum(proc.num_threads() for proc in agents)
             with workbench.connect(run_dir=run_dir) as fleet:
                 fleet.wait_for(devices, timeout=60)
+                fleet.inventory()  # the first call imports pandas
                 t0 = time.perf_counter()
                 inventory = fleet.inventory()
                 inventory_s = time.perf_counter() - t0
@@ -116,6 +128,7 @@ def main() -> None:
     parser.add_argument("--brokers", default="embedded,mosquitto", help="comma-separated: embedded, mosquitto")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measurement per fleet")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds `up` may take per fleet")
+    parser.add_argument("--keepalive", type=int, default=30, help="the agents' MQTT keepalive (s)")
     args = parser.parse_args()
     print(f"CPU: {cpu_flags()}")
     print(f"load average before: {_load()}")
@@ -126,7 +139,8 @@ def main() -> None:
     for broker in args.brokers.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
             try:
-                print(_row(measure(broker, size, idle=args.idle, timeout=args.timeout)), flush=True)
+                row = measure(broker, size, idle=args.idle, timeout=args.timeout, keepalive=args.keepalive)
+                print(_row(row), flush=True)
             except workbench.WorkbenchError as exc:
                 print(f"| {broker} | {size:,} | failed: {exc} |", flush=True)
     print(f"load average after: {_load()}")
