@@ -101,3 +101,20 @@ def test_nats_keeps_mqtt_consumers_in_memory_with_room_for_thousands_of_devices(
         assert "consumer_memory_storage: true" in Path(record["config"]).read_text()
     finally:
         _procs.stop([record])
+
+
+def test_devices_report_less_often_when_the_fleet_is_larger_than_the_paced_size(
+    fleet_factory: FleetFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench.sim import _launcher
+
+    # Three devices stand in for a large fleet: pacing starts above 2, at 1 report a second for the fleet.
+    monkeypatch.setattr(_launcher, "PACED_ABOVE", 2)
+    monkeypatch.setattr(_launcher, "FLEET_REPORTS_PER_S", 1)
+    record = fleet_factory(devices=3)
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(3, timeout=30)
+        for device in ("sim-01", "sim-03"):
+            assert _eventually(lambda d=device: fleet.call(d, "telemetry.status", timeout=10)["config"]
+                               ["publish_interval_s"] == 3.0, 15)
+            assert fleet.call(device, "sync.status", timeout=10)["reported"]["state_interval_s"] == 3.0
