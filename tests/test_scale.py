@@ -1,11 +1,29 @@
-"""The local fleet at the size the issue asks for: 200 simulated devices on this machine."""
+"""The local fleet at scale: many simulated devices on this machine, and the broker settings that allow it."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
 import psutil
+import pytest
 from conftest import FleetFactory
+from paho.mqtt.enums import CallbackAPIVersion
 
 import workbench
+from workbench.agent._device import device_subscriptions
+from workbench.sim import _brokers, _procs
+from workbench.sim._rundir import RunDir
+
+
+def _eventually(check: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(check) and check():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_two_hundred_devices_come_online_and_answer_when_sharing_processes(fleet_factory: FleetFactory) -> None:
@@ -24,3 +42,79 @@ def test_two_hundred_devices_come_online_and_answer_when_sharing_processes(fleet
     memory = sum(psutil.Process(agent["pid"]).memory_info().rss for agent in record["agents"])
     # Sharing processes keeps a simulated device to a few MiB (one process alone is ~60 MiB).
     assert memory / 200 < 16 * 2**20
+    # Each device's QoS 1 subscription is one JetStream consumer on NATS, and none was refused.
+    report = _brokers.subscription_report(record["broker"])
+    assert report["refused"] == 0
+    assert _eventually(lambda: _brokers.subscription_report(record["broker"])["consumers"] == 200, 20)
+
+
+def test_device_subscribes_with_one_qos1_filter_when_services_add_desired_topics() -> None:
+    subscriptions = device_subscriptions("sim-07", ["wb/v1/desired/sim-07/model", "wb/v1/desired/sim-07/ack",
+                                                    "wb/v1/desired/sim-07/sync", "wb/v1/desired/sim-07/telemetry"])
+    assert [topic for topic, qos in subscriptions if qos == 1] == ["wb/v1/cmd/sim-07/+"]
+    assert ("wb/v1/desired/sim-07/+", 0) in subscriptions
+    # A service topic the desired filter does not cover is still subscribed, at QoS 1.
+    extra = device_subscriptions("sim-07", ["wb/v1/other/sim-07/x"])
+    assert ("wb/v1/other/sim-07/x", 1) in extra and len([q for _, q in extra if q == 1]) == 2
+
+
+def _subscriber(port: int, index: int, granted: list[int]) -> mqtt.Client:
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"limit-{index}",
+                         protocol=mqtt.MQTTv311, clean_session=True)
+    before = len(granted)
+    client.on_subscribe = lambda _c, _u, _mid, codes, _p: granted.extend(int(c.value) for c in codes)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe(f"wb/v1/cmd/limit-{index}/+", qos=1)
+    assert _eventually(lambda: len(granted) > before, 10), "no SUBACK"
+    return client
+
+
+def test_refused_qos1_subscriptions_are_counted_when_the_consumer_limit_is_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_brokers, "MAX_CONSUMERS", 3)
+    record = _brokers.start_broker(_brokers.EMBEDDED, RunDir(tmp_path))
+    clients: list[mqtt.Client] = []
+    granted: list[int] = []
+    try:
+        clients = [_subscriber(record["port"], index, granted) for index in range(5)]
+        # nats-server 2.15 answers the refused ones with SUBACK 0x80; its log and /jsz say why.
+        assert granted == [1, 1, 1, 128, 128]
+        assert _eventually(lambda: _brokers.subscription_report(record)["refused"] == 2, 10)
+        report = _brokers.subscription_report(record)
+        assert report["consumers"] == 3 and report["max_consumers"] == 3
+        assert "maximum consumers limit reached" in report["refusals"][0]
+    finally:
+        for client in clients:
+            client.disconnect()
+            client.loop_stop()
+        _procs.stop([record])
+
+
+def test_nats_keeps_mqtt_consumers_in_memory_with_room_for_thousands_of_devices(tmp_path: Path) -> None:
+    record = _brokers.start_broker(_brokers.EMBEDDED, RunDir(tmp_path))
+    try:
+        report = _brokers.subscription_report(record)
+        assert report["consumers"] == 0 and report["refused"] == 0
+        assert report["max_consumers"] >= 10 * 2000  # 2,000 devices and their clients, with room
+        assert "consumer_memory_storage: true" in Path(record["config"]).read_text()
+    finally:
+        _procs.stop([record])
+
+
+def test_devices_report_less_often_when_the_fleet_is_larger_than_the_paced_size(
+    fleet_factory: FleetFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench.sim import _launcher
+
+    # Three devices stand in for a large fleet: pacing starts above 2, at 1 report a second for the fleet.
+    monkeypatch.setattr(_launcher, "PACED_ABOVE", 2)
+    monkeypatch.setattr(_launcher, "FLEET_REPORTS_PER_S", 1)
+    record = fleet_factory(devices=3)
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(3, timeout=30)
+        for device in ("sim-01", "sim-03"):
+            assert _eventually(lambda d=device: fleet.call(d, "telemetry.status", timeout=10)["config"]
+                               ["publish_interval_s"] == 3.0, 15)
+            assert fleet.call(device, "sync.status", timeout=10)["reported"]["state_interval_s"] == 3.0

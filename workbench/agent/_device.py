@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import socket
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import topic_matches_sub
@@ -82,6 +84,79 @@ def _host_hardware() -> dict[str, Any]:
     return detect_hardware("/")
 
 
+# After a broker restart every device of a fleet reconnects: paho's fixed backoff (1 s, 2 s, 4 s...) would send
+# them all at the same instants. Each wait gets up to this many seconds more, at random.
+RECONNECT_JITTER_S = 2.0
+
+
+def jitter_reconnects(client: mqtt.Client, spread: float = RECONNECT_JITTER_S) -> None:
+    """Spread ``client``'s reconnects: paho's exponential backoff plus a random 0..``spread`` s each time.
+
+    Example:
+        >>> from workbench.protocol._mqtt import BrokerAddress, make_client
+        >>> jitter_reconnects(make_client(BrokerAddress.parse("localhost"), "sim-01-x"))
+    """
+    backoff = client._reconnect_wait  # paho 2.x: called by its network thread before each reconnect
+
+    def wait() -> None:
+        until = time.monotonic() + random.uniform(0.0, spread)
+        # Sliced, so that loop_stop() (the agent stopping) is not held up by the extra wait.
+        while not client._thread_terminate and time.monotonic() < until:
+            time.sleep(min(0.25, max(until - time.monotonic(), 0.0)))
+        backoff()
+
+    client._reconnect_wait = wait  # type: ignore[method-assign]
+
+
+class _NetworkGuard:
+    """One thread per process that restarts the agents' MQTT network threads if one dies (not one per device)."""
+
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _agents: ClassVar[weakref.WeakSet[DeviceAgent]] = weakref.WeakSet()
+    _thread: ClassVar[threading.Thread | None] = None
+
+    @classmethod
+    def watch(cls, agent: DeviceAgent) -> None:
+        with cls._lock:
+            cls._agents.add(agent)
+            if cls._thread is None or not cls._thread.is_alive():
+                cls._thread = threading.Thread(target=cls._run, name="wb-netguard", daemon=True)
+                cls._thread.start()
+
+    @classmethod
+    def _run(cls) -> None:
+        while True:
+            time.sleep(0.5)
+            with cls._lock:
+                agents = [a for a in cls._agents if not a._stopping]
+            for agent in agents:
+                try:
+                    agent.check_network()
+                except Exception:  # one agent's failure must not end the guard of the others
+                    log.exception("%s: network check failed", agent.device_id)
+
+
+def device_subscriptions(device_id: str, service_topics: list[str]) -> list[tuple[str, int]]:
+    """The (filter, QoS) pairs a device subscribes to on every connect: one QoS 1 filter, the rest QoS 0.
+
+    On NATS every QoS 1 subscription is a JetStream consumer, made through the JetStream API on each
+    connect: seven per device made a thousand connecting devices queue their session look-ups past
+    NATS's 5 s timeout, and passed its consumer limit. Commands keep QoS 1 (nothing resends them).
+    Desired state is retained, so every connect delivers it again, and the sync sender resends what
+    was not acknowledged; with a clean session QoS 1 adds nothing across a reconnect anyway. Status and
+    claim are the device's own liveness talk. A service topic outside the desired filter keeps QoS 1.
+
+    Example:
+        >>> device_subscriptions("sim-01", ["wb/v1/desired/sim-01/model"])
+        [('wb/v1/cmd/sim-01/+', 1), ('wb/v1/dev/sim-01/status', 0), ('wb/v1/dev/sim-01/claim', 0), \
+('wb/v1/desired/sim-01/+', 0)]
+    """
+    desired = topics.desired_filter(device_id)
+    others = [(t, 1) for t in dict.fromkeys(service_topics) if not topic_matches_sub(desired, t)]
+    return [(topics.command_filter(device_id), 1), (topics.status_topic(device_id), 0),
+            (topics.claim_topic(device_id), 0), (desired, 0), *others]
+
+
 @dataclass
 class _Claim:
     event: threading.Event = field(default_factory=threading.Event)
@@ -133,10 +208,11 @@ class DeviceAgent:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = guard_messages(self._on_message, self._on_message_failed)
-        self._network_guard: threading.Thread | None = None
         self._guard_lock = threading.Lock()  # stop() and a restart never interleave
         self._connect_log = ConnectFailureLog(self.device_id, config.broker.url)
         self._client.on_connect_fail = lambda _client, _userdata: self._connect_log.failed()
+        self._client.on_subscribe = self._on_subscribe
+        jitter_reconnects(self._client)
         self.runtime = ModelRuntime(self.limits)
         if config.model is not None:
             loaded = self.runtime.load(config.model, name=config.model.stem)
@@ -158,9 +234,7 @@ class DeviceAgent:
         address = self.config.broker
         self._client.connect_async(address.host, address.port, keepalive=self.config.keepalive)
         self._client.loop_start()
-        self._network_guard = threading.Thread(target=self._guard_network, name=f"wb-netguard-{self.device_id}",
-                                               daemon=True)
-        self._network_guard.start()
+        _NetworkGuard.watch(self)
 
     def network_alive(self) -> bool:
         """True while this agent's MQTT network thread runs (or it is stopping or refused on purpose).
@@ -174,20 +248,21 @@ class DeviceAgent:
         """
         return self._stopping or self._fatal is not None or network_alive(self._client)
 
-    def _guard_network(self) -> None:
-        # A network thread that died would leave a deaf agent whose retained status still says online:
-        # start it again (a fresh connection, so on_connect announces again), and count it.
-        while not self._stopping:
-            time.sleep(0.5)
-            with self._guard_lock:
-                if self._stopping or self._fatal is not None or network_alive(self._client):
-                    continue
-                self.counters["network_restarts"] += 1
-                log.error("%s: the MQTT network thread died; starting it again", self.device_id)
-                try:
-                    restart_network(self._client)
-                except Exception:
-                    log.exception("%s: restarting the MQTT network thread failed; retrying", self.device_id)
+    def check_network(self) -> None:
+        """Start the MQTT network thread again if it died; the process-wide guard calls this twice a second.
+
+        A network thread that died would leave a deaf agent whose retained status still says online:
+        start it again (a fresh connection, so on_connect announces again), and count it.
+        """
+        with self._guard_lock:
+            if self._stopping or self._fatal is not None or network_alive(self._client):
+                return
+            self.counters["network_restarts"] += 1
+            log.error("%s: the MQTT network thread died; starting it again", self.device_id)
+            try:
+                restart_network(self._client)
+            except Exception:
+                log.exception("%s: restarting the MQTT network thread failed; retrying", self.device_id)
 
     def wait_claimed(self, timeout: float | None = None) -> None:
         """Block until this agent owns its id and is online, or raise why it cannot."""
@@ -325,14 +400,7 @@ class DeviceAgent:
         self.counters["connects"] += 1
         self._connect_log.connected()
         device = self.device_id
-        client.subscribe(
-            [
-                (topics.status_topic(device), 1),
-                (topics.claim_topic(device), 1),
-                (f"{topics.COMMAND_PREFIX}/{device}/+", 1),
-                *((topic, 1) for service in self.services.values() for topic in service.topics()),
-            ]
-        )
+        client.subscribe(device_subscriptions(device, [t for s in self.services.values() for t in s.topics()]))
         if self._holding:
             log.info("%s: reconnected", device)
             self._publish_online()
@@ -364,6 +432,15 @@ class DeviceAgent:
                 service.start()
             except Exception:
                 log.exception("%s: service %s failed to start", self.device_id, name)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reason_codes: list[Any], _p: Any) -> None:
+        # A broker may grant the SUBACK but refuse a filter (0x80): NATS does when it cannot make the
+        # JetStream consumer behind a QoS 1 subscription. The device would then be online but deaf.
+        refused = sum(1 for code in reason_codes if getattr(code, "is_failure", False))
+        if refused:
+            self.counters["subscriptions_refused"] += refused
+            log.error("%s: the broker refused %d of %d subscriptions (SUBACK 0x80); commands or desired state "
+                      "will not reach this device until it reconnects", self.device_id, refused, len(reason_codes))
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         if not self._stopping and self._fatal is None:

@@ -81,6 +81,7 @@ class SyncService:
         day = int(self.outbox.get_meta("budget_day", "-1") or -1)
         used = int(self.outbox.get_meta("budget_used", "0") or 0)
         self.budget = Budget(self.config["budget_mb_per_day"], day=day, used=used)
+        self._saved_budget: tuple[int, int] | None = (day, used)
         self.shaper = LinkShaper(link_profile(self.config["link"]))
         self._topic = topics.outbox_topic(agent.device_id)
         self.sender = Sender(self.outbox, Codec(), self.shaper, self._publish, budget=self.budget,
@@ -215,8 +216,13 @@ class SyncService:
         }
 
     def _save_budget(self) -> None:
+        # Two commits a second per device for an unchanged budget were most of an idle device's disk writes.
+        saved = (self.budget.day, self.budget.used)
+        if saved == self._saved_budget:
+            return
         self.outbox.set_meta("budget_day", str(self.budget.day))
         self.outbox.set_meta("budget_used", str(self.budget.used))
+        self._saved_budget = saved
 
     def _state_loop(self) -> None:
         topic = topics.sync_state_topic(self.agent.device_id)

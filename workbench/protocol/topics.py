@@ -108,6 +108,16 @@ def parse_command_topic(topic: str) -> tuple[str, str]:
     return parts[3], parts[4]
 
 
+def command_filter(device_id: str) -> str:
+    """The one filter that receives every command for the device."""
+    return f"{COMMAND_PREFIX}/{device_id}/+"
+
+
+def desired_filter(device_id: str) -> str:
+    """The one filter that receives every desired state (and sync acknowledgement) for the device."""
+    return f"{DESIRED_PREFIX}/{device_id}/+"
+
+
 def telemetry_topic(device_id: str) -> str:
     """The name the sync receiver gives a device's telemetry batches (they travel in outbox items)."""
     return device_topic(device_id, "telemetry")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +43,34 @@ def find_mosquitto() -> str:
     )
 
 
-def nats_config(run_dir: RunDir, port: int, *, auth: str = "", tls: str = "") -> str:
-    """A NATS server config with its MQTT listener (MQTT needs JetStream and a server name)."""
+# JetStream refuses the consumer past this many per stream ("maximum consumers limit reached", 10026), and
+# nats-server 2.15 defaults it to 1000: every QoS 1 subscription on the MQTT listener is one consumer of
+# $MQTT_msgs, so about 1000 devices would silently get no QoS 1 deliveries. SUBACK still says granted.
+MAX_CONSUMERS = 100_000
+
+
+def nats_config(run_dir: RunDir, port: int, *, auth: str = "", tls: str = "", monitor_port: int | None = None) -> str:
+    """A NATS server config with its MQTT listener (MQTT needs JetStream and a server name).
+
+    ``monitor_port`` opens the HTTP monitoring endpoint (``/jsz``, ``/connz``) on loopback: how a test or
+    the launcher counts the JetStream consumers that QoS 1 subscriptions made, since SUBACK does not tell.
+
+    Example:
+        >>> "consumer_memory_storage: true" in nats_config(RunDir.resolve("/tmp/wb"), 1883)
+        True
+    """
     store = run_dir.broker_dir / "jetstream"
+    monitor = f'http: "{HOST}:{monitor_port}"\n' if monitor_port else ""
     return f"""# Written by `workbench up`.
 server_name: "wb-local-{port}"
 listen: "{HOST}:-1"
-jetstream {{
+{monitor}jetstream {{
   store_dir: "{store}"
   max_memory_store: 256MB
   max_file_store: 2GB
+  limits {{
+    default_max_consumers: {MAX_CONSUMERS}
+  }}
 }}
 mqtt {{
   host: "{HOST}"
@@ -58,6 +78,11 @@ mqtt {{
   # Agents must see their commands promptly; NATS answers PUBACK once stored.
   ack_wait: "30s"
   max_ack_pending: 1024
+  # Every QoS 1 subscription is a JetStream consumer. On file storage each one is written (and its state
+  # synced) through the JetStream API, which also serves each CONNECT's session look-up: a thousand
+  # devices subscribing at once queued those look-ups past their 5 s timeout ("loading session record:
+  # timeout after 5s"). Devices use clean sessions, so their consumers have nothing worth keeping on disk.
+  consumer_memory_storage: true
 {tls}}}
 {auth}
 """
@@ -90,9 +115,11 @@ def start_broker(
     auth = auth or {}
     run_dir.broker_dir.mkdir(parents=True, exist_ok=True)
     port = port or _procs.free_port(HOST)
+    monitor_port: int | None = None
     if kind == EMBEDDED:
         conf = run_dir.broker_dir / "nats.conf"
-        conf.write_text(nats_config(run_dir, port, **auth))
+        monitor_port = _procs.free_port(HOST)
+        conf.write_text(nats_config(run_dir, port, monitor_port=monitor_port, **auth))
         argv = [find_nats_server(), "-c", str(conf)]
     elif kind == MOSQUITTO:
         conf = run_dir.broker_dir / "mosquitto.conf"
@@ -103,5 +130,46 @@ def start_broker(
     proc = _procs.spawn_listening(argv, run_dir.logs / f"broker-{kind}.log", HOST, port, wait=wait,
                                   what=f"the {kind} broker", error=BrokerError)
     scheme = "mqtts" if auth.get("tls") else "mqtt"
-    return {"kind": kind, "url": f"{scheme}://{HOST}:{port}", "host": HOST, "port": port,
-            "config": str(conf), **proc}
+    record = {"kind": kind, "url": f"{scheme}://{HOST}:{port}", "host": HOST, "port": port,
+              "config": str(conf), **proc}
+    if monitor_port is not None:
+        record["monitor_url"] = f"http://{HOST}:{monitor_port}"
+    return record
+
+
+# What nats-server logs when JetStream refuses the consumer behind a QoS 1 subscription (SUBACK still grants it).
+_REFUSED_SUBSCRIPTION = "Unable to add JetStream consumer"
+
+
+def subscription_report(record: dict[str, Any], *, timeout: float = 5.0) -> dict[str, Any]:
+    """How the embedded NATS broker holds the fleet's QoS 1 subscriptions: consumers and refusals.
+
+    NATS's MQTT listener backs every QoS 1 subscription with a JetStream consumer, and when it cannot
+    make one (a limit, a timeout) it still grants the SUBACK: the device then silently gets no QoS 1
+    deliveries. This reads the consumer count from the monitoring endpoint (``/jsz``) and counts the
+    refusals in the broker's log. ``consumers`` is None for a broker without that endpoint.
+
+    Example:
+        >>> subscription_report(record)   # doctest: +SKIP
+        {'consumers': 2001, 'max_consumers': 100000, 'refused': 0, 'refusals': []}
+    """
+    consumers: int | None = None
+    max_consumers: int | None = None
+    monitor = record.get("monitor_url")
+    if monitor:
+        try:
+            with urllib.request.urlopen(f"{monitor}/jsz?streams=true", timeout=timeout) as response:
+                jsz = json.loads(response.read(8 * 2**20))
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot read the broker's JetStream report at {monitor}/jsz: {exc}") from None
+        streams = [s for a in jsz.get("account_details") or [] for s in a.get("stream_detail") or []]
+        consumers = sum(int(s.get("state", {}).get("consumer_count", 0)) for s in streams
+                        if s.get("name") == "$MQTT_msgs")
+        max_consumers = (jsz.get("limits") or {}).get("default_max_consumers")
+    refusals: list[str] = []
+    log_file = record.get("log")
+    if log_file and Path(log_file).exists():
+        with open(log_file, errors="replace") as handle:
+            refusals = [line.strip() for line in handle if _REFUSED_SUBSCRIPTION in line]
+    return {"consumers": consumers, "max_consumers": max_consumers, "refused": len(refusals),
+            "refusals": refusals[:5]}
