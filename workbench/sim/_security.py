@@ -145,7 +145,7 @@ def prepare_secure(rd: RunDir, broker: str, device_ids: list[str], *, host: str 
     for device_id in device_ids:
         topics.check_device_id(device_id)
         if device_id == CONTROLLER_USER:
-            raise ConfigError(f"device id {CONTROLLER_USER!r} is the workbench's own broker user under --secure; "
+            raise ConfigError(f"device id {CONTROLLER_USER!r} is the workbench's own broker user in a secure fleet; "
                               "pick another device id")
     secrets_dir = rd.secrets
     credentials_dir = secrets_dir / "devices"
@@ -350,4 +350,4 @@ def nats_authorization(users: dict[str, tuple[str, Acl]]) -> str:
             "      }\n"
             "    }\n"
         )
-    return "# Written by `workbench up --secure`.\nauthorization {\n  users = [\n" + "".join(entries) + "  ]\n}\n"
+    return "# Written by `workbench up`, secure.\nauthorization {\n  users = [\n" + "".join(entries) + "  ]\n}\n"
