@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import zstandard
 from conftest import BROKERS, FleetFactory
@@ -162,21 +163,44 @@ class Attacker:
         close_client(self.client)
 
 
-class Observer:
-    """Reads every receiver's reject counters: agents (by a command), fleet client, sync, outbox, deploy state."""
+def hub_rejects(hub_url: str) -> dict[tuple[str, str], Counter[str]]:
+    """The hub's reject counters from its Prometheus endpoint: ``(receiver, device) -> kinds``."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-    def __init__(self, fleet: Fleet, deploy_state: DeployState) -> None:
+    result: dict[tuple[str, str], Counter[str]] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{hub_url}/metrics", timeout=10).text):
+        if family.name == "workbench_hub_rejected_messages":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = (sample.labels["receiver"], sample.labels["device"])
+                    result.setdefault(key, Counter())[sample.labels["kind"]] += int(sample.value)
+    return result
+
+
+class Observer:
+    """Reads every receiver's reject counters: agents (by a command), fleet client, sync state, the outbox's
+    receiver (this process's, or the hub's through /metrics), deployment state."""
+
+    def __init__(self, fleet: Fleet, deploy_state: DeployState, hub_url: str | None) -> None:
         self.fleet = fleet
         self.deploy_state = deploy_state
+        self.hub_url = hub_url
+
+    def outbox_rejects(self) -> dict[str, Counter[str]]:
+        """Per device, what the receiver of the outboxes rejected."""
+        if self.hub_url is not None:
+            return {device: kinds for (receiver, device), kinds in hub_rejects(self.hub_url).items()
+                    if receiver == "sync"}
+        receiver = self.fleet.sync.receiver
+        assert receiver is not None
+        return {device: Counter(kinds) for device, kinds in receiver.reject_log.by_device().items()}
 
     def counts(self) -> dict[str, Counter[str]]:
-        sync = self.fleet.sync
-        assert sync.receiver is not None
         return {
             **{f"agent:{d}": Counter(self.fleet[d].stats(timeout=15)["rejected_payloads"]) for d in DEVICES},
             "fleet": Counter(self.fleet.rejects().get(ROGUE, {})),
-            "sync": Counter(sync.reject_log.by_device().get(ROGUE, {})),
-            "outbox": Counter(sync.receiver.reject_log.by_device().get(ROGUE, {})),
+            "sync": Counter(self.fleet.sync.reject_log.by_device().get(ROGUE, {})),
+            "outbox": self.outbox_rejects().get(ROGUE, Counter()),
             "deploy": Counter(self.deploy_state.reject_log.by_kind()),  # reported (sim-02) and desired (both)
         }
 
@@ -241,11 +265,14 @@ def _table(sent: Counter[str], counted: dict[str, Counter[str]], broker: str) ->
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("broker", BROKERS)
+# With the hub, as `workbench up` starts a fleet, on both brokers; without it, this process's receivers are attacked.
+@pytest.mark.parametrize("broker, hub", [(broker, True) for broker in BROKERS] + [("embedded", False)],
+                         ids=[*(f"{broker}-hub" for broker in BROKERS), "embedded-no-hub"])
 def test_fleet_survives_and_counts_every_reject_when_every_topic_gets_hostile_payloads(
-    broker: str, fleet_factory: FleetFactory, keys_env: Path, capsys: pytest.CaptureFixture[str]
+    broker: str, hub: bool, fleet_factory: FleetFactory, keys_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    record = fleet_factory(devices=2, broker=broker, secure=True)
+    record = fleet_factory(devices=2, broker=broker, secure=True, hub=hub)
+    hub_url = record["hub"]["url"] if hub else None
     secure = record["secure"]
     started = time.monotonic()
     sent: Counter[str] = Counter()
@@ -254,9 +281,9 @@ def test_fleet_survives_and_counts_every_reject_when_every_topic_gets_hostile_pa
         for device in DEVICES:  # telemetry flows through the whole attack: synthetic points plus device metrics
             fleet.call(device, "telemetry.configure", {"synthetic_points_per_s": 500, "publish_interval_s": 0.2})
         deploy_state = DeployState(fleet.address)
-        observer = Observer(fleet, deploy_state)
+        observer = Observer(fleet, deploy_state, hub_url)
         sync = fleet.sync
-        assert sync.receiver is not None and fleet.telemetry is not None
+        assert (sync.receiver is None) == hub and fleet.telemetry is not None
         baseline = observer.counts()
         assert all(not kinds for kinds in baseline.values()), baseline
         rogue = Attacker(record, ROGUE, Path(secure["credentials_dir"]) / f"{ROGUE}.password")
@@ -283,7 +310,7 @@ def test_fleet_survives_and_counts_every_reject_when_every_topic_gets_hostile_pa
             phase_one = observer.wait_for(expected, baseline)
             assert phase_one == expected, _table(sent, phase_one, broker)
             assert set(fleet.rejects()) == set(sync.reject_log.by_device()) == \
-                set(sync.receiver.reject_log.by_device()) == {ROGUE}  # nothing got in under sim-01's prefix
+                set(observer.outbox_rejects()) == {ROGUE}  # nothing got in under sim-01's prefix
             assert set(deploy_state.reject_log.by_device()) == set(DEVICES)  # desired/<both>/model, dev/sim-02/deploy
 
             # Phase 2: decodable JSON of the wrong types, huge numbers and NUL characters, on the same topics.
@@ -314,7 +341,11 @@ def test_fleet_survives_and_counts_every_reject_when_every_topic_gets_hostile_pa
         for device in DEVICES:
             assert fleet[device].ping(timeout=10) > 0
             assert fleet[device].stats()["network_alive"] is True
-        assert fleet.network_alive() and sync.receiver.network_alive()
+        assert fleet.network_alive()
+        if sync.receiver is not None:
+            assert sync.receiver.network_alive()
+        if hub_url is not None:
+            assert httpx.get(f"{hub_url}/healthz", timeout=10).json()["status"] == "ok"
         with workbench.connect(run_dir=record["run_dir"]) as fresh:
             # sim-02's agent answered the garbage over its retained status by publishing "online" again.
             fresh.wait_until(lambda f: {d.device_id for d in f.online()} == set(DEVICES), timeout=20)
@@ -336,7 +367,7 @@ def test_fleet_survives_and_counts_every_reject_when_every_topic_gets_hostile_pa
     points = ", ".join(f"{d}: {stored[d]['points']} points in {stored[d]['batches']} batches" for d in DEVICES)
     with capsys.disabled():  # the figures for the README's hardening section
         print()
-        print(_table(sent, phase_one, broker))
+        print(_table(sent, phase_one, f"{broker}, {'with' if hub else 'without'} the hub"))
         print("rejects counted in all, phases 1 and 2 and the retained garbage")
         print("\n".join(f"  {name:<14} {dict(sorted(kinds.items()))}" for name, kinds in sorted(total.items())))
         print(f"survived: ping {', '.join(DEVICES)}; a new client saw both online; telemetry exact ({points}); "
