@@ -298,3 +298,49 @@ def test_agent_health_endpoint_listens_on_loopback_only_when_no_host_is_given() 
             pass  # the network does not
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_bus_keeps_its_tls_connection_when_threads_publish_while_it_receives(broker: str, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workbench.protocol._bus import Bus
+
+    require_broker(broker)
+    run_dir = tmp_path / "bus"
+    record = up(devices=1, broker=broker, run_dir=run_dir, hub=False)
+    try:
+        address = BrokerAddress.parse(record["broker"]["url"], username="workbench",
+                                      password=_password(record, "workbench"), ca_file=record["secure"]["ca_file"])
+        bus = Bus(address, client_prefix="tls-race")
+        connects: list[int] = []
+        received: list[bytes] = []
+        arrived = threading.Condition()
+        original = bus._client.on_connect
+
+        def count_connect(*args: Any) -> None:
+            connects.append(1)
+            original(*args)
+
+        def on_message(message: mqtt.MQTTMessage) -> None:
+            with arrived:
+                received.append(bytes(message.payload))
+                arrived.notify_all()
+
+        bus._client.on_connect = count_connect
+        bus.subscribe("wb/v1/desired/sim-01/race", on_message)
+        try:
+            time.sleep(0.5)
+            # Four threads publish 4 KB messages while the bus's own thread reads them back over TLS.
+            with ThreadPoolExecutor(4) as pool:
+                for future in [pool.submit(lambda n=n: [bus.publish("wb/v1/desired/sim-01/race", bytes([n]) * 4096)
+                                                        for _ in range(250)]) for n in range(4)]:
+                    future.result()
+            with arrived:
+                assert arrived.wait_for(lambda: len(received) >= 1000, timeout=30), len(received)
+            assert connects == [], "the bus reconnected: its TLS stream was corrupted"  # no reconnect after the first
+            assert len(received) == 1000
+        finally:
+            bus.close()
+    finally:
+        down(run_dir)
