@@ -35,9 +35,11 @@ from test_hardening_decoders import _frame_declaring, _sync_message
 
 import workbench
 from workbench.deploy._state import DeployState
-from workbench.fleet import schema, topics
 from workbench.fleet._fleet import Fleet
-from workbench.fleet._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
+from workbench.protocol import schema, topics
+from workbench.protocol._bus import Bus
+from workbench.protocol._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
+from workbench.protocol.codec import _HEAD, MAGIC, VERSION
 
 TARGET, ROGUE = "sim-01", "sim-02"
 DEVICES = (TARGET, ROGUE)
@@ -85,6 +87,11 @@ def undecodable_payloads(rng: random.Random) -> list[Hostile]:
         body = bytes(b for b in rng.randbytes(rng.randint(1, 2000)) if b not in b"[{")
         randoms.append(Hostile("random bytes", b"\0" + body, "malformed", "malformed"))
     return fixed * REPEATS + randoms
+
+
+# End phase 2 on each topic with a kind phase 2 cannot produce there: its payloads are all JSON of schema version 1.
+MARKER = b'{"v":3}'                                   # JSON receivers: unknown_version
+SYNC_MARKER = _HEAD.pack(MAGIC, VERSION + 1, 0, 0, 0.0)  # the sync receiver: unknown_version
 
 
 def wrong_type_payloads() -> list[bytes]:
@@ -221,17 +228,6 @@ class Observer:
         time.sleep(1.0)
         return self.since(baseline)
 
-    def settled(self) -> dict[str, Counter[str]]:
-        """The counts once no receiver's changed for a second (or after the timeout)."""
-        deadline = time.monotonic() + _COUNT_TIMEOUT_S
-        last = self.counts()
-        while time.monotonic() < deadline:
-            time.sleep(1.0)
-            now = self.counts()
-            if now == last:
-                break
-            last = now
-        return last
 
 
 def _eventually(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -280,7 +276,10 @@ def test_fleet_survives_and_counts_every_reject_when_every_topic_gets_hostile_pa
         fleet.wait_for(2, timeout=30)
         for device in DEVICES:  # telemetry flows through the whole attack: synthetic points plus device metrics
             fleet.call(device, "telemetry.configure", {"synthetic_points_per_s": 500, "publish_interval_s": 0.2})
-        deploy_state = DeployState(fleet.address)
+        # On a connection of its own: a second subscriber of a filter on the fleet's bus would take the retained
+        # deployment state from the rollout's DeployState, which subscribes later on that bus.
+        deploy_bus = Bus(fleet.address, client_prefix="wb-fuzz-deploy")
+        deploy_state = DeployState(deploy_bus)
         observer = Observer(fleet, deploy_state, hub_url)
         sync = fleet.sync
         assert (sync.receiver is None) == hub and fleet.telemetry is not None
@@ -313,12 +312,25 @@ def test_fleet_survives_and_counts_every_reject_when_every_topic_gets_hostile_pa
                 set(observer.outbox_rejects()) == {ROGUE}  # nothing got in under sim-01's prefix
             assert set(deploy_state.reject_log.by_device()) == set(DEVICES)  # desired/<both>/model, dev/sim-02/deploy
 
-            # Phase 2: decodable JSON of the wrong types, huge numbers and NUL characters, on the same topics.
+            # Phase 2: decodable JSON of the wrong types, huge numbers and NUL characters, on the same topics. Each
+            # topic ends with a marker of a kind phase 2 cannot produce: one publisher's messages on one topic arrive
+            # in order, so once every marker is counted, every phase-2 message was handled.
+            before_two = observer.counts()
+            markers: dict[str, Counter[str]] = {name: Counter() for name in baseline}
             for attacker, target in hits:
                 for payload in wrong_type_payloads():
                     attacker.send(target.topic, payload, retain=target.retain)
                     sent["wrong types / huge numbers"] += 1
-            after_two = observer.settled()
+                marker = SYNC_MARKER if "outbox" in target.receivers else MARKER
+                attacker.send(target.topic, marker, retain=target.retain)
+                sent["end-of-phase marker (an unknown version)"] += 1
+                for receiver in target.receivers:
+                    markers[receiver]["unknown_version"] += 1
+            during_two = observer.wait_for(markers, before_two)
+            for name, kinds in markers.items():
+                for kind, n in kinds.items():
+                    assert during_two[name][kind] == n, (name, kind, during_two[name])
+            after_two = observer.counts()
             # The tables built from what devices report still build, with sim-02's wrong-typed reports in them.
             assert set(fleet.inventory(wide=True)["device_id"]) == set(DEVICES)
             assert set(fleet.sync_state(wide=True)["device_id"]) >= set(DEVICES)
@@ -364,6 +376,7 @@ def test_fleet_survives_and_counts_every_reject_when_every_topic_gets_hostile_pa
         assert report.counts == {"active": 2}
         total = observer.since(baseline)
         deploy_state.close()
+        deploy_bus.close()
     points = ", ".join(f"{d}: {stored[d]['points']} points in {stored[d]['batches']} batches" for d in DEVICES)
     with capsys.disabled():  # the figures for the README's hardening section
         print()

@@ -1,6 +1,6 @@
 """The shape of a device's retained inventory, checked before the workbench keeps it.
 
-An inventory is versioned JSON (``workbench.fleet.schema``), but that says nothing about the
+An inventory is versioned JSON (``workbench.protocol.schema``), but that says nothing about the
 fields: a device with its own credentials can publish ``{"hardware": "x"}``, and every view
 (``fleet.inventory()``, a rollout's preflight, the optimizer's target) reads ``hardware`` as an
 object. Fields the workbench reads must have the type the agent sends (or be absent, as from an
