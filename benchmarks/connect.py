@@ -109,8 +109,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "fleet"
         start = time.perf_counter()
+        # --insecure: the bare-paho baseline connects anonymously (and the README's figures were measured so).
         subprocess.run([sys.executable, "-m", "workbench.cli", "up", "--devices", str(args.devices),
-                        "--run-dir", str(run_dir), "--broker", args.broker, "--json"],
+                        "--run-dir", str(run_dir), "--broker", args.broker, "--insecure", "--json"],
                        check=True, capture_output=True)
         up_s = time.perf_counter() - start
         try:

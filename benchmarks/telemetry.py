@@ -181,7 +181,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory(prefix="wb-bench-telemetry-") as tmp:
-        up(devices=args.devices, run_dir=tmp, hub=False)  # this process receives: its ingestion is measured
+        # This process receives (its ingestion is measured); insecure: the broker-capacity phase publishes device
+        # topics with bare paho clients, which a secure fleet's ACLs reserve to each device.
+        up(devices=args.devices, run_dir=tmp, hub=False, secure=False)
         try:
             with workbench.connect(run_dir=tmp) as fleet:
                 fleet.wait_for(args.devices)

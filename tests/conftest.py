@@ -45,12 +45,18 @@ def fleet_factory(tmp_path: Path) -> Iterator[FleetFactory]:
     """Start local fleets in temporary run dirs; every one is stopped after the test."""
     started: list[str] = []
 
-    def start(devices: int = 2, broker: str = "embedded", hub: bool = False, **kwargs: Any) -> dict[str, Any]:
-        """A fleet whose clients receive for themselves unless ``hub=True`` (``workbench up``'s default)."""
+    def start(devices: int = 2, broker: str = "embedded", hub: bool = False, secure: bool = False,
+              **kwargs: Any) -> dict[str, Any]:
+        """A fleet whose clients receive for themselves unless ``hub=True`` (``workbench up``'s default).
+
+        Insecure unless ``secure=True`` (``workbench up``'s default, no slower to start): these tests attach
+        raw MQTT clients and extra agents to the broker URL. The secure default runs in test_secure.py,
+        test_hardening_live_fuzz.py and every fleet started by ``up()`` itself (test_deploy_rollout.py...).
+        """
         require_broker(broker)
         run_dir = tmp_path / f"fleet-{len(started)}"
         started.append(str(run_dir))
-        return up(devices=devices, broker=broker, run_dir=run_dir, hub=hub, **kwargs)
+        return up(devices=devices, broker=broker, run_dir=run_dir, hub=hub, secure=secure, **kwargs)
 
     yield start
     for run_dir in started:
@@ -62,9 +68,9 @@ def fleet_factory(tmp_path: Path) -> Iterator[FleetFactory]:
 
 @pytest.fixture(scope="session")
 def shared_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One 3-device fleet on the embedded broker, shared by read-only tests."""
+    """One 3-device fleet on the embedded broker, shared by read-only tests (insecure: some start agents on its URL)."""
     run_dir = tmp_path_factory.mktemp("shared-fleet")
-    record = up(devices=3, run_dir=run_dir, keepalive=5)
+    record = up(devices=3, run_dir=run_dir, keepalive=5, secure=False)
     yield record
     down(run_dir)
 

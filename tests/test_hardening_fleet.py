@@ -292,3 +292,25 @@ def test_data_producing_commands_and_shadow_runs_are_refused_with_clear_errors_w
             "state") in ("rejected", "failed"), 20)
         state = fleet.call("sim-01", "deploy_status", timeout=15)["state"]
         assert state["state"] == "rejected" and "shadow duration" in state["reason"], state
+
+
+def test_inventory_table_builds_and_counts_the_report_when_a_device_sends_inventory_of_wrong_types(
+    fleet_factory: FleetFactory,
+) -> None:
+    record = fleet_factory(devices=1)
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(1, timeout=30)
+        attacker = _attacker(record["broker"]["url"])
+        try:
+            for body in ({"hardware": "x"}, {"active_model": 3}, {"limits": {"threads": "all"}},
+                         {"hardware": {"execution_providers": [1]}}):
+                attacker.publish(topics.inventory_topic("evil-01"), schema.encode(body), qos=1).wait_for_publish(5)
+            attacker.publish(topics.inventory_topic("late-01"), schema.encode({"profile": "intel-nuc"}),
+                             qos=1).wait_for_publish(5)
+        finally:
+            close_client(attacker)
+        assert _eventually(lambda: "late-01" in fleet, 10)
+        table = fleet.inventory(wide=True).set_index("device_id")  # the old client raised on "x".get
+        assert table.loc["sim-01", "profile"] == "raspberry-pi-4" and table.loc["late-01", "profile"] == "intel-nuc"
+        assert "evil-01" not in table.index or table.loc["evil-01", "profile"] is None
+        assert fleet.rejects() == {"evil-01": {"malformed": 4}}

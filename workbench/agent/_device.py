@@ -466,6 +466,8 @@ class DeviceAgent:
         except PayloadError as exc:
             kind = self.rejected.reject(exc)
             self.reject_log.count(self.device_id, kind, f"on {message.topic}: {exc}")
+            if message.topic == topics.status_topic(self.device_id):
+                self._on_status({})  # garbage retained over our status would hide a live device from new clients
             return
         topic = message.topic
         if topic == topics.claim_topic(self.device_id):

@@ -99,7 +99,7 @@ class HealthServer:
         self._httpd.server_close()
 
 
-def serve_health(port: int, host: str = "0.0.0.0") -> HealthServer:
+def serve_health(port: int, host: str = "127.0.0.1") -> HealthServer:
     """Start the health endpoint for the devices this process runs (``port=0``: a free one).
 
     Example:

@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--health-port", type=int, default=settings().health_port,
                         help="serve GET /healthz on this port (0: a free one; default: $WORKBENCH_HEALTH_PORT, "
                         "which the agent's image sets to 8081)")
-    parser.add_argument("--health-host", default="0.0.0.0", help="address of the health endpoint (default: all)")
+    parser.add_argument("--health-host", default="127.0.0.1",
+                        help="address of the health endpoint (default: %(default)s; a container whose probe comes "
+                        "from outside, as Kubernetes', needs 0.0.0.0)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.set_defaults(func=run)
     actions = parser.add_subparsers(dest="agent_action", metavar="ACTION",

@@ -22,12 +22,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="embedded (the NATS server, default), mosquitto, or an mqtt:// URL of a running broker")
     up.add_argument("--keepalive", type=int, default=10, help="agents' MQTT keepalive in seconds")
     up.add_argument("--per-process", type=int, help="simulated devices per agent process")
-    up.add_argument("--secure", action="store_true",
-                    help="per-device credentials, ACLs and TLS with a generated CA")
+    security = up.add_mutually_exclusive_group()
+    security.add_argument("--insecure", dest="secure", action="store_false",
+                          help="no credentials, ACLs or TLS: any process on this machine can act as any device or "
+                          "as the workbench (loopback only; for a throwaway fleet)")
+    security.add_argument("--secure", dest="secure", action="store_true",
+                          help="per-device credentials, ACLs and TLS with a generated CA: the default")
+    up.add_argument("--host", default="127.0.0.1",
+                    help="address the broker listens on (default: %(default)s); beyond loopback needs a secure fleet")
     up.add_argument("--no-hub", dest="hub", action="store_false",
                     help="run no fleet hub (by default it runs: the one receiver and store of the fleet's data, which "
                     "every notebook, dashboard and command reads); each client then receives for itself")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all devices")
+    up.set_defaults(secure=True)
     up.add_argument("--json", action="store_true", help="print JSON")
     up.set_defaults(func=_up)
 
@@ -55,7 +62,7 @@ def _up(args: argparse.Namespace) -> int:
     try:
         record = up(devices=args.devices, profiles=profiles, run_dir=args.run_dir, port=args.port,
                     broker=args.broker, keepalive=args.keepalive, per_process=args.per_process,
-                    secure=args.secure, hub=args.hub, timeout=args.timeout)
+                    secure=args.secure, host=args.host, hub=args.hub, timeout=args.timeout)
         already = False
     except FleetAlreadyRunningError as exc:
         print(f"workbench up: {exc}", file=sys.stderr)
@@ -68,6 +75,10 @@ def _up(args: argparse.Namespace) -> int:
         state = "already up" if already else "up"
         print(f"fleet {state}: broker {summary['broker']} ({summary['broker_kind']}), "
               f"{len(summary['devices'])} devices, run dir {summary['run_dir']}")
+        if summary["secure"]:
+            print(f"secure: TLS, a password and ACLs per device (secrets in {Path(summary['run_dir']) / 'secrets'})")
+        elif record:
+            print("INSECURE (--insecure): no credentials, ACLs or TLS; any local process can act as any device")
         if summary["hub"]:
             print(f"hub: {summary['hub']} (token in {Path(summary['run_dir']) / 'hub.token'})")
         for device in summary["devices"]:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench._listen import require_tls_beyond_loopback
 from workbench.errors import ConfigError
 from workbench.hub import ensure_token
 
@@ -41,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "postgresql://user@host/db")
     parser.add_argument("--data-dir", type=Path, help="sync store, alert rules, lock (default: beside the DuckDB "
                         "file; required with PostgreSQL)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s); beyond "
+                        "loopback only with --certfile and --keyfile")
     parser.add_argument("--port", type=int, default=8765, help="port to listen on, 0 for a free one "
                         "(default: %(default)s)")
     parser.add_argument("--token-file", type=Path, required=True,
@@ -125,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be 0-65535, got {args.port}")
     if bool(args.certfile) != bool(args.keyfile):
         raise ConfigError("HTTPS needs both --certfile and --keyfile")
+    # Every request carries the bearer token: off this machine it must not travel in clear text.
+    require_tls_beyond_loopback(args.host, tls=bool(args.certfile), what="the hub",
+                                fix="pass --certfile and --keyfile to serve HTTPS")
     token = ensure_token(args.token_file)
     password = args.password_file.read_text().strip() if args.password_file else None
     broker = BrokerAddress.parse(args.broker, username=args.username, password=password, ca_file=args.ca_file)

@@ -59,7 +59,7 @@ def manifests(package_dir: str | os.PathLike[str], *, broker: str, profile: str 
         "image": image or default_image(),
         "args": ["agent", "--device-id", "$(NODE_NAME)", "--broker", broker, "--profile", spec.name,
                  "--data-dir", "/var/lib/workbench", "--trusted-keys", "/etc/workbench/trusted_keys",
-                 "--health-port", str(HEALTH_PORT)],
+                 "--health-port", str(HEALTH_PORT), "--health-host", "0.0.0.0"],  # the kubelet probes the pod's IP
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
         "resources": {"limits": {"cpu": str(spec.cores), "memory": f"{memory_mb}Mi"},

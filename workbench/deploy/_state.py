@@ -6,6 +6,7 @@ was asked of them, retained) on the bus it is given, and publishes desired state
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,9 @@ import paho.mqtt.client as mqtt
 from workbench.errors import PayloadError
 from workbench.protocol import schema, topics
 from workbench.protocol._bus import Bus
+from workbench.protocol._rejects import RejectLog
+
+log = logging.getLogger("workbench.deploy.state")
 
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -34,6 +38,7 @@ class DeployState:
         self._changed = threading.Condition()
         self._listeners: list[Listener] = []
         self._last_message = time.monotonic()
+        self.reject_log = RejectLog(log, what="deployment state")
         self._bus = bus
         self._unsubscribe = [bus.subscribe(topics.device_topic("+", "deploy"), self._on_message),
                              bus.subscribe(topics.desired_topic("+", "model"), self._on_message)]
@@ -41,12 +46,14 @@ class DeployState:
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
         parts = message.topic.split("/")
         if len(parts) != 5:
-            return
-        try:
-            body = schema.decode(bytes(message.payload)) if message.payload else {}
-        except PayloadError:
+            self.reject_log.count("(unknown)", "bad_topic", message.topic[:200])
             return
         device = parts[3]
+        try:
+            body = schema.decode(bytes(message.payload)) if message.payload else {}
+        except PayloadError as exc:
+            self.reject_log.count(device, exc.kind, f"on {message.topic[:200]}: {exc}")
+            return
         with self._changed:
             self._last_message = time.monotonic()
             if parts[2] == "dev":

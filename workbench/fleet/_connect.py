@@ -29,7 +29,7 @@ def connect(
 
     With no ``url``, connect to the local fleet that ``workbench up`` started in
     ``run_dir`` (default ``$WORKBENCH_RUN_DIR`` or ``~/.workbench/fleet``), with its
-    credentials and CA when it runs with ``--secure``. An ``http(s)://`` URL is a hub's: the
+    credentials and CA when it is secure (the default). An ``http(s)://`` URL is a hub's: the
     fleet's history, rollouts and stores come from it (``token=``), and devices are reached
     through the broker the hub names (or ``broker=``, as this machine reaches it), with
     ``username``/``password``/``ca_file`` for that broker.

@@ -23,6 +23,7 @@ from workbench.errors import (
     UnknownDeviceError,
 )
 from workbench.fleet._device import Device
+from workbench.fleet._inventory import check_inventory
 from workbench.protocol import schema, topics
 from workbench.protocol._bus import Bus
 from workbench.protocol._mqtt import BrokerAddress
@@ -491,6 +492,8 @@ class Fleet:
             device_id, kind, _ = topics.parse_device_topic(message.topic)
             topics.check_device_id(device_id)
             body = schema.decode(bytes(message.payload))
+            if kind == "inventory":
+                check_inventory(body)  # every view reads its fields: one of the wrong type would break them all
         except (ValueError, PayloadError) as exc:
             if isinstance(exc, PayloadError):
                 kind_name = self.rejected.reject(exc)

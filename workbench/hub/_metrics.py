@@ -41,6 +41,13 @@ class _HubCollector:
             for kind, value in sorted(counters.items()):
                 sync.add_metric([device, kind], float(value))
         yield sync
+        rejects = CounterMetricFamily("workbench_hub_rejected_messages", "Messages the hub's receivers rejected and "
+                                      "went on, by receiver, device and kind", labels=["receiver", "device", "kind"])
+        for receiver, log in (("sync", self.hub.receiver.reject_log), ("telemetry", self.hub.ingestor.reject_log)):
+            for device, kinds in sorted(log.by_device().items()):
+                for kind, value in sorted(kinds.items()):
+                    rejects.add_metric([receiver, device, kind], float(value))
+        yield rejects
 
 
 def exposition(hub: Hub) -> tuple[bytes, str]:

@@ -92,6 +92,9 @@ class Bus:
         self._client.on_message = self._on_message
         # Our own thread runs paho's loop (reconnecting by itself), so liveness is that thread's, not a private field.
         self._thread = threading.Thread(target=self._loop, name=f"{client_prefix}-mqtt", daemon=True)
+        # paho writes a publish from the caller's thread when it knows of no loop thread: two threads then use one
+        # TLS socket at once ("bad record mac", the broker drops the connection). Told of ours, it leaves writing to it.
+        self._client._thread = self._thread
         connect_blocking(self._client, address, keepalive=keepalive, timeout=timeout,
                          start=lambda _client: self._thread.start())
 

@@ -2,7 +2,7 @@
 
 Everything lives under ``wb/v1/``. Devices publish only under their own prefix
 ``wb/v1/dev/{device}/``; only the workbench publishes under ``wb/v1/cmd/{device}/``.
-That split is what the ``--secure`` ACLs enforce.
+That split is what a secure fleet's ACLs enforce (``workbench up``'s default).
 
 =======================================  ========  ==========  ==================================
 topic                                    retained  publisher   payload

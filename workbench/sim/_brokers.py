@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from workbench._listen import connect_host, require_tls_beyond_loopback
 from workbench.errors import BrokerError, ConfigError
 from workbench.sim import _procs
 from workbench.sim._rundir import RunDir
@@ -49,8 +50,11 @@ def find_mosquitto() -> str:
 MAX_CONSUMERS = 100_000
 
 
-def nats_config(run_dir: RunDir, port: int, *, auth: str = "", tls: str = "", monitor_port: int | None = None) -> str:
-    """A NATS server config with its MQTT listener (MQTT needs JetStream and a server name).
+def nats_config(run_dir: RunDir, port: int, *, host: str = HOST, auth: str = "", tls: str = "",
+                monitor_port: int | None = None) -> str:
+    """A NATS server config with its MQTT listener on ``host`` (MQTT needs JetStream and a server name).
+
+    The NATS protocol port stays on loopback: agents and clients only speak MQTT.
 
     ``monitor_port`` opens the HTTP monitoring endpoint (``/jsz``, ``/connz``) on loopback: how a test or
     the launcher counts the JetStream consumers that QoS 1 subscriptions made, since SUBACK does not tell.
@@ -73,7 +77,7 @@ listen: "{HOST}:-1"
   }}
 }}
 mqtt {{
-  host: "{HOST}"
+  host: "{host}"
   port: {port}
   # Agents must see their commands promptly; NATS answers PUBACK once stored.
   ack_wait: "30s"
@@ -88,11 +92,11 @@ mqtt {{
 """
 
 
-def mosquitto_config(run_dir: RunDir, port: int, *, auth: str = "", tls: str = "") -> str:
-    """A Mosquitto config for one loopback listener."""
+def mosquitto_config(run_dir: RunDir, port: int, *, host: str = HOST, auth: str = "", tls: str = "") -> str:
+    """A Mosquitto config for one listener on ``host`` (loopback unless asked)."""
     user = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
     return f"""# Written by `workbench up`.
-{user}listener {port} {HOST}
+{user}listener {port} {host}
 {tls}persistence false
 log_dest stderr
 log_type error
@@ -105,33 +109,42 @@ max_queued_messages 10000
 
 
 def start_broker(
-    kind: str, run_dir: RunDir, *, port: int = 0, auth: dict[str, str] | None = None, wait: float = 20.0
+    kind: str, run_dir: RunDir, *, port: int = 0, auth: dict[str, str] | None = None, host: str = HOST,
+    wait: float = 20.0,
 ) -> dict[str, Any]:
-    """Start the broker ``kind`` for a local fleet; return its record for fleet.json.
+    """Start the broker ``kind`` for a local fleet, listening on ``host``; return its record for fleet.json.
 
-    ``auth`` holds the broker-specific config fragments (``"auth"`` and ``"tls"``) that
-    ``--secure`` adds.
+    ``auth`` holds the broker-specific config fragments (``"auth"`` and ``"tls"``) of a secure
+    fleet. A listener beyond loopback without TLS is refused (:class:`ConfigError`). The
+    record's URL names the address a client on this machine connects to.
+
+    Example:
+        >>> start_broker("mosquitto", RunDir.resolve("/tmp/wb"))["url"]   # doctest: +SKIP
+        'mqtt://127.0.0.1:40123'
     """
     auth = auth or {}
+    require_tls_beyond_loopback(host, tls=bool(auth.get("tls")), what=f"the {kind} broker",
+                                fix="start a secure fleet (the default: drop --insecure)")
     run_dir.broker_dir.mkdir(parents=True, exist_ok=True)
-    port = port or _procs.free_port(HOST)
+    client_host = connect_host(host)
+    port = port or _procs.free_port(host)
     monitor_port: int | None = None
     if kind == EMBEDDED:
         conf = run_dir.broker_dir / "nats.conf"
         monitor_port = _procs.free_port(HOST)
-        conf.write_text(nats_config(run_dir, port, monitor_port=monitor_port, **auth))
+        conf.write_text(nats_config(run_dir, port, host=host, monitor_port=monitor_port, **auth))
         argv = [find_nats_server(), "-c", str(conf)]
     elif kind == MOSQUITTO:
         conf = run_dir.broker_dir / "mosquitto.conf"
-        conf.write_text(mosquitto_config(run_dir, port, **auth))
+        conf.write_text(mosquitto_config(run_dir, port, host=host, **auth))
         argv = [find_mosquitto(), "-c", str(conf)]
     else:
         raise ConfigError(f"unknown broker kind {kind!r}: use embedded, mosquitto or an mqtt:// URL")
-    proc = _procs.spawn_listening(argv, run_dir.logs / f"broker-{kind}.log", HOST, port, wait=wait,
+    proc = _procs.spawn_listening(argv, run_dir.logs / f"broker-{kind}.log", client_host, port, wait=wait,
                                   what=f"the {kind} broker", error=BrokerError)
     scheme = "mqtts" if auth.get("tls") else "mqtt"
-    record = {"kind": kind, "url": f"{scheme}://{HOST}:{port}", "host": HOST, "port": port,
-              "config": str(conf), **proc}
+    record = {"kind": kind, "url": f"{scheme}://{client_host}:{port}", "host": client_host, "listen": host,
+              "port": port, "config": str(conf), **proc}
     if monitor_port is not None:
         record["monitor_url"] = f"http://{HOST}:{monitor_port}"
     return record

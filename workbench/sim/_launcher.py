@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from workbench._listen import LOOPBACK, require_tls_beyond_loopback
 from workbench.errors import (
     ConfigError,
     FleetAlreadyRunningError,
@@ -108,7 +109,8 @@ def up(
     broker: str = _brokers.EMBEDDED,
     keepalive: int = 10,
     per_process: int | None = None,
-    secure: bool = False,
+    secure: bool = True,
+    host: str = LOOPBACK,
     hub: bool = True,
     timeout: float = 120.0,
 ) -> dict[str, Any]:
@@ -120,13 +122,21 @@ def up(
     and serves what the devices send to every client. ``hub=False`` leaves receiving to each
     client process, as for a fleet reached by its broker URL alone.
 
+    A fleet is secure unless ``secure=False`` (``--insecure``): TLS with a generated CA, a
+    password and ACLs per device, so a device publishes only under its own prefix and only the
+    workbench sends commands, desired state and acknowledgements. The broker listens on
+    ``host`` (loopback unless asked); an insecure fleet beyond loopback, or a secure one on a
+    broker ``up`` does not start, raises :class:`ConfigError` before anything starts. The hub
+    and the artifact server always listen on loopback.
+
     Example:
         >>> record = up(devices=3, run_dir="/tmp/wb-fleet")   # doctest: +SKIP
         >>> record["broker"]["url"]                           # doctest: +SKIP
-        'mqtt://127.0.0.1:40123'
+        'mqtts://127.0.0.1:40123'
     """
     rd = RunDir.resolve(run_dir)
     plan = _plan(devices, list(profiles or DEFAULT_PROFILES), per_process)
+    _check_listen(broker, host, secure)
     with _locked(rd):
         existing = rd.read()
         if existing is not None:
@@ -139,7 +149,8 @@ def up(
         record: dict[str, Any] = {"created": time.time(), "run_dir": str(rd.path), "agents": [],
                                   "devices": [], "keepalive": keepalive, "secure": None}
         try:
-            _start(record, rd, plan, broker=broker, port=port, keepalive=keepalive, secure=secure, hub=hub)
+            _start(record, rd, plan, broker=broker, port=port, keepalive=keepalive, secure=secure, host=host,
+                   hub=hub)
             rd.write(record)  # written before the wait, so `down` can clean up a fleet that never came up
             _wait_online(record, rd, [d for group in plan for d, _ in group], timeout=timeout)
             _check_subscriptions(record)
@@ -150,18 +161,31 @@ def up(
         return record
 
 
+def _check_listen(broker: str, host: str, secure: bool) -> None:
+    if broker not in (_brokers.EMBEDDED, _brokers.MOSQUITTO):
+        if host != LOOPBACK:
+            raise ConfigError(f"--host {host} sets where a broker `workbench up` starts listens; {broker!r} is "
+                              "already running wherever it listens: drop --host")
+        if secure:
+            from workbench.sim._security import check_secure_broker
+
+            check_secure_broker(broker)
+    require_tls_beyond_loopback(host, tls=secure, what="an --insecure fleet's broker",
+                                fix="drop --insecure (credentials, ACLs and TLS are the default)")
+
+
 def _start(record: dict[str, Any], rd: RunDir, plan: list[list[tuple[str, str]]], *, broker: str, port: int,
-           keepalive: int, secure: bool, hub: bool) -> None:
+           keepalive: int, secure: bool, host: str, hub: bool) -> None:
     if secure:
         from workbench.sim._security import prepare_secure
 
-        material = prepare_secure(rd, broker, [d for group in plan for d, _ in group])
+        material = prepare_secure(rd, broker, [d for group in plan for d, _ in group], host=host)
         record["secure"] = material.record
         broker_auth = material.broker_config
     else:
         material, broker_auth = None, None
     if broker in (_brokers.EMBEDDED, _brokers.MOSQUITTO):
-        record["broker"] = _brokers.start_broker(broker, rd, port=port, auth=broker_auth)
+        record["broker"] = _brokers.start_broker(broker, rd, port=port, auth=broker_auth, host=host)
     else:
         address = BrokerAddress.parse(broker)  # an external broker: the fleet only uses it
         record["broker"] = {"kind": "external", "url": address.url, "host": address.host, "port": address.port}

@@ -1,10 +1,12 @@
-"""`workbench up --secure`: a generated CA and server certificate, per-device credentials and broker ACLs.
+"""A secure local fleet (`workbench up`'s default): a generated CA and server certificate, per-device credentials
+and broker ACLs.
 
 Each device gets its own password; it may publish only under ``wb/v1/dev/{device}/`` and read
 only its own prefix, its commands (``wb/v1/cmd/{device}/``) and its desired state
 (``wb/v1/desired/{device}/``). Only the ``workbench`` user may send commands or write desired
-state. The same rules are written for Mosquitto (password file + ACL file) and for the NATS
-server (users with subject permissions, MQTT connections only).
+state, and with that acknowledgements (``wb/v1/desired/{device}/ack``). The same rules are written
+for Mosquitto (password file + ACL file) and for the NATS server (users with subject permissions,
+MQTT connections only). ``workbench up --insecure`` skips all of this.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._files import write_private
+from workbench._listen import LOOPBACK, certificate_names
 from workbench.errors import ConfigError
 from workbench.protocol import topics
 from workbench.sim._rundir import RunDir
@@ -108,11 +111,29 @@ class SecureMaterial:
         return ["--credentials-dir", str(self.credentials_dir), "--ca-file", str(self.ca_file)]
 
 
-def prepare_secure(rd: RunDir, broker: str, device_ids: list[str]) -> SecureMaterial:
+def check_secure_broker(broker: str) -> None:
+    """Raise :class:`ConfigError` unless ``broker`` is one ``workbench up`` starts, and so can secure.
+
+    Example:
+        >>> check_secure_broker("mosquitto")
+    """
+    if broker not in ("embedded", "mosquitto"):
+        raise ConfigError(
+            f"a secure fleet (the default) needs a broker `workbench up` starts (embedded or mosquitto), not "
+            f"{broker!r}: `workbench up` cannot give devices credentials and ACLs on it. Provision them on that "
+            "broker yourself, start agents with --username/--password-file/--ca-file and connect with "
+            "workbench.connect(url, username=..., ...); or pass --insecure (secure=False) to start agents "
+            "without credentials on it"
+        )
+
+
+def prepare_secure(rd: RunDir, broker: str, device_ids: list[str], *, host: str = LOOPBACK) -> SecureMaterial:
     """Generate a CA, a server certificate, passwords and ACLs for a local fleet on ``broker``.
 
     ``broker`` is ``"embedded"`` (the NATS server) or ``"mosquitto"``; an external broker URL
     raises :class:`ConfigError`, because only the brokers ``workbench up`` starts can be configured.
+    The certificate names loopback and the address the broker listens on (``host``; for
+    ``0.0.0.0``, this machine's hostname and interface addresses).
     Every secret is written with mode 0600 under ``rd.secrets`` (itself 0700).
 
     Example:
@@ -120,16 +141,11 @@ def prepare_secure(rd: RunDir, broker: str, device_ids: list[str]) -> SecureMate
         >>> material.record["controller"]["username"]                                               # doctest: +SKIP
         'workbench'
     """
-    if broker not in ("embedded", "mosquitto"):
-        raise ConfigError(
-            f"--secure configures only the brokers `workbench up` starts (embedded or mosquitto), not {broker!r}: "
-            "provision per-device credentials, ACLs and TLS on that broker yourself, then start agents with "
-            "--username/--password-file/--ca-file and connect with workbench.connect(url, username=..., ...)"
-        )
+    check_secure_broker(broker)
     for device_id in device_ids:
         topics.check_device_id(device_id)
         if device_id == CONTROLLER_USER:
-            raise ConfigError(f"device id {CONTROLLER_USER!r} is the workbench's own broker user under --secure; "
+            raise ConfigError(f"device id {CONTROLLER_USER!r} is the workbench's own broker user in a secure fleet; "
                               "pick another device id")
     secrets_dir = rd.secrets
     credentials_dir = secrets_dir / "devices"
@@ -137,7 +153,7 @@ def prepare_secure(rd: RunDir, broker: str, device_ids: list[str]) -> SecureMate
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
 
-    ca_file, cert_file, key_file = _write_certificates(secrets_dir)
+    ca_file, cert_file, key_file = _write_certificates(secrets_dir, certificate_names(host))
     passwords = {device_id: secrets.token_urlsafe(24) for device_id in device_ids}
     for device_id, password in passwords.items():
         write_private(credentials_dir / f"{device_id}.password", password + "\n")
@@ -182,8 +198,9 @@ def _acl_record(acl: Acl) -> dict[str, list[str]]:
 # -- TLS ---------------------------------------------------------------------------------------
 
 
-def _write_certificates(secrets_dir: Path) -> tuple[Path, Path, Path]:
-    """A fresh CA and a server certificate for 127.0.0.1/localhost; returns (ca.pem, server.pem, server.key)."""
+def _write_certificates(secrets_dir: Path, names: list[str]) -> tuple[Path, Path, Path]:
+    """A fresh CA and a server certificate for ``names`` (hostnames or addresses); returns (ca.pem, server.pem,
+    server.key)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -212,9 +229,7 @@ def _write_certificates(secrets_dir: Path) -> tuple[Path, Path, Path]:
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
         .issuer_name(ca_name).public_key(server_key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
+        .add_extension(x509.SubjectAlternativeName([_general_name(name) for name in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
@@ -232,6 +247,15 @@ def _write_certificates(secrets_dir: Path) -> tuple[Path, Path, Path]:
     write_private(paths[1], server_cert.public_bytes(serialization.Encoding.PEM))
     write_private(paths[2], key_pem(server_key))
     return paths
+
+
+def _general_name(name: str) -> Any:
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _nats_tls(cert_file: Path, key_file: Path) -> str:
@@ -326,4 +350,4 @@ def nats_authorization(users: dict[str, tuple[str, Acl]]) -> str:
             "      }\n"
             "    }\n"
         )
-    return "# Written by `workbench up --secure`.\nauthorization {\n  users = [\n" + "".join(entries) + "  ]\n}\n"
+    return "# Written by `workbench up`, secure.\nauthorization {\n  users = [\n" + "".join(entries) + "  ]\n}\n"
