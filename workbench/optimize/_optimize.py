@@ -22,7 +22,14 @@ from workbench.optimize._export import export_onnx
 from workbench.optimize._files import copy_model, model_bytes, model_sha256
 from workbench.optimize._measure import measure_on_device, measure_on_host, sweep_threads
 from workbench.optimize._metrics import agreement, run_outputs, score
-from workbench.optimize._passes import DEFAULT_CALIBRATION_MEMORY_MB, PassContext, apply_recipe, get_pass, list_passes
+from workbench.optimize._passes import (
+    DEFAULT_CALIBRATION_MEMORY_MB,
+    PassContext,
+    apply_recipe,
+    get_pass,
+    list_passes,
+    static_blocker,
+)
 from workbench.optimize._preflight import int8_outlook
 from workbench.optimize._result import OptimizeResult
 from workbench.optimize._shapes import ShapePlan, one_line, resolve_shapes
@@ -35,10 +42,12 @@ _GENERATED_EVAL = 64
 
 
 def _plan(spec: ModelSpec, ctx: PassContext, methods: Sequence[str], prune: list[tuple[str, float]],
-          passes: Sequence[str] | None, module: Any = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+          passes: Sequence[str] | None, module: Any = None,
+          static_why: str | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The variants worth building for this target, and why the others are skipped.
 
-    ``module`` is the torch module that ``prune`` applies to (None: no pruning is planned).
+    ``module`` is the torch module that ``prune`` applies to (None: no pruning is planned);
+    ``static_why`` says why static INT8 can quantize nothing in this model (None: it can).
     """
     plan: list[dict[str, Any]] = [{"variant": BASELINE, "steps": []},
                                   {"variant": "graph-opt", "steps": [{"pass": "graph-opt", "level": "extended"}]}]
@@ -50,6 +59,9 @@ def _plan(spec: ModelSpec, ctx: PassContext, methods: Sequence[str], prune: list
     for method in methods:
         if method not in CALIBRATION_METHODS:
             raise ConfigError(f"unknown calibration method {method!r}; use {', '.join(CALIBRATION_METHODS)}")
+        if static_why:
+            skipped[f"int8-static-{method}"] = static_why
+            continue
         plan.append({"variant": f"int8-static-{method}",
                      "steps": [{"pass": "int8-static", "method": method, "per_channel": True}]})
     plan.append({"variant": "fp16", "steps": [{"pass": "fp16"}]})
@@ -217,7 +229,7 @@ def optimize(
     ctx = PassContext(workdir, calibration, resolved.profile.precisions, resolved.providers,
                       calibration_memory_mb, notes)
     plan, skipped = _plan(spec, ctx, list(calibration_methods), _prune_list(prune, module is not None), passes,
-                          module)
+                          module, static_blocker(source_path))
     for provider, why in resolved.skipped_providers.items():
         skipped[f"provider {provider}"] = why
     versions = tool_versions()

@@ -158,7 +158,9 @@ def _dynamic_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, An
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(options.get("ops", ["MatMul", "Gemm"])),
                          weight_type=QuantType.QInt8, per_channel=bool(options.get("per_channel", False)),
                          nodes_to_exclude=list(options.get("exclude", [])),
-                         use_external_data_format=has_external_data(src))
+                         use_external_data_format=has_external_data(src),
+                         # MatMuls inside If/Loop/Scan bodies too (an RNN cell in a Loop); off by default.
+                         extra_options={"EnableSubgraph": True})
 
 
 def _dynamic_opset(options: dict[str, Any]) -> tuple[int, str]:
@@ -229,6 +231,9 @@ def _static_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, Any
 
     if ctx.calibration is None:
         raise OptimizeError("static INT8 quantization needs calibration data; pass calibration_data")
+    blocker = static_blocker(src)
+    if blocker:
+        raise OptimizeError(blocker)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[options.get("method", "minmax")]
     prepared = dst.with_name(dst.stem + ".pre.onnx")
@@ -261,6 +266,45 @@ def _static_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, Any
             remove_model(prepared)
             for leftover in Path(dst.parent).glob("augmented_model*.onnx"):
                 leftover.unlink(missing_ok=True)
+
+
+_STATIC_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
+_CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
+def static_blocker(src: Path) -> str | None:
+    """Why static INT8 cannot quantize anything in this model, or None when it can.
+
+    ORT's static quantizer calibrates and rewrites the main graph only: a model whose Conv/MatMul nodes
+    all sit inside If/Loop/Scan would come out with no INT8 at all (MinMax) or fail with "Histogram has
+    not been collected" (entropy, percentile).
+
+    Example:
+        >>> static_blocker(Path("silero_vad.onnx"))  # doctest: +SKIP
+        "the model's Conv/MatMul nodes are all inside control flow (12 in If If_0), ..."
+    """
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    if any(node.op_type in _STATIC_OPS for node in graph.node):
+        return None
+    nested: dict[str, int] = {}
+
+    def walk(g: onnx.GraphProto, owner: str) -> None:
+        for node in g.node:
+            if node.op_type in _STATIC_OPS and owner:
+                nested[owner] = nested.get(owner, 0) + 1
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                    walk(sub, owner or f"{node.op_type} {node.name or '(unnamed)'}")
+
+    walk(graph, "")
+    if nested:
+        where = ", ".join(f"{count} in {owner}" for owner, count in nested.items())
+        return (f"the model's Conv/MatMul nodes are all inside control flow ({where}), which ORT's static "
+                "quantizer neither calibrates nor rewrites, so static INT8 would change nothing; export the model "
+                "without the If/Loop/Scan around them to quantize it")
+    return "the model has no Conv, MatMul or Gemm node, so static INT8 has nothing to quantize"
 
 
 def _static_opset(options: dict[str, Any]) -> tuple[int, str]:
