@@ -75,3 +75,11 @@ def test_int8_outlook_is_uncertain_or_negative_when_cpu_lacks_dot_product() -> N
     likely, why = int8_outlook(["avx2", "fma"], "x86_64")
     assert likely is None and "VNNI" in why
     assert int8_outlook(["neon", "asimd"], "aarch64")[0] is False
+
+
+def test_choose_keeps_fp32_when_paired_rounds_say_faster_but_p50_is_slower() -> None:
+    # Three rounds where one burst of load hit FP32 twice: the paired median says 1.5x, the p50s disagree.
+    rows = [row("fp32", 0.98, 3.18, 1.0, [3.0, 6.0, 6.0]), row("int8-dynamic", 0.98, 3.33, 0.6, [4.0, 4.0, 4.0])]
+    choice = choose(rows, Constraints())
+    assert choice.variant == "fp32"
+    assert any("p50 3.330 ms is not below FP32's 3.180 ms" in f for f in choice.failures["int8-dynamic"])
