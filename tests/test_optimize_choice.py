@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from workbench.optimize import Constraints, choose, pareto_front
 from workbench.optimize._choice import noise_margin
 from workbench.optimize._preflight import int8_outlook
@@ -83,3 +85,18 @@ def test_choose_keeps_fp32_when_paired_rounds_say_faster_but_p50_is_slower() -> 
     choice = choose(rows, Constraints())
     assert choice.variant == "fp32"
     assert any("p50 3.330 ms is not below FP32's 3.180 ms" in f for f in choice.failures["int8-dynamic"])
+
+
+def test_choose_rejects_variant_when_its_quality_is_nan() -> None:
+    rows = [row("fp32", 1.0, 2.0, 1.0), row("int8-broken", float("nan"), 1.0, 0.3)]
+    choice = choose(rows, Constraints())
+    assert choice.variant == "fp32"
+    assert any("could not be measured" in why for why in choice.failures["int8-broken"])
+
+
+def test_cosine_agreement_is_zero_when_a_variant_outputs_all_zeros() -> None:
+    from workbench.optimize._metrics import agreement
+
+    reference = [np.array([[[0.1, 0.9], [0.0, 0.7]]], np.float32)]
+    assert agreement(reference, [np.zeros_like(reference[0])])["cosine"] == 0.0
+    assert agreement([np.zeros((1, 2, 2))], [np.zeros((1, 2, 2))])["cosine"] == 1.0

@@ -123,7 +123,10 @@ def constraint_failures(row: dict[str, Any], baseline: dict[str, Any], constrain
     """Which constraints a variant breaks, each with by how much."""
     failures = []
     drop = baseline["quality"] - row["quality"]
-    if drop > constraints.max_accuracy_drop + 1e-12:
+    if not math.isfinite(drop):  # NaN compares false with everything: it would pass every limit
+        failures.append(f"{row['quality_name']} could not be measured ({row['quality']} against FP32's "
+                        f"{baseline['quality']}): its outputs hold NaN or infinity")
+    elif drop > constraints.max_accuracy_drop + 1e-12:
         failures.append(f"{row['quality_name']} drop {drop * 100:.2f} points > allowed "
                         f"{constraints.max_accuracy_drop * 100:.2f} (over by "
                         f"{(drop - constraints.max_accuracy_drop) * 100:.2f})")
