@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import tempfile
 import time
 import warnings
@@ -207,6 +208,14 @@ def plain_zoo_tools(fp32: Path, calib: list[dict[str, np.ndarray]], workdir: Pat
 
 def bench_zoo(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """One zoo model: FP32, the plain tools and workbench.optimize's choice, timed in the same rounds."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"wb-zoo-{name}-"))
+    try:
+        return _bench_zoo(name, args, workdir)
+    finally:  # a zoo model's files are tens of MB; an interrupted run left them in /tmp
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _bench_zoo(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from zoo import ZOO, build_onnx, samples
 
     from workbench.optimize._metrics import agreement
@@ -214,7 +223,6 @@ def bench_zoo(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from workbench.optimize._spec import ModelSpec
 
     entry = ZOO[name]
-    workdir = Path(tempfile.mkdtemp(prefix=f"wb-zoo-{name}-"))
     started = time.perf_counter()
     fp32 = build_onnx(entry, workdir / f"{name}.onnx")
     spec = ModelSpec.from_path(fp32)
