@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import tempfile
 import time
 import warnings
@@ -207,21 +208,27 @@ def plain_zoo_tools(fp32: Path, calib: list[dict[str, np.ndarray]], workdir: Pat
 
 def bench_zoo(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """One zoo model: FP32, the plain tools and workbench.optimize's choice, timed in the same rounds."""
-    from zoo import ZOO, build_onnx
+    workdir = Path(tempfile.mkdtemp(prefix=f"wb-zoo-{name}-"))
+    try:
+        return _bench_zoo(name, args, workdir)
+    finally:  # a zoo model's files are tens of MB; an interrupted run left them in /tmp
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _bench_zoo(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from zoo import ZOO, build_onnx, samples
 
     from workbench.optimize._metrics import agreement
     from workbench.optimize._shapes import stacks_on_first_axis
     from workbench.protocol.spec import ModelSpec
 
     entry = ZOO[name]
-    workdir = Path(tempfile.mkdtemp(prefix=f"wb-zoo-{name}-"))
     started = time.perf_counter()
     fp32 = build_onnx(entry, workdir / f"{name}.onnx")
     spec = ModelSpec.from_path(fp32)
     stacked = stacks_on_first_axis(spec)
     rng = np.random.default_rng(7)
-    per_sample = [dict(zip(entry.input_names, entry.inputs(1, rng), strict=True))
-                  for _ in range(args.calibration + args.eval)]
+    per_sample = samples(entry, args.calibration + args.eval, rng)
     calib_list, eval_list = per_sample[:args.calibration], per_sample[args.calibration:]
 
     def stack(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from workbench.optimize import Constraints, choose, pareto_front
 from workbench.optimize._choice import noise_margin
 from workbench.optimize._preflight import int8_outlook
@@ -75,3 +77,26 @@ def test_int8_outlook_is_uncertain_or_negative_when_cpu_lacks_dot_product() -> N
     likely, why = int8_outlook(["avx2", "fma"], "x86_64")
     assert likely is None and "VNNI" in why
     assert int8_outlook(["neon", "asimd"], "aarch64")[0] is False
+
+
+def test_choose_keeps_fp32_when_paired_rounds_say_faster_but_p50_is_slower() -> None:
+    # Three rounds where one burst of load hit FP32 twice: the paired median says 1.5x, the p50s disagree.
+    rows = [row("fp32", 0.98, 3.18, 1.0, [3.0, 6.0, 6.0]), row("int8-dynamic", 0.98, 3.33, 0.6, [4.0, 4.0, 4.0])]
+    choice = choose(rows, Constraints())
+    assert choice.variant == "fp32"
+    assert any("p50 3.330 ms is not below FP32's 3.180 ms" in f for f in choice.failures["int8-dynamic"])
+
+
+def test_choose_rejects_variant_when_its_quality_is_nan() -> None:
+    rows = [row("fp32", 1.0, 2.0, 1.0), row("int8-broken", float("nan"), 1.0, 0.3)]
+    choice = choose(rows, Constraints())
+    assert choice.variant == "fp32"
+    assert any("could not be measured" in why for why in choice.failures["int8-broken"])
+
+
+def test_cosine_agreement_is_zero_when_a_variant_outputs_all_zeros() -> None:
+    from workbench.optimize._metrics import agreement
+
+    reference = [np.array([[[0.1, 0.9], [0.0, 0.7]]], np.float32)]
+    assert agreement(reference, [np.zeros_like(reference[0])])["cosine"] == 0.0
+    assert agreement([np.zeros((1, 2, 2))], [np.zeros((1, 2, 2))])["cosine"] == 1.0

@@ -85,3 +85,39 @@ def test_digits_example_input_is_one_test_image_when_exporting(digits: DigitsDat
     example = digits_example_input(digits)
     assert isinstance(example, torch.Tensor) and tuple(example.shape) == (1, 1, 8, 8)
     assert np.array_equal(example.numpy(), digits.x_test[:1])
+
+
+@pytest.fixture(scope="module")
+def camera(digits: DigitsData) -> object:
+    from workbench.optimize import train_camera_cnn
+
+    return train_camera_cnn(digits, threads=2)
+
+
+def test_camera_cnn_classifies_digits_when_features_are_bn_calibrated_and_head_trained(camera: object) -> None:
+    from workbench.optimize import camera_cnn
+
+    assert camera.test_accuracy >= 0.95, camera.test_accuracy  # type: ignore[attr-defined]
+    assert sum(p.numel() for p in camera_cnn().parameters()) > 200_000
+    # The 8x8 digit is upsampled inside the model: devices stream 8x8 frames to it unchanged.
+    with torch.no_grad():
+        assert tuple(camera.model(torch.zeros(2, 1, 8, 8)).shape) == (2, 10)  # type: ignore[attr-defined]
+
+
+def test_camera_cnn_int8_is_chosen_and_measurably_faster_when_cpu_has_int8_dot_product(
+        camera: object, digits: DigitsData) -> None:
+    from workbench.optimize import optimize
+    from workbench.profiles import cpu_features
+
+    flags = set(cpu_features())
+    if not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        pytest.skip(f"this CPU has no INT8 dot-product instructions (flags: {', '.join(sorted(flags))}); "
+                    "the preflight says why INT8 may not pay here")
+    result = optimize(camera.model, "x86-server", example_input=digits_example_input(digits),  # type: ignore[attr-defined]
+                      eval_data=digits.test, calibration_data=digits.x_calib, calibration_methods=("minmax",),
+                      prune=False, iterations=30, rounds=5, use_cache=False, sweep=False)
+    assert result.best.variant == "int8-static-minmax", result.best.reason
+    chosen, fp32 = result.row("int8-static-minmax"), result.row("fp32")
+    assert chosen["speedup"] >= 1.5 and chosen["p50_ms"] < fp32["p50_ms"] / 1.5, (chosen, fp32)
+    assert fp32["accuracy"] - chosen["accuracy"] <= 0.01
+    assert result.preflight["int8_likely_helps"] is True

@@ -45,7 +45,7 @@ def test_explorer_shows_recipe_and_verdict_when_point_selected(result: object) -
     explorer.select("int8-dynamic")
     assert "int8-dynamic" in explorer.details.value and "MatMul" in explorer.details.value
     chosen = result.best.variant == "int8-dynamic"  # type: ignore[attr-defined]
-    assert ("<p>chosen:" in explorer.details.value) == chosen
+    assert ("<p>chosen (the reason is above)" in explorer.details.value) == chosen
     assert ("not chosen" in explorer.details.value) == (not chosen)
 
 
@@ -71,3 +71,26 @@ def test_explorer_raises_when_given_something_else() -> None:
 
     with pytest.raises(ConfigError, match=r"workbench\.optimize"):
         widgets.OptimizeExplorer(Path("."))
+
+
+def test_explorer_says_the_reason_once_and_labels_only_fp32_and_choice_when_shown(result: object) -> None:
+    import widgets
+
+    explorer = widgets.OptimizeExplorer(result)
+    page = explorer.snapshot()["text/html"]
+    reason = result.best.reason  # type: ignore[attr-defined]
+    assert page.count(reason.split(";")[0]) == 1, page
+    labels = [text for text in explorer.figure.data[0].text if text]
+    assert sorted(labels) == sorted({"fp32", result.best.variant or "fp32"})  # type: ignore[attr-defined]
+    title = explorer.figure.layout.title.text
+    assert len(title.split("<br>")[0]) <= 60, title  # the long part is a subtitle line, not clipped
+
+
+def test_explorer_table_is_compact_with_units_and_full_table_behind_toggle_when_shown(result: object) -> None:
+    import widgets
+
+    table = widgets.OptimizeExplorer(result).table.value
+    compact, _, full = table.partition("<details>")
+    assert "p50 (ms)" in compact and "size (MB)" in compact and "vs FP32 (x)" in compact
+    assert "p99_ms" not in compact and "rss_growth_mb" not in compact
+    assert "<summary>All columns</summary>" in "<details>" + full and "p99_ms" in full

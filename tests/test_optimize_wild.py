@@ -605,3 +605,19 @@ def test_grey_images_become_nhwc_rgb_when_model_takes_channels_last(tmp_path: Pa
     batch = samples.inputs["input_1:0"]
     assert batch.shape == (3, 20, 28, 3) and batch.dtype == np.float32
     np.testing.assert_allclose(batch[:, 0, 0, :], [[0.0] * 3, [0.2] * 3, [0.4] * 3], atol=1e-6)
+
+
+@pytest.mark.parametrize("build", [with_if, with_loop], ids=["if", "loop"])
+def test_static_int8_is_skipped_and_dynamic_quantizes_the_body_when_matmuls_sit_in_control_flow(
+        build: Callable[[Path], Path], tmp_path: Path) -> None:
+    from workbench.optimize import optimize
+
+    model = build(tmp_path / "model.onnx")
+    result = optimize(model, "x86-server", passes=["int8-static-minmax", "int8-dynamic"], use_cache=False,
+                      iterations=4, rounds=1, warmup=1, sweep=False)
+    # ORT's static quantizer does not look inside If/Loop bodies: an "INT8" variant would hold no INT8.
+    assert "inside control flow" in result.skipped["int8-static-minmax"]
+    assert not result.skipped["int8-static-minmax"].startswith("failed")
+    body_ops = {inner.op_type for node in onnx.load(str(result.files["int8-dynamic"])).graph.node
+                for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH for inner in attr.g.node}
+    assert "MatMulInteger" in body_ops or "DynamicQuantizeLinear" in body_ops, body_ops

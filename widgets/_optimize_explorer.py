@@ -27,14 +27,14 @@ class OptimizeExplorer(Snapshotting, ipywidgets.VBox):
     def __init__(self, result: Any) -> None:
         import plotly.graph_objects as go
 
-        from workbench.optimize._report import candidates_html, pareto_figure
+        from workbench.optimize._report import compact_html, pareto_figure
 
         if not getattr(result, "rows", None):
             raise ConfigError("OptimizeExplorer needs the result of workbench.optimize(...) with candidates")
         self.result = result
         self.figure = go.FigureWidget(pareto_figure(result))
         self.figure.data[0].on_click(self._on_click)
-        self.table = ipywidgets.HTML(candidates_html(result))
+        self.table = ipywidgets.HTML(compact_html(result))
         self.details = ipywidgets.HTML()
         self.selected: str | None = None
         header = ipywidgets.HTML(f"<b>Chosen:</b> {html.escape(str(result.best.variant))}: "
@@ -62,7 +62,7 @@ class OptimizeExplorer(Snapshotting, ipywidgets.VBox):
         self.selected = variant
         failures = self.result.best.failures.get(variant) or []
         if variant == self.result.best.variant:
-            verdict = f"chosen: {self.result.best.reason}"
+            verdict = "chosen (the reason is above)"  # the header already says why, once
         else:
             verdict = "not chosen" + (": " + "; ".join(failures) if failures else " (another variant was faster)")
         metrics = {k: row.get(k) for k in ("quality_name", "quality", "agreement_top1", "sqnr_db", "p50_ms",

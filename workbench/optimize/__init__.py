@@ -40,6 +40,8 @@ _LAZY = {
     "digits_cnn": "workbench.optimize._examples",
     "train_digits_cnn": "workbench.optimize._examples",
     "digits_example_input": "workbench.optimize._examples",
+    "camera_cnn": "workbench.optimize._examples",
+    "train_camera_cnn": "workbench.optimize._examples",
 }
 
 

@@ -65,8 +65,11 @@ def agreement(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[
     top1 = float(np.mean(np.argmax(ref, axis=1) == np.argmax(got, axis=1))) if classes else float("nan")
     flat_ref = np.concatenate([r.astype(np.float64).ravel() for r in reference])
     flat_got = np.concatenate([c.astype(np.float64).ravel() for c in candidate])
-    denom = float(np.linalg.norm(flat_ref) * np.linalg.norm(flat_got))
-    cosine = float(flat_ref @ flat_got / denom) if denom > 0 else float("nan")
+    norms = float(np.linalg.norm(flat_ref)), float(np.linalg.norm(flat_got))
+    if norms[0] > 0 and norms[1] > 0:
+        cosine = float(flat_ref @ flat_got / (norms[0] * norms[1]))
+    else:  # an all-zero output agrees only with another all-zero output (a broken INT8 map is all zeros)
+        cosine = 1.0 if norms[0] == norms[1] == 0 else 0.0
     noise = float(np.sum((flat_ref - flat_got) ** 2))
     signal = float(np.sum(flat_ref**2))
     sqnr = float("inf") if noise == 0 else float(10.0 * np.log10(max(signal, 1e-30) / noise))

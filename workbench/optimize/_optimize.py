@@ -22,7 +22,15 @@ from workbench.optimize._export import export_onnx
 from workbench.optimize._files import copy_model, model_bytes, model_sha256
 from workbench.optimize._measure import measure_on_device, measure_on_host, sweep_threads
 from workbench.optimize._metrics import agreement, run_outputs, score
-from workbench.optimize._passes import DEFAULT_CALIBRATION_MEMORY_MB, PassContext, apply_recipe, get_pass, list_passes
+from workbench.optimize._passes import (
+    DEFAULT_CALIBRATION_MEMORY_MB,
+    PassContext,
+    apply_recipe,
+    get_pass,
+    list_passes,
+    sensitive_nodes,
+    static_blocker,
+)
 from workbench.optimize._preflight import int8_outlook
 from workbench.optimize._result import OptimizeResult
 from workbench.optimize._shapes import ShapePlan, one_line, resolve_shapes
@@ -35,10 +43,13 @@ _GENERATED_EVAL = 64
 
 
 def _plan(spec: ModelSpec, ctx: PassContext, methods: Sequence[str], prune: list[tuple[str, float]],
-          passes: Sequence[str] | None, module: Any = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+          passes: Sequence[str] | None, module: Any = None,
+          static_why: str | None = None, mixed: list[str] | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The variants worth building for this target, and why the others are skipped.
 
-    ``module`` is the torch module that ``prune`` applies to (None: no pruning is planned).
+    ``module`` is the torch module that ``prune`` applies to (None: no pruning is planned);
+    ``static_why`` says why static INT8 can quantize nothing in this model (None: it can); ``mixed``
+    lists the attention matmuls a mixed INT8/FP32 variant keeps in FP32 (None: not a transformer).
     """
     plan: list[dict[str, Any]] = [{"variant": BASELINE, "steps": []},
                                   {"variant": "graph-opt", "steps": [{"pass": "graph-opt", "level": "extended"}]}]
@@ -50,8 +61,15 @@ def _plan(spec: ModelSpec, ctx: PassContext, methods: Sequence[str], prune: list
     for method in methods:
         if method not in CALIBRATION_METHODS:
             raise ConfigError(f"unknown calibration method {method!r}; use {', '.join(CALIBRATION_METHODS)}")
+        if static_why:
+            skipped[f"int8-static-{method}"] = static_why
+            continue
         plan.append({"variant": f"int8-static-{method}",
                      "steps": [{"pass": "int8-static", "method": method, "per_channel": True}]})
+    if mixed is not None and methods and not static_why:
+        # A transformer: INT8 everywhere puts Softmax, LayerNorm and the attention matmuls on INT8 inputs.
+        plan.append({"variant": f"int8-static-{methods[0]}-mixed", "excluded": mixed,
+                     "steps": [{"pass": "int8-static", "method": methods[0], "per_channel": True, "mixed": True}]})
     plan.append({"variant": "fp16", "steps": [{"pass": "fp16"}]})
     for kind, amount in prune:
         tag = f"pruned-{kind}-{round(amount * 100)}"
@@ -216,8 +234,10 @@ def optimize(
                           sizes=shapes.full) if finetune_data is not None else None
     ctx = PassContext(workdir, calibration, resolved.profile.precisions, resolved.providers,
                       calibration_memory_mb, notes)
+    transformer = {"Softmax", "MatMul"} <= set(spec.op_types)
     plan, skipped = _plan(spec, ctx, list(calibration_methods), _prune_list(prune, module is not None), passes,
-                          module)
+                          module, static_blocker(source_path), sensitive_nodes(source_path) if transformer else None)
+    excluded_by_plan = {item["variant"]: item["excluded"] for item in plan if "excluded" in item}
     for provider, why in resolved.skipped_providers.items():
         skipped[f"provider {provider}"] = why
     versions = tool_versions()
@@ -293,6 +313,8 @@ def optimize(
     for variant in list(files):
         try:
             rows[variant] = quality_row(variant)
+            if variant in excluded_by_plan:
+                rows[variant]["excluded_layers"] = excluded_by_plan[variant]
         except Exception as exc:  # built but does not run (an invalid graph): skipped, like a failed build
             skipped[variant] = f"failed: the built model does not run: {one_line(exc)}"
             del files[variant]
@@ -417,10 +439,11 @@ def _exclusion_costs(rows: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     for variant, row in rows.items():
         excluded = row.get("excluded_layers")
-        plain = rows.get(variant.rsplit("-excl", 1)[0]) if excluded else None
-        if not excluded or plain is None:
+        plain = rows.get(variant.rsplit("-excl", 1)[0].removesuffix("-mixed")) if excluded is not None else None
+        if excluded is None or plain is None:
             continue
-        lines.append(f"{variant} keeps {len(excluded)} layer(s) in FP32 ({', '.join(excluded)}): "
+        kept = ("Softmax, LayerNorm and every op but Conv/MatMul/Gemm, and " if variant.endswith("-mixed") else "")
+        lines.append(f"{variant} keeps {kept}{len(excluded)} layer(s) in FP32 ({', '.join(excluded) or 'none'}): "
                      f"{row['quality_name']} {plain['quality']:.4g} -> {row['quality']:.4g} "
                      f"(FP32 {rows[BASELINE]['quality']:.4g}), p50 {plain['p50_ms']:.4g} -> {row['p50_ms']:.4g} ms "
                      f"(FP32 {rows[BASELINE]['p50_ms']:.4g} ms)")

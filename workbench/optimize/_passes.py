@@ -158,7 +158,9 @@ def _dynamic_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, An
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(options.get("ops", ["MatMul", "Gemm"])),
                          weight_type=QuantType.QInt8, per_channel=bool(options.get("per_channel", False)),
                          nodes_to_exclude=list(options.get("exclude", [])),
-                         use_external_data_format=has_external_data(src))
+                         use_external_data_format=has_external_data(src),
+                         # MatMuls inside If/Loop/Scan bodies too (an RNN cell in a Loop); off by default.
+                         extra_options={"EnableSubgraph": True})
 
 
 def _dynamic_opset(options: dict[str, Any]) -> tuple[int, str]:
@@ -229,6 +231,9 @@ def _static_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, Any
 
     if ctx.calibration is None:
         raise OptimizeError("static INT8 quantization needs calibration data; pass calibration_data")
+    blocker = static_blocker(src)
+    if blocker:
+        raise OptimizeError(blocker)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[options.get("method", "minmax")]
     prepared = dst.with_name(dst.stem + ".pre.onnx")
@@ -251,16 +256,86 @@ def _static_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, Any
         extra: dict[str, Any] = {}
         if method == CalibrationMethod.Percentile:
             extra["CalibPercentile"] = float(options.get("percentile", 99.999))
+        exclude = list(options.get("exclude", []))
+        mixed: dict[str, Any] = {}
+        if options.get("mixed"):  # INT8 weights' matmuls and convs only; attention and normalization stay FP32
+            exclude += [name for name in sensitive_nodes(prepared) if name not in exclude]
+            mixed["op_types_to_quantize"] = list(MIXED_QUANTIZED_OPS)
         try:
             quantize_static(str(prepared), str(dst), _Reader(batches), quant_format=QuantFormat.QDQ,
                             per_channel=bool(options.get("per_channel", True)),
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=method, nodes_to_exclude=list(options.get("exclude", [])),
-                            extra_options=extra, use_external_data_format=external)
+                            calibrate_method=method, nodes_to_exclude=exclude,
+                            extra_options=extra, use_external_data_format=external, **mixed)
         finally:
             remove_model(prepared)
             for leftover in Path(dst.parent).glob("augmented_model*.onnx"):
                 leftover.unlink(missing_ok=True)
+
+
+_STATIC_OPS = ("Conv", "MatMul", "Gemm", "ConvTranspose")
+_CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
+def static_blocker(src: Path) -> str | None:
+    """Why static INT8 cannot quantize anything in this model, or None when it can.
+
+    ORT's static quantizer calibrates and rewrites the main graph only: a model whose Conv/MatMul nodes
+    all sit inside If/Loop/Scan would come out with no INT8 at all (MinMax) or fail with "Histogram has
+    not been collected" (entropy, percentile).
+
+    Example:
+        >>> static_blocker(Path("silero_vad.onnx"))  # doctest: +SKIP
+        "the model's Conv/MatMul nodes are all inside control flow (12 in If If_0), ..."
+    """
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    if any(node.op_type in _STATIC_OPS for node in graph.node):
+        return None
+    nested: dict[str, int] = {}
+
+    def walk(g: onnx.GraphProto, owner: str) -> None:
+        for node in g.node:
+            if node.op_type in _STATIC_OPS and owner:
+                nested[owner] = nested.get(owner, 0) + 1
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                    walk(sub, owner or f"{node.op_type} {node.name or '(unnamed)'}")
+
+    walk(graph, "")
+    if nested:
+        where = ", ".join(f"{count} in {owner}" for owner, count in nested.items())
+        return (f"the model's Conv/MatMul nodes are all inside control flow ({where}), which ORT's static "
+                "quantizer neither calibrates nor rewrites, so static INT8 would change nothing; export the model "
+                "without the If/Loop/Scan around them to quantize it")
+    return "the model has no Conv, MatMul or Gemm node, so static INT8 has nothing to quantize"
+
+
+# Ops that keep their FP32 kernels in the mixed variant: with QDQ around them ORT would run them on
+# dequantized INT8 values, adding error (Softmax, LayerNorm) for no speed.
+MIXED_QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def sensitive_nodes(path: Path) -> list[str]:
+    """Named MatMul nodes that multiply two activations (attention's Q·Kᵀ and scores·V): kept in FP32 in the mixed
+    INT8/FP32 variant, since both operands change per input and INT8 scores feed a Softmax.
+
+    Example:
+        >>> sensitive_nodes(Path("bert.onnx"))[:1]  # doctest: +SKIP
+        ['/layers.0/attn/MatMul']
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {init.name for init in graph.initializer}
+    # A weight reached through Transpose/Identity/Cast of an initializer is still a weight.
+    for node in graph.node:
+        if node.op_type == "Constant" or (node.op_type in ("Transpose", "Identity", "Cast", "Reshape")
+                                          and node.input and node.input[0] in constants):
+            constants.update(node.output)
+    return [node.name for node in graph.node
+            if node.op_type == "MatMul" and node.name and not any(name in constants for name in node.input)]
 
 
 def _static_opset(options: dict[str, Any]) -> tuple[int, str]:

@@ -24,16 +24,23 @@ def pareto_figure(result: OptimizeResult) -> Any:
     colors = ["#d62728" if r.get("chosen") else ("#1f77b4" if r.get("pareto") else "#aaaaaa") for r in rows]
     symbols = ["star" if r.get("chosen") else "circle" for r in rows]
     quality_name = rows[0].get("quality_name", "quality") if rows else "quality"
+    # Only FP32 and the choice carry a label (alternately above and below): a dozen variants' names overlap
+    # where their points cluster; every point names itself on hover.
+    labelled = [bool(r.get("chosen")) or r["variant"] == "fp32" for r in rows]
+    positions = ["top center" if i % 2 == 0 else "bottom center" for i in range(len(rows))]
     figure = go.Figure(go.Scatter(
         x=[r["p50_ms"] for r in rows], y=[r["quality"] for r in rows], mode="markers+text",
-        text=[r["variant"] for r in rows], textposition="top center", customdata=[r["variant"] for r in rows],
+        text=[r["variant"] if shown else "" for r, shown in zip(rows, labelled, strict=True)],
+        textposition=positions, customdata=[r["variant"] for r in rows],
         marker={"size": sizes, "color": colors, "symbol": symbols, "line": {"width": 1, "color": "#333"}},
-        hovertemplate="%{text}<br>p50 %{x:.3f} ms<br>" + quality_name + " %{y:.4f}<extra></extra>",
+        hovertemplate="%{customdata}<br>p50 %{x:.3f} ms<br>" + quality_name + " %{y:.4f}<extra></extra>",
     ))
-    figure.update_layout(title=f"Candidates on {result.target.get('target')} (measured on "
-                         f"{result.target.get('where')}); red star = chosen, blue = Pareto front",
-                         xaxis_title="p50 latency (ms)", yaxis_title=quality_name, height=460,
-                         margin={"l": 60, "r": 20, "t": 60, "b": 50})
+    # A short title on two lines: one long line was clipped at the widget's width.
+    figure.update_layout(title={"text": f"Candidates on {result.target.get('target')}<br><sup>measured on "
+                                f"{result.target.get('where')}; red star = chosen, blue = Pareto front, "
+                                "marker size = model size</sup>", "x": 0.01, "xanchor": "left"},
+                         xaxis_title="p50 latency (ms)", yaxis_title=quality_name, height=480,
+                         margin={"l": 70, "r": 30, "t": 90, "b": 50})
     return figure
 
 
@@ -41,6 +48,33 @@ def candidates_html(result: OptimizeResult) -> str:
     """The candidates as an HTML table (no recipe column), as the report and the OptimizeExplorer show it."""
     frame = result.candidates.drop(columns=["recipe"])
     return str(frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="candidates"))
+
+
+_COMPACT = (("variant", "variant", "{}"), ("quality", "quality", "{:.4f}"), ("p50_ms", "p50 (ms)", "{:.3f}"),
+            ("p95_ms", "p95 (ms)", "{:.3f}"), ("speedup", "vs FP32 (x)", "{:.2f}"), ("size_mb", "size (MB)", "{:.3f}"))
+
+
+def compact_html(result: OptimizeResult) -> str:
+    """The candidates in six columns with units, the chosen row in bold, and every column behind a toggle.
+
+    Example:
+        >>> "p50 (ms)" in compact_html(result)   # doctest: +SKIP
+        True
+    """
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in _COMPACT)
+    body = []
+    for row in result.rows:
+        cells = []
+        for key, _, form in _COMPACT:
+            value = row.get(key)
+            text = "" if value is None else (form.format(value) if isinstance(value, (int, float)) else str(value))
+            cells.append(f"<td>{html.escape(text)}</td>")
+        style = ' style="font-weight:bold"' if row.get("chosen") else ""
+        body.append(f"<tr{style}>{''.join(cells)}</tr>")
+    quality = html.escape(str(result.rows[0].get("quality_name", "quality"))) if result.rows else "quality"
+    return (f'<table class="candidates compact"><tr>{head}</tr>{"".join(body)}</table>'
+            f"<p style=\"font-size:12px;color:#555\">quality: {quality}; bold: chosen</p>"
+            f"<details><summary>All columns</summary>{candidates_html(result)}</details>")
 
 
 def render_html(result: OptimizeResult) -> str:
@@ -64,7 +98,7 @@ table.candidates td,table.candidates th{{padding:3px 8px;border-bottom:1px solid
 <p><b>Preflight:</b> {preflight}</p>
 <p><b>Data:</b> {data_line}</p>
 {figure}
-<h2>Candidates</h2>{candidates_html(result)}
+<h2>Candidates</h2>{compact_html(result)}
 <h2>Skipped</h2><ul>{skipped or '<li>none</li>'}</ul>
 <h2>Notes</h2><ul>{notes or '<li>none</li>'}</ul>
 <h2>Target</h2><pre>{html.escape(json.dumps(result.target, indent=2, default=str))}</pre>
