@@ -19,7 +19,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Offline for real: every host name fails to resolve (127.0.0.1 is an address, not a name), so a page that
 # reaches for a CDN fails there as it would on an edge site, and the request still shows in the events.
 OFFLINE_FLAGS = ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
-LOCAL_SCHEMES = {"data", "blob", "about", "chrome", "devtools"}
+LOCAL_SCHEMES = {"data", "blob", "about", "chrome", "devtools", "file"}
 DESKTOP = (1366, 768)
 PHONE = (390, 844)
 
