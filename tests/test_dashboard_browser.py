@@ -111,7 +111,7 @@ class Dashboard:
             tools.resize(*size)
             tools.call("Page.navigate", url=f"http://127.0.0.1:{self.port}/")
             tools.poll(f"{STATE}.includes('serving') && document.querySelectorAll('.js-plotly-plot .subplot').length"
-                       " >= 3", 90, "the dashboard showed no fleet state and charts")
+                       " >= 3", 240, "the dashboard showed no fleet state and charts")
             yield tools
         finally:
             with contextlib.suppress(Exception):
@@ -239,10 +239,15 @@ def test_dashboard_marks_a_fired_alert_on_its_metric_chart_when_a_rule_fires(
         time.sleep(0.5)
     assert not dashboard.fleet.telemetry.alerts(since=60).empty, "the cpu-busy rule never fired"
     with dashboard.page(size) as tools:
-        shapes = tools.poll(f"{SHAPES}.filter(s => s.name === 'wb-alert').length && {SHAPES}", 30,
-                            "no alert was marked on the charts")
-        # On the CPU chart (the third row) only, at a time the chart shows.
-        assert {shape["yref"] for shape in shapes if shape["name"] == "wb-alert"} == {"y3 domain"}, shapes
+        shapes = tools.poll(f"{SHAPES}.filter(s => s.yref === 'y3 domain' && s.name === 'wb-alert').length"
+                            f" && {SHAPES}", 30, "no alert was marked on the CPU chart")
+        # Each mark on the chart of a metric that has fired alerts (the notebook's own slow-inference rule on
+        # latency fires too when this machine is busy), within the 15 min the charts show.
+        fired = set(dashboard.fleet.telemetry.alerts(since=900)["metric"])
+        axes = {f"y{'' if row == 1 else row} domain" for row, metric in enumerate(METRICS, start=1) if metric in fired}
+        marks = [shape for shape in shapes if shape["name"] == "wb-alert"]
+        assert {shape["yref"] for shape in marks} <= axes, (marks, fired)
+        assert all(shape["x0"] > (time.time() - 960) * 1000.0 for shape in marks), marks
         assert "cpu-busy" in tools.evaluate("document.querySelector('.wb-alerts').innerText")
         _check_page(tools)
         _save(tools, tmp_path, f"dashboard-alert-{size[0]}.png")
@@ -252,8 +257,8 @@ def test_dashboard_server_logs_no_warning_when_serving_pages(dashboard: Dashboar
     # Runs after the pages above: Voila's own log (and its kernels') for all their visits, while it still runs.
     logged = dashboard.log.read_text(errors="replace").splitlines()
     assert any("Kernel started" in line for line in logged), logged[-20:]
-    noisy = [line for line in logged if re.search(r"Warning|WARNING|not trusted|Traceback|\[E ", line)]
-    assert noisy == [], noisy
+    noisy = [i for i, line in enumerate(logged) if re.search(r"Warning|WARNING|not trusted|Traceback|\[E ", line)]
+    assert noisy == [], "\n".join(logged[noisy[0]:noisy[0] + 40])
 
 
 def test_dashboard_cli_exits_naming_the_bad_name_when_metrics_are_malformed() -> None:

@@ -106,9 +106,9 @@ LINES = ("Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(gd =>
          ".length})))")
 
 
-def _save(page: Any, tmp_path: Path, name: str) -> None:
+def _save(page: Any, tmp_path: Path, name: str, *, full_page: bool = True) -> None:
     """The page's screenshot under the test's tmp path and test-artifacts/ (and docs/img/ when asked)."""
-    shot = page.screenshot(tmp_path / "screenshots" / name)
+    shot = page.screenshot(tmp_path / "screenshots" / name, full_page=full_page)
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copyfile(shot, ARTIFACTS / name)
     if os.environ.get("WORKBENCH_DOCS_SCREENSHOTS") == "1":
@@ -156,7 +156,9 @@ def test_executed_quickstart_html_shows_charts_with_data_offline_when_opened_wit
     assert html.read_text(encoding="utf-8").count('class="wb-plotly-js"') == 1
     with Chromium(tmp_path / "chrome", offline=True) as page:
         page.call("Page.navigate", url=html.as_uri())
-        page.poll(f"{LINES}.some(t => t.n >= 2)", 30, "the quickstart's HTML drew no chart with data")
+        page.poll(f"{LINES}.some(t => t.n >= 2)", 120, "the quickstart's HTML drew no chart with data")
         assert page.evaluate("document.querySelectorAll('table').length") >= 1
         assert page.remote_requests() == [] and page.errors() == []
-        _save(page, tmp_path, "executed-quickstart.png")
+        # The page is ~9000 px tall: the shot is one screen, from the live telemetry dashboard's snapshot on.
+        page.evaluate("document.querySelector('.wb-telemetry-dashboard').scrollIntoView()")
+        _save(page, tmp_path, "executed-quickstart.png", full_page=False)
