@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import logging
 import re
 import threading
 import time
@@ -28,6 +29,7 @@ from widgets._fleet_state import FleetState, fleet_state, state_html
 from widgets._health_table import FleetHealthTable
 from widgets._snapshot import CHART_MARKER, PLOTLY_MIMETYPE, Snapshotting, disconnected_banner, figure_json
 
+log = logging.getLogger("widgets.telemetry_dashboard")
 PALETTE: list[str] = list(qualitative.Plotly) + list(qualitative.D3)
 _X_AXIS = re.compile(r"x(\d*)")
 ALERT_COLOR = "#cf222e"
@@ -135,11 +137,16 @@ class _DateAxesFigure(go.FigureWidget):
 
 
 class TelemetryDashboard(Snapshotting, w.VBox):
-    """Live charts of ``metrics`` for every device, with the fleet health table and the alert list.
+    """Live charts of ``metrics`` for every device, with the fleet state, health table and alert list.
 
-    A chart with nothing to draw says why ("no data yet", "device idle"). Once the fleet is
-    disconnected (``fleet.close()`` or a lost connection), a "disconnected at HH:MM:SS" line
-    shows and the lines grey out.
+    On top, the fleet's state: how many devices serve, sit idle or are offline (see
+    ``widgets._fleet_state``). One chart per metric, titled with its unit, one legend for all;
+    a line breaks where a device paused for several intervals; a red dotted line marks each
+    fired alert on its metric's chart. The window buttons (15 min, 1 h, 24 h; ``window_s``
+    to start with) query the history again, as averages beyond 15 min; each chart spans the
+    window. A chart with nothing to draw says why ("no data yet", "device idle"). Once the
+    fleet is disconnected (``fleet.close()`` or a lost connection), a "disconnected at
+    HH:MM:SS" line shows and the lines grey out.
 
     Example:
         >>> widgets.TelemetryDashboard(fleet, metrics=["latency_p95_ms", "throughput", "cpu_percent"])  # doctest: +SKIP
@@ -153,6 +160,7 @@ class TelemetryDashboard(Snapshotting, w.VBox):
         self.refresh_s = refresh_s
         self.max_points = max_points
         self.refreshes = 0
+        self.refresh_errors = 0
         self.disconnected_at: float | None = None
         self.empty_reasons: dict[str, str] = {}  # metric -> why its chart is empty, as shown
         self.state = FleetState()
@@ -200,6 +208,7 @@ class TelemetryDashboard(Snapshotting, w.VBox):
         self._mark_alerts()
         self._task: asyncio.Task[None] | None = None
         self.refresh()
+        self._sync_layout()  # the ranges drawn so far, for the page that attaches (Voila: later)
         if start:
             self.start()
 
@@ -402,13 +411,19 @@ class TelemetryDashboard(Snapshotting, w.VBox):
     async def _run(self) -> None:
         tick = 0
         while True:
-            self.refresh()
-            tick += 1
-            if self.disconnected_at is None and tick % max(1, round(2.0 / self.refresh_s)) == 0:
-                self.health.refresh()  # tables change slower than lines; a disconnected fleet has nothing new
-                self.alert_list.refresh()
-                self._show_state()
-                self._mark_alerts()
+            # One slow or failed call (the hub busy past its HTTP timeout) must not end the task: the charts would
+            # freeze for good, and a page opened meanwhile would show them empty.
+            try:
+                self.refresh()
+                tick += 1
+                if self.disconnected_at is None and tick % max(1, round(2.0 / self.refresh_s)) == 0:
+                    self.health.refresh()  # tables change slower than lines; a disconnected fleet has nothing new
+                    self.alert_list.refresh()
+                    self._show_state()
+                    self._mark_alerts()
+            except Exception as exc:
+                self.refresh_errors += 1
+                log.warning("dashboard refresh failed (%d so far): %s", self.refresh_errors, exc)
             await asyncio.sleep(self.refresh_s)
 
     def start(self) -> None:
