@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -166,9 +167,7 @@ def test_within_uses_relative_tolerance_when_given() -> None:
     assert within(Figure("x", 0.0, 0.5), Figure("x", 0.4, 0.5))  # around zero: an absolute band
 
 
-def _points_sent(fleet: Any) -> dict[str, int]:
-    return {device.device_id: fleet.call(device.device_id, "telemetry.status")["points_sent"]
-            for device in fleet.online()}
+MAX_NOTEBOOK_BYTES = 3 * 1024 * 1024
 
 
 def test_demo_starts_fleet_runs_notebooks_and_leaves_fleet_up_and_serving_when_none_running(tmp_path: Path) -> None:
@@ -176,21 +175,46 @@ def test_demo_starts_fleet_runs_notebooks_and_leaves_fleet_up_and_serving_when_n
     try:
         first = run_cli("demo", "--devices", "2", "--notebooks", "notebooks/01_connect_fleet.ipynb",
                         "--out", str(out), "--run-dir", str(fleet_dir), timeout=240)
+        ended = time.time()
         assert first.returncode == 0, first.stdout + first.stderr
         assert "started 2 devices" in first.stdout and "left running" in first.stdout
         assert "01_connect_fleet.ipynb" in first.stdout and "devices_online=2" in first.stdout
         assert "sim-01, sim-02 left serving a digits model" in first.stdout
+        # A line as the notebook starts, one per code cell as it completes, one as it ends.
+        lines = first.stdout.splitlines()
+        cell_line = re.compile(r"  01_connect_fleet\.ipynb cell (\d+)/(\d+) ok \(\d+\.\d s\)")
+        cells = [line for line in lines if cell_line.fullmatch(line)]
+        code = [c for c in nbformat.read(str(REPO / "notebooks" / "01_connect_fleet.ipynb"), as_version=4).cells
+                if c.cell_type == "code"]
+        total = len(code) + 1  # and the parameters cell papermill injects
+        assert [cell_line.fullmatch(line).groups() for line in cells] == [  # type: ignore[union-attr]
+            (str(n), str(total)) for n in range(1, total + 1)]
+        assert lines.index("[1/1] 01_connect_fleet.ipynb: running") < lines.index(cells[0])
+        assert any(re.fullmatch(r"\[1/1\] 01_connect_fleet\.ipynb: ok in \d+\.\d s", line) for line in lines)
         assert RunDir.resolve(fleet_dir).read() is not None  # still up
         (run_dir,) = out.iterdir()
         assert read_run(run_dir)["01_connect_fleet"].figures["devices_online"].value == 2
-        # Serving for the dashboard: each device runs the model and keeps queueing telemetry about it.
+        # The closing summary links the run's index page, which links the notebook's HTML.
+        index = run_dir / "index.html"
+        assert f"open {index.resolve().as_uri()}" in first.stdout
+        assert 'href="01_connect_fleet.html"' in index.read_text() and (run_dir / "01_connect_fleet.html").is_file()
+        for path in run_dir.glob("*.ipynb"):  # executed notebooks stay small: no plotly bundle in widget state
+            assert path.stat().st_size <= MAX_NOTEBOOK_BYTES, (path, path.stat().st_size)
+        for path in run_dir.glob("*.html"):
+            assert path.read_text(encoding="utf-8").count('class="wb-plotly-js"') <= 1, path
+        # Serving for the dashboard: the hub keeps storing each device's latency after the demo has ended.
         with workbench.connect(run_dir=fleet_dir) as fleet:
             fleet.wait_for(2)
             assert {fleet.call(d, "telemetry.status")["config"]["source"] for d in ("sim-01", "sim-02")} == {"digits"}
-            before, deadline = _points_sent(fleet), time.monotonic() + 15
-            while not all(n > before[d] for d, n in _points_sent(fleet).items()):
-                assert time.monotonic() < deadline, f"no new telemetry within 15 s: {before} -> {_points_sent(fleet)}"
-                time.sleep(0.5)
+            deadline = time.monotonic() + 30
+            while True:
+                fleet.telemetry.flush(timeout=2.0)
+                frame = fleet.telemetry.query("latency_p95_ms", since=ended)
+                late = frame.groupby("device_id").size().to_dict() if not frame.empty else {}
+                if all(late.get(device, 0) >= 3 for device in ("sim-01", "sim-02")):
+                    break
+                assert time.monotonic() < deadline, f"latency points stored after the demo ended: {late}"
+                time.sleep(1.0)
 
         second = run_cli("demo", "--notebooks", str(RAISES.relative_to(REPO)), "--out", str(out),
                          "--run-dir", str(fleet_dir), "--idle", timeout=240)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 import widgets
+import widgets._telemetry_dashboard
 import workbench
 
 
@@ -117,6 +118,33 @@ def test_dashboard_lines_run_forward_in_time_once_per_instant_when_points_arrive
             dashboard._on_points("sim-01", "late_metric", np.array(ts), np.array(values))  # the ingestion's callback
         dashboard.refresh()
         (trace,) = dashboard.figure.data
-        assert list(trace.x) == [t * 1000.0 for t in (now - 10, now - 9, now - 5, now - 4, now - 3)]
-        assert list(trace.y) == [10.0, 9.0, 5.0, 4.0, 3.0]
+        drawn = [(x, y) for x, y in zip(trace.x, trace.y, strict=True) if not np.isnan(y)]  # a NaN marks a gap
+        assert [x for x, _ in drawn] == [t * 1000.0 for t in (now - 10, now - 9, now - 5, now - 4, now - 3)]
+        assert [y for _, y in drawn] == [10.0, 9.0, 5.0, 4.0, 3.0]
         dashboard.stop()
+
+
+def test_dashboard_breaks_a_line_where_points_stop_for_several_intervals_when_a_device_pauses(
+    shared_fleet: dict[str, Any],
+) -> None:
+    # Drawn across, a device that stopped for a minute looks as if it had reported a straight ramp meanwhile.
+    with workbench.connect(run_dir=shared_fleet["run_dir"]) as fleet:
+        fleet.wait_for(3)
+        dashboard = widgets.TelemetryDashboard(fleet, metrics=["paused_metric"], window_s=900, start=False)
+        now = time.time()
+        ts = np.array([now - 90, now - 89, now - 88, now - 87, now - 20, now - 19, now - 18])  # 67 s without
+        dashboard._on_points("sim-01", "paused_metric", ts, np.arange(len(ts), dtype=np.float64))
+        dashboard.refresh()
+        (trace,) = dashboard.figure.data
+        assert trace.connectgaps is False
+        y = np.asarray(trace.y, dtype=np.float64)
+        assert np.flatnonzero(np.isnan(y)).tolist() == [4], y  # one break, between now - 87 and now - 20
+        assert now - 87 < trace.x[4] / 1000.0 < now - 20
+        assert np.nansum(y) == sum(range(len(ts)))  # every point is still drawn
+        dashboard.stop()
+
+
+def test_dashboard_titles_charts_for_people_with_units_when_given_metric_ids() -> None:
+    assert [widgets._telemetry_dashboard.metric_title(m) for m in
+            ("latency_p95_ms", "throughput", "cpu_percent", "queue_wait_ms", "anomaly_score", "odd")] == [
+        "Latency p95 (ms)", "Throughput (inferences/s)", "CPU (%)", "Queue wait (ms)", "Anomaly score (0-1)", "Odd"]

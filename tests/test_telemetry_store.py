@@ -74,8 +74,8 @@ def test_ingestor_missing_never_goes_negative_when_older_batches_arrive_after_th
         ingestor.feed(_raw("sim-01", seq), TOPIC.format("sim-01"))
     assert ingestor.wait_idle()
     stats = ingestor.stats()["sim-01"]
-    # Only 6 and 7 were skipped (at 8), and 6 came late.
-    assert (stats["gaps"], stats["out_of_order"], stats["missing"]) == (2, 6, 1)
+    # Only 6 and 7 were skipped (at 8), and 6 came late; 0-4 were queued before 5, the first seen: a backlog.
+    assert (stats["gaps"], stats["out_of_order"], stats["missing"], stats["older_than_first"]) == (2, 1, 1, 5)
 
 
 def test_ingestor_missing_never_goes_negative_when_a_restarted_device_sends_an_older_boot(

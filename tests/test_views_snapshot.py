@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,13 @@ import pytest
 from _chromium import CHROMIUM, Chromium
 
 from widgets._snapshot import PLOTLY_MIMETYPE, WIDGET_VIEW_MIMETYPE
-from workbench.runs import run_notebooks
+from workbench.runs import declared_parameters, run_notebooks
 from workbench.runs._html import plotly_js
 
 MAX_NOTEBOOK_BYTES = 3 * 1024 * 1024
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+DOCS_IMG = REPO / "docs" / "img"
 CELLS = [
     "run_dir = None",
     "import asyncio\nimport workbench, widgets\nfleet = workbench.connect(run_dir=run_dir)\n"
@@ -96,20 +99,66 @@ def test_executed_html_has_one_plotly_js_and_tables_when_rendered(executed: dict
     assert len(page.encode()) <= len(plotly_js().encode()) + MAX_NOTEBOOK_BYTES
 
 
+# Per line of every plotly chart on the page, from plotly's own data (gd.data): its name and its finite points.
+# _fullData: gd.data keeps a typed array as plotly's JSON wrote it ({bdata, dtype}); plotly.js decodes it there.
+LINES = ("Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(gd => (gd._fullData || [])"
+         ".map(t => ({name: t.name, n: Array.from(t.y || []).filter(v => v !== null && Number.isFinite(Number(v)))"
+         ".length})))")
+
+
+def _save(page: Any, tmp_path: Path, name: str, *, full_page: bool = True) -> None:
+    """The page's screenshot under the test's tmp path and test-artifacts/ (and docs/img/ when asked)."""
+    shot = page.screenshot(tmp_path / "screenshots" / name, full_page=full_page)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copyfile(shot, ARTIFACTS / name)
+    if os.environ.get("WORKBENCH_DOCS_SCREENSHOTS") == "1":
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, DOCS_IMG / name)
+
+
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (apt-get install chromium)")
 def test_executed_html_draws_charts_with_data_when_opened_without_a_kernel(
     executed: dict[str, Any], tmp_path: Path,
 ) -> None:
-    lines = "Array.from(document.querySelectorAll('.wb-snapshot-chart .scatterlayer .trace path.js-line'))"
-    with Chromium(tmp_path / "chrome") as page:
+    with Chromium(tmp_path / "chrome", offline=True) as page:
         page.call("Page.navigate", url=executed["html"].as_uri())
-        # Two devices in two charts at least; plotly draws chart after chart, so wait for all four. A line with data
-        # has a segment ("L"): its length says nothing, since plotly draws a straight uptime line as one segment.
-        page.poll(f"{lines}.filter(p => /L/.test(p.getAttribute('d') || '')).length >= 4", 30,
+        # Two devices in two charts at least (cpu_percent, uptime_s); plotly draws chart after chart.
+        page.poll(f"{LINES}.filter(t => t.n >= 2).length >= 4", 30,
                   "the executed notebook's HTML drew no line with data per device in its two charts with data")
+        assert {line["name"] for line in page.evaluate(LINES) if line["n"] >= 2} >= {"sim-01", "sim-02"}
         tables = page.evaluate("document.querySelectorAll('.wb-fleet-panel table tr[data-device]').length")
         assert tables == 2
         assert page.evaluate("typeof window.Plotly") == "object"
-        shot = base64.b64decode(page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"])
-        ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / "executed-notebook.png").write_bytes(shot)
+        assert page.remote_requests() == [] and page.errors() == []
+        _save(page, tmp_path, "executed-notebook.png")
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (apt-get install chromium)")
+def test_executed_quickstart_html_shows_charts_with_data_offline_when_opened_without_a_kernel(
+    tmp_path: Path,
+) -> None:
+    from workbench.sim import down, up
+
+    quickstart = REPO / "notebooks" / "00_quickstart.ipynb"
+    record = up(devices=3, run_dir=tmp_path / "fleet")
+    try:
+        parameters = {"expected_devices": 3, "smoke": True}
+        if "run_dir" in declared_parameters(quickstart):
+            parameters["run_dir"] = str(record["run_dir"])
+        summary = run_notebooks([quickstart], tmp_path / "run", notebook_parameters={quickstart.name: parameters},
+                                cell_timeout=300)
+    finally:
+        down(tmp_path / "fleet")
+    run = summary.runs[0]
+    assert run.ok and run.html is not None, run.error
+    executed_nb, html = tmp_path / "run" / run.output, tmp_path / "run" / run.html
+    assert executed_nb.stat().st_size <= MAX_NOTEBOOK_BYTES, executed_nb.stat().st_size
+    assert html.read_text(encoding="utf-8").count('class="wb-plotly-js"') == 1
+    with Chromium(tmp_path / "chrome", offline=True) as page:
+        page.call("Page.navigate", url=html.as_uri())
+        page.poll(f"{LINES}.some(t => t.n >= 2)", 120, "the quickstart's HTML drew no chart with data")
+        assert page.evaluate("document.querySelectorAll('table').length") >= 1
+        assert page.remote_requests() == [] and page.errors() == []
+        # The page is ~9000 px tall: the shot is one screen, from the live telemetry dashboard's snapshot on.
+        page.evaluate("document.querySelector('.wb-telemetry-dashboard').scrollIntoView()")
+        _save(page, tmp_path, "executed-quickstart.png", full_page=False)

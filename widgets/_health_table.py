@@ -13,6 +13,10 @@ from widgets._snapshot import Snapshotting
 _COLUMNS = [("device_id", "device"), ("online", "online"), ("model", "model"), ("model_version", "version"),
             ("latency_p95_ms", "p95 ms"), ("throughput", "inf/s"), ("errors", "errors"),
             ("missing_batches", "lost batches"), ("sync_backlog", "sync backlog")]
+# Columns a phone-wide page (under 600 px) leaves out, so the rest fits without cutting the table off.
+_WIDE_ONLY = {"model", "model_version", "errors", "missing_batches"}
+_STYLE = ("<style>.wb-health td,.wb-health th{padding:2px 6px;text-align:left}"
+          "@media (max-width:600px){.wb-health .wb-wide{display:none}}</style>")
 
 
 def _cell(value: Any) -> str:
@@ -53,8 +57,10 @@ class FleetHealthTable(Snapshotting, w.HTML):
         if not self.fleet.connected:  # keep the last table: a closed fleet has nothing newer to tell
             return
         frame = self.fleet.telemetry.health()
-        head = "".join(f"<th>{label}</th>" for _, label in _COLUMNS)
-        rows = "".join("<tr>" + "".join(f"<td>{_cell(row.get(key))}</td>" for key, _ in _COLUMNS) + "</tr>"
-                       for row in frame.to_dict("records"))
-        self.value = (f"<table class='wb-health' style='border-collapse:collapse;font-size:12px'>"
-                      f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        wide = {key: " class='wb-wide'" if key in _WIDE_ONLY else "" for key, _ in _COLUMNS}
+        head = "".join(f"<th{wide[key]}>{label}</th>" for key, label in _COLUMNS)
+        rows = "".join("<tr>" + "".join(f"<td{wide[key]}>{_cell(row.get(key))}</td>" for key, _ in _COLUMNS)
+                       + "</tr>" for row in frame.to_dict("records"))
+        self.value = (f"{_STYLE}<div style='max-width:100%;overflow-x:auto'>"
+                      f"<table class='wb-health' style='border-collapse:collapse;font-size:12px'>"
+                      f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")

@@ -55,11 +55,12 @@ def _demo(args: argparse.Namespace) -> int:
         run_notebooks,
         wall_time_line,
     )
+    from workbench.runs._index import INDEX_FILE
 
     paths = curated_notebooks(args.notebooks)
     fleet = ensure_fleet(args.devices, args.run_dir)
     # With --json, stdout carries the JSON alone.
-    say = functools.partial(print, file=sys.stderr if args.json else sys.stdout)
+    say = functools.partial(print, file=sys.stderr if args.json else sys.stdout, flush=True)
     if fleet.started:
         say(f"fleet: started {fleet.devices} devices (broker {fleet.broker}) in {fleet.run_dir}; "
             f"left running: stop it with `workbench down --run-dir {fleet.run_dir}`")
@@ -68,7 +69,7 @@ def _demo(args: argparse.Namespace) -> int:
     out = new_run_dir(args.out)
     say(f"running {len(paths)} notebook{'s' if len(paths) != 1 else ''} into {out}")
     summary = run_notebooks(paths, out, parameters=demo_parameters(fleet),
-                            cell_timeout=args.cell_timeout)
+                            cell_timeout=args.cell_timeout, progress=say)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
@@ -79,6 +80,7 @@ def _demo(args: argparse.Namespace) -> int:
         failed = summary.failed
         print(f"{len(summary.runs) - len(failed)} of {len(summary.runs)} notebooks ok; executed notebooks and HTML "
               f"in {out}" + (f"; see {failed[0].output} for the first failure" if failed else ""))
+        print(f"open {(out / INDEX_FILE).resolve().as_uri()} for every notebook as HTML (no kernel needed)")
     if not args.idle:
         try:
             serving = leave_serving(fleet)

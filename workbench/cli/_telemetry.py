@@ -36,7 +36,7 @@ def command(args: argparse.Namespace) -> list[str]:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1-65535, got {args.port}")
     argv = [sys.executable, "-m", "workbench.cli._voila", str(NOTEBOOK), f"--port={args.port}", "--Voila.ip=127.0.0.1",
-            "--VoilaConfiguration.file_allowlist=['.*']",
+            "--VoilaConfiguration.file_allowlist=.*",  # one item: a list literal here is deprecated
             # Kernels on Unix sockets: over loopback TCP each warns that its traffic is unencrypted.
             "--KernelManager.transport=ipc"]
     if args.no_browser:

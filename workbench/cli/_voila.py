@@ -6,12 +6,30 @@ visit leaves a kernel (about 240 MB, with its own fleet connection) running unti
 (voila-dashboards/voila#1458). Reading the handler's ``xsrf_token`` before the kernel starts
 makes tornado set the cookie on the page's response; the shutdown then passes the XSRF check
 it is meant to pass, which is kept on.
+
+It also serves the page offline and quietly: the ``workbench`` template (Voila's lab template without
+the Font Awesome stylesheets it links from a CDN) and no "Notebook ... is not trusted" line per
+visit (Voila runs and shows the notebook whatever its trust; the line tells an operator nothing).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
+
+# A Jupyter data directory holding voila/templates/workbench (found through JUPYTER_PATH).
+SHARE = Path(__file__).resolve().parent / "_voila_share"
+TEMPLATE = "workbench"
+
+
+class _QuietTrust(logging.Filter):
+    """Drops the contents manager's "Notebook %s is not trusted" warning, logged on every visit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Notebook %s is not trusted"
 
 
 def set_xsrf_cookie(request: Any, notebook: Any, cwd: str) -> Any:
@@ -34,9 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     from traitlets.config import Config
     from voila.app import Voila
 
+    paths = [str(SHARE), *filter(None, os.environ.get("JUPYTER_PATH", "").split(os.pathsep))]
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(dict.fromkeys(paths))  # read when Voila collects its templates
     config = Config()
     config.VoilaConfiguration.prelaunch_hook = set_xsrf_cookie
-    Voila.launch_instance(argv=sys.argv[1:] if argv is None else argv, config=config)
+    config.VoilaConfiguration.template = TEMPLATE
+    app = Voila.instance(config=config)
+    app.initialize(sys.argv[1:] if argv is None else argv)
+    app.log.addFilter(_QuietTrust())
+    app.start()
 
 
 if __name__ == "__main__":

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from workbench.errors import ConfigError
 from workbench.runs._collect import outcome_of
 from workbench.runs._html import render_html
+from workbench.runs._index import write_index
 from workbench.runs._kernel import ipc_kernel_manager, kernel_for_this_python
 from workbench.runs._summary import NotebookRun, RunSummary
 
@@ -45,11 +46,14 @@ def run_one(
     cell_timeout: float | None,
     start_timeout: float,
     html: bool,
+    progress: Callable[[str], None] | None = None,
 ) -> NotebookRun:
     """Execute one notebook into ``out_dir``; a failing notebook gives a failed NotebookRun, not an exception."""
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
+
+    from workbench.runs._progress import ENGINE
 
     target = out_dir / source.name
     # papermill saves after every cell: let it write a hidden file, and show the result only when whole.
@@ -64,6 +68,7 @@ def run_one(
             # Widget state would carry plotly's whole bundle per chart (megabytes each) and, in the HTML, make
             # nbconvert pick widget views no page can draw offline: the widgets' snapshots show what they were.
             store_widget_state=False,
+            engine_name=ENGINE, progress=progress, progress_name=source.name,
         )
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
@@ -104,6 +109,7 @@ def run_notebooks(
     cell_timeout: float | None = 600.0,
     start_timeout: float = 60.0,
     html: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Execute each notebook headless with papermill into ``out_dir``, one after another.
 
@@ -112,7 +118,9 @@ def run_notebooks(
     notebook that declares them in its ``parameters`` cell; ``notebook_parameters`` maps a
     notebook's file name to parameters for it alone. A notebook that fails is recorded as
     failed with its error and the run goes on. The kernel is one that runs this Python
-    (see :func:`kernel_for_this_python`) unless ``kernel_name`` names another.
+    (see :func:`kernel_for_this_python`) unless ``kernel_name`` names another. ``progress``, if
+    given, gets a line as each notebook starts and ends and as each code cell completes. The run
+    directory's ``index.html`` links every notebook's HTML (rewritten after each notebook).
 
     Example:
         >>> summary = run_notebooks(["notebooks/01_connect_fleet.ipynb"], "runs/try",
@@ -139,12 +147,20 @@ def run_notebooks(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(str(out), started=time.time())
-    for source in sources:
+    for number, source in enumerate(sources, start=1):
         own = (notebook_parameters or {}).get(source.name, {})
         params = parameters_for(source.resolve(), parameters or {}, own)
-        summary.runs.append(run_one(source.resolve(), out, parameters=params, kernel_name=kernel,
-                                    cell_timeout=cell_timeout, start_timeout=start_timeout, html=html))
+        if progress is not None:
+            progress(f"[{number}/{len(sources)}] {source.name}: running")
+        run = run_one(source.resolve(), out, parameters=params, kernel_name=kernel, cell_timeout=cell_timeout,
+                      start_timeout=start_timeout, html=html, progress=progress)
+        summary.runs.append(run)
+        if progress is not None:
+            took = "" if run.duration_s is None else f" in {run.duration_s:.1f} s"
+            progress(f"[{number}/{len(sources)}] {source.name}: {'ok' if run.ok else 'FAILED'}{took}")
         summary.write()  # after each notebook, so an interrupted run still says what it did
+        write_index(summary)
     summary.finished = time.time()
     summary.write()
+    write_index(summary)
     return summary

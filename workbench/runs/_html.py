@@ -4,7 +4,7 @@ The widgets (see ``widgets._snapshot``) put a static snapshot beside their live 
 ``text/html`` for tables and plotly's ``application/vnd.plotly.v1+json`` for charts. No kernel
 and no widget manager reach a saved page, so here each snapshot replaces its widget view, each
 chart becomes a ``Plotly.newPlot`` call where its snapshot marks it, and plotly.js goes into the
-page once, inline (the page works offline and as a single file).
+page once, inline (the page works offline and as a single file: nothing is fetched from a CDN).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,15 @@ def _with_plotly(page: str) -> str:
     return page[:head_end] + script + page[head_end:] if head_end >= 0 else script + page
 
 
+def _without_cdn(page: str, urls: list[str]) -> str:
+    # nbconvert's page loads require.js and MathJax from a CDN. The page needs neither (the charts are plain
+    # plotly.js, the notebooks have no LaTeX), and offline (a CI runner, an edge site) each is a failed request and a
+    # console error. MathJax's inline configuration stays: it does nothing without MathJax.
+    for url in urls:
+        page = re.sub(r'<script src="' + re.escape(url) + r'">\s*</script>\n?', "", page)
+    return page
+
+
 def render_html(nb: Any, target: Path) -> None:
     """Write ``nb`` as an HTML page to ``target`` (atomically), with widget snapshots and at most one plotly.js.
 
@@ -93,7 +103,9 @@ def render_html(nb: Any, target: Path) -> None:
     from nbconvert import HTMLExporter
 
     drawn, charts = draw_snapshots(nb)
-    body, _ = HTMLExporter().from_notebook_node(drawn)
+    exporter = HTMLExporter()
+    body, _ = exporter.from_notebook_node(drawn)
+    body = _without_cdn(body, [exporter.require_js_url, exporter.mathjax_url])
     if charts:
         body = _with_plotly(body)
     tmp = target.with_name(f".{target.name}.tmp")

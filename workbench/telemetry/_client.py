@@ -50,12 +50,12 @@ def _stats_view() -> Any:
     return View(
         (Column("device_id", "device"), Column("points", "points"), Column("batches", "batches"),
          Column("missing", "batches lost"), Column("out_of_order", "late batches"),
-         Column("duplicates", "duplicates"),
+         Column("older_than_first", "backlog batches"),
          Column(("malformed", "truncated", "oversized", "unknown_version", "spoofed"), "rejected"),
          Column("clock_offset_s", "clock offset (ms)", seconds_to_ms),
          Column("last_received", "last received (UTC)", epoch_seconds), Column("tag_source", "source")),
-        note="late batches arrived after a newer one: normal with several batches in flight, not a loss; "
-             "batches lost never arrived.")
+        note="late batches were skipped past, then arrived (not lost); backlog batches were queued before this "
+             "receiver listened; batches lost never arrived.")
 
 
 class TelemetryViews(ABC):
@@ -132,11 +132,13 @@ class TelemetryViews(ABC):
     def stats(self, *, wide: bool = False) -> pd.DataFrame:
         """Per-device ingestion counters: points, batches, duplicates, gaps, rejected kinds, clock offset.
 
-        Shown compactly (device, points, batches, lost, late, duplicates, rejected, clock offset
+        Shown compactly (device, points, batches, lost, late, backlog, rejected, clock offset
         in ms, last received as a UTC time); every column stays readable by code, and
-        ``wide=True`` (or ``.full()``) shows them all. ``out_of_order`` counts batches that
-        arrived after a newer one: normal on a healthy link, where several are in flight at
-        once; ``missing`` (shown as "batches lost") is what never arrived.
+        ``wide=True`` (or ``.full()``) shows them all. ``out_of_order`` ("late batches") counts
+        batches skipped past (a gap) that arrived later: 0 on a healthy link.
+        ``older_than_first`` ("backlog batches") counts batches older than the first this
+        receiver saw: queued or in flight before it listened. ``missing`` (shown as "batches
+        lost") is what never arrived.
 
         Example:
             >>> fleet.telemetry.stats()                       # doctest: +SKIP
