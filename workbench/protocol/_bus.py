@@ -23,7 +23,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from workbench.errors import ConfigError
-from workbench.protocol._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
+from workbench.protocol._mqtt import (
+    BrokerAddress,
+    close_client,
+    connect_blocking,
+    make_client,
+    network_alive,
+    new_client_id,
+)
 
 log = logging.getLogger("workbench.bus")
 
@@ -90,19 +97,10 @@ class Bus:
         self._client = make_client(address, self.client_id)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
-        # Our own thread runs paho's loop (reconnecting by itself), so liveness is that thread's, not a private field.
-        self._thread = threading.Thread(target=self._loop, name=f"{client_prefix}-mqtt", daemon=True)
-        # paho writes a publish from the caller's thread when it knows of no loop thread: two threads then use one
-        # TLS socket at once ("bad record mac", the broker drops the connection). Told of ours, it leaves writing to it.
-        self._client._thread = self._thread
-        connect_blocking(self._client, address, keepalive=keepalive, timeout=timeout,
-                         start=lambda _client: self._thread.start())
-
-    def _loop(self) -> None:
-        try:
-            self._client.loop_forever(retry_first_connection=True)
-        except Exception:  # counted as dead by network_alive(); the owner's health check reports it
-            log.exception("the MQTT network loop of %s ended", self.client_id)
+        # paho's own loop thread (loop_start): it alone writes to the socket, woken through paho's socket pair. A
+        # loop_forever in a thread of ours had neither: publishes then either waited up to 1 s for the loop's select,
+        # or were written from the caller's thread beside the loop's (two writers on one TLS socket: "bad record mac").
+        connect_blocking(self._client, address, keepalive=keepalive, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"<Bus {self.client_id} at {self.address.url}: {len(self._routes)} filters>"
@@ -166,16 +164,13 @@ class Bus:
             >>> bus.network_alive()   # doctest: +SKIP
             True
         """
-        return not self._closed and self._thread.is_alive()
+        return not self._closed and network_alive(self._client)
 
     def close(self) -> None:
         """Disconnect; every subscription ends with it."""
         if self._closed:
             return
         self._closed = True
-        self._client.disconnect()  # ends loop_forever; its sockets are closed once it has returned
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
         close_client(self._client)
 
     # -- network thread ---------------------------------------------------------------------
