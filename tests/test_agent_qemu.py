@@ -85,7 +85,7 @@ def test_agent_joins_answers_ping_inventory_and_benchmark_under_arm64_emulation(
     from workbench.protocol.keys import enroll
 
     key = load_signing_key(create=True)
-    enroll(key.public_file, tmp_path / "data" / "arm-01" / "trusted_keys")  # it benchmarks what this key signed
+    enroll(key.public_file, tmp_path / "data" / "trusted_keys")  # one device, its own --data-dir: what this key signed
     env = {**os.environ, "PYTHONPATH": f"{root / 'opt/wb-site'}:{REPO}", "PYTHONDONTWRITEBYTECODE": "1"}
     agent_cmd = (f"mount --bind {CPUINFO} /proc/cpuinfo && exec qemu-aarch64-static -L {root} "
                  f"{root / 'usr/bin/python3.11'} -m workbench.cli agent --device-id arm-01 "
