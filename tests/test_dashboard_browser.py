@@ -34,6 +34,7 @@ from _chromium import (
 from conftest import deploy_model, run_cli
 
 import workbench
+from workbench._settings import settings
 from workbench.sim import down, up
 from workbench.telemetry import build_digits_model
 
@@ -150,7 +151,7 @@ def _save(tools: DevTools, tmp_path: Path, name: str) -> Path:
     shot = tools.screenshot(tmp_path / "screenshots" / name)
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copyfile(shot, ARTIFACTS / name)
-    if os.environ.get("WORKBENCH_DOCS_SCREENSHOTS") == "1":
+    if settings().docs_screenshots:
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, DOCS_IMG / name)
     return shot

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from workbench._settings import settings
 from workbench.cli.main import main
 
 # Real models on a shared 2-core machine: the detector's layer-exclusion search alone can take minutes.
@@ -58,7 +58,7 @@ MODELS = {
 
 
 def _cache() -> Path:
-    return Path(os.environ.get("WORKBENCH_WILD_CACHE", Path.home() / ".cache" / "workbench-wild"))
+    return settings().wild_cache or Path.home() / ".cache" / "workbench-wild"
 
 
 def _sha256(path: Path) -> str:

@@ -13,6 +13,7 @@ import pytest
 from _chromium import CHROMIUM, Chromium
 
 from widgets._snapshot import PLOTLY_MIMETYPE, WIDGET_VIEW_MIMETYPE
+from workbench._settings import settings
 from workbench.runs import declared_parameters, run_notebooks
 from workbench.runs._html import plotly_js
 
@@ -111,7 +112,7 @@ def _save(page: Any, tmp_path: Path, name: str, *, full_page: bool = True) -> No
     shot = page.screenshot(tmp_path / "screenshots" / name, full_page=full_page)
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copyfile(shot, ARTIFACTS / name)
-    if os.environ.get("WORKBENCH_DOCS_SCREENSHOTS") == "1":
+    if settings().docs_screenshots:
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, DOCS_IMG / name)
 

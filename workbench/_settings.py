@@ -51,6 +51,10 @@ VARIABLES: dict[str, tuple[str, str, str]] = {
                    "/var/tmp/wb-arm64"),
     "binder_check": ("WORKBENCH_BINDER_CHECK", "tests only: 1 runs the Binder check (a fresh venv from binder/, "
                      "then the quickstart); .ci/run sets it", "unset: skipped"),
+    "docs_screenshots": ("WORKBENCH_DOCS_SCREENSHOTS", "tests only: 1 makes the browser tests also write their "
+                         "screenshots into docs/img/", "unset: test artifacts only"),
+    "wild_cache": ("WORKBENCH_WILD_CACHE", "tests only: where the models from PyPI wheels are downloaded and kept",
+                   "~/.cache/workbench-wild"),
 }
 
 
@@ -83,6 +87,8 @@ class Settings:
     test_postgres_dsn: str | None = None
     arm64_root: Path | None = None
     binder_check: bool | None = None
+    docs_screenshots: bool | None = None
+    wild_cache: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -113,14 +119,14 @@ class Settings:
                 for variable, what, default in VARIABLES.values()]
 
 
-_PATHS = {"run_dir", "arm64_root", "data_dir", "trusted_keys", "keys_dir", "deploy_history", "artifacts",
+_PATHS = {"run_dir", "arm64_root", "wild_cache", "data_dir", "trusted_keys", "keys_dir", "deploy_history", "artifacts",
           "telemetry_db", "sync_db", "cache_dir", "datasets"}
 
 
 def _parse(name: str, env: str, raw: str) -> Any:
     if name in _PATHS:
         return Path(raw).expanduser()
-    if name == "binder_check":
+    if name in ("binder_check", "docs_screenshots"):
         value = raw.strip().lower()
         if value not in _TRUE | _FALSE:
             raise ConfigError(f"{env}={raw!r} is not a yes/no value; set it to 1 or 0")
