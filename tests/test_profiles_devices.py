@@ -105,7 +105,8 @@ def test_inventory_lists_only_providers_the_profile_can_run_when_device_is_a_sim
 
 def _start_old_agent(broker_url: str, data_dir: Path, version: str) -> subprocess.Popen[str]:
     # A real agent process of an older release: the version is the one thing that differs.
-    code = (f"import workbench, sys; workbench.__version__ = {version!r}; "
+    code = (f"import workbench, workbench._version, sys; "
+            f"workbench.__version__ = workbench._version.__version__ = {version!r}; "
             "from workbench.cli.main import main; sys.exit(main(sys.argv[1:]))")
     return subprocess.Popen([sys.executable, "-c", code, "agent", "--device-id", "old-01", "--broker", broker_url,
                              "--data-dir", str(data_dir), "--log-level", "WARNING"],
