@@ -304,9 +304,18 @@ def test_hub_stores_every_batch_once_when_the_broker_restarts_under_it(fleet_fac
             time.sleep(2.0)  # the device keeps producing into its outbox; the hub's connection is down
             restarted.append(_procs.spawn(record["broker"]["argv"], Path(record["broker"]["log"])))
             assert _procs.wait_port("127.0.0.1", record["broker"]["port"], timeout=20)
-            fleet.wait_until(lambda f: f[DEVICE].online, timeout=60)
+            restarted_at = time.time()
+            # The retained "online" may be the one from before the restart: wait for the device's own re-announcement.
+            fleet.wait_until(lambda f: f[DEVICE].online and (f[DEVICE].last_seen or 0) > restarted_at, timeout=60)
             time.sleep(2.0)
-            fleet.call(DEVICE, "telemetry.configure", {"enabled": False}, timeout=15)
+            # A command sent while the device is still subscribing again is lost (commands are not queued): retry.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    fleet.call(DEVICE, "telemetry.configure", {"enabled": False}, timeout=5)
+                    break
+                except workbench.CommandTimeoutError:
+                    assert time.monotonic() < deadline, "the device never answered after the broker restarted"
             status = _settled(fleet)  # drains only if the hub reconnected, received and acknowledged
         health = httpx.get(f"{record['hub']['url']}/healthz", timeout=5).json()
         assert health["status"] == "ok"
