@@ -14,13 +14,13 @@ filter share its one subscription (each handler is called).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.matcher import MQTTMatcher
 
 from workbench.errors import ConfigError
 from workbench.protocol._mqtt import (
@@ -42,16 +42,7 @@ ErrorHandler = Callable[[mqtt.MQTTMessage, Exception], None]
 class _Route:
     topic_filter: str
     qos: int
-    pattern: re.Pattern[str]
     handlers: list[tuple[Handler, ErrorHandler | None]] = field(default_factory=list)
-
-
-def _pattern(topic_filter: str) -> re.Pattern[str]:
-    parts = []
-    for level in topic_filter.split("/"):
-        parts.append("[^/]*" if level == "+" else ".*" if level == "#" else re.escape(level))
-    # "a/#" also matches "a" itself (MQTT 3.1.1, 4.7.1.2).
-    return re.compile("/".join(parts).replace("/.*", "(?:/.*)?") + r"\Z")
 
 
 def filters_overlap(first: str, second: str) -> bool:
@@ -90,16 +81,16 @@ class Bus:
                  timeout: float = 10.0) -> None:
         self.address = address
         self.client_id = new_client_id(client_prefix)
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[str, _Route] = {}  # in subscription order, which resubscribing keeps
+        self._matcher = MQTTMatcher()  # paho's own MQTT filter matching, over the same routes
         self._lock = threading.Lock()
         self._closed = False
         self.undecodable_topics = 0  # messages whose topic was not UTF-8: routed nowhere, counted here
         self._client = make_client(address, self.client_id)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
-        # paho's own loop thread (loop_start): it alone writes to the socket, woken through paho's socket pair. A
-        # loop_forever in a thread of ours had neither: publishes then either waited up to 1 s for the loop's select,
-        # or were written from the caller's thread beside the loop's (two writers on one TLS socket: "bad record mac").
+        # paho's own loop thread (loop_start): it alone writes to the socket, woken through paho's socket pair, so a
+        # publish from any thread goes out at once and never beside the loop's writes on one TLS socket.
         connect_blocking(self._client, address, keepalive=keepalive, timeout=timeout)
 
     def __repr__(self) -> str:
@@ -121,7 +112,7 @@ class Bus:
                 if clash is not None:
                     raise ConfigError(f"MQTT filter {topic_filter!r} overlaps {clash!r} on the same connection; "
                                       "brokers differ in delivering such messages once or twice: use disjoint filters")
-                route = self._routes[topic_filter] = _Route(topic_filter, qos, _pattern(topic_filter))
+                route = self._routes[topic_filter] = self._matcher[topic_filter] = _Route(topic_filter, qos)
                 new = True
             else:
                 new = False
@@ -139,6 +130,7 @@ class Bus:
                 last = not current.handlers
                 if last:
                     del self._routes[topic_filter]
+                    del self._matcher[topic_filter]
             if last and not self._closed:
                 self._client.unsubscribe(topic_filter)
 
@@ -192,7 +184,7 @@ class Bus:
             self.undecodable_topics += 1
             return
         with self._lock:
-            handlers = [h for route in self._routes.values() if route.pattern.match(topic) for h in route.handlers]
+            handlers = [h for route in self._matcher.iter_match(topic) for h in route.handlers]
         for handler, on_error in handlers:
             try:
                 handler(message)
