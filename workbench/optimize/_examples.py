@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +50,20 @@ class TrainedDigits:
     model: torch.nn.Module
     test_accuracy: float
     train_seconds: float
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` for the block (None: as they are), then restored."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
 
 
 def load_digits(path: str | os.PathLike[str] | None = None) -> DigitsData:
@@ -133,18 +149,15 @@ def train_camera_cnn(data: DigitsData | None = None, *, size: int = CAMERA_SIZE,
     if head_steps < 1 or size < 8:
         raise ConfigError(f"head_steps must be at least 1 and size at least 8, got {head_steps} and {size}")
     data = data if data is not None else load_digits()
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = camera_cnn(size)
-    assert isinstance(model, torch.nn.Sequential)
-    features, head = model[:-1], model[-1]
-    assert isinstance(head, torch.nn.Linear)
-    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    started = time.perf_counter()
-    try:
+    with _torch_threads(threads):  # restored however the block ends
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = camera_cnn(size)
+        assert isinstance(model, torch.nn.Sequential)
+        features, head = model[:-1], model[-1]
+        assert isinstance(head, torch.nn.Linear)
+        x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+        started = time.perf_counter()
         for module in features.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.reset_running_stats()
@@ -169,8 +182,6 @@ def train_camera_cnn(data: DigitsData | None = None, *, size: int = CAMERA_SIZE,
         model.eval()
         with torch.no_grad():
             predicted = model(torch.from_numpy(data.x_test)).argmax(1).numpy()
-    finally:
-        torch.set_num_threads(previous_threads)
     return TrainedDigits(model, float((predicted == data.y_test).mean()), seconds)
 
 
@@ -190,20 +201,17 @@ def train_digits_cnn(data: DigitsData | None = None, *, epochs: int = 10, seed: 
     if epochs < 1 or batch_size < 1:
         raise ConfigError(f"epochs and batch_size must be at least 1, got epochs={epochs}, batch_size={batch_size}")
     data = data if data is not None else load_digits()
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
-    generator = torch.Generator().manual_seed(seed)
-    # Weight initialisation draws from the global generator: seed it so a seed means one model.
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = digits_cnn()
-    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    optimizer = torch.optim.Adam(model.parameters(), 5e-3, weight_decay=1e-4)
-    steps_per_epoch = (len(x_train) + batch_size - 1) // batch_size
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 5e-3, total_steps=epochs * steps_per_epoch)
-    started = time.perf_counter()
-    try:
+    with _torch_threads(threads):  # restored however the block ends
+        generator = torch.Generator().manual_seed(seed)
+        # Weight initialisation draws from the global generator: seed it so a seed means one model.
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = digits_cnn()
+        x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+        optimizer = torch.optim.Adam(model.parameters(), 5e-3, weight_decay=1e-4)
+        steps_per_epoch = (len(x_train) + batch_size - 1) // batch_size
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 5e-3, total_steps=epochs * steps_per_epoch)
+        started = time.perf_counter()
         model.train()
         for _ in range(epochs):
             order = torch.randperm(len(x_train), generator=generator)
@@ -217,8 +225,6 @@ def train_digits_cnn(data: DigitsData | None = None, *, epochs: int = 10, seed: 
         model.eval()
         with torch.no_grad():
             predicted = model(torch.from_numpy(data.x_test)).argmax(1).numpy()
-    finally:
-        torch.set_num_threads(previous_threads)
     return TrainedDigits(model, float((predicted == data.y_test).mean()), seconds)
 
 
