@@ -10,6 +10,7 @@ catches a broken transfer before a rollout starts.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -65,22 +66,26 @@ async def receive(chunks: AsyncIterator[bytes], data_dir: Path, *, limit: int = 
                     bound = f"{limit // 1024**2} MiB" if limit >= 1024**2 else f"{limit} bytes"
                     raise ConfigError(f"a package upload is at most {bound}; this one is larger")
                 out.write(chunk)
-        unpacked = incoming / "package"
-        _unpack(archive, unpacked)
-        try:
-            package = load_package(unpacked)
-            verify_files(package)
-        except (PackageError, SignatureError) as exc:
-            raise PackageError(f"the uploaded package does not hold together: {exc}") from None
-        # The manifest's hash names the content; the signature's, who vouched for it (re-signed, it is another).
-        signature = unpacked / SIGNATURE
-        signed_by = hashlib.sha256(signature.read_bytes()).hexdigest()[:12] if signature.is_file() else "unsigned"
-        final = root / f"{package.id[:32]}-{signed_by}"
-        if not final.exists():
-            os.replace(unpacked, final)
-        return final
+        # Unpacking and hashing up to the limit would stall every other request on the API's event loop.
+        return await asyncio.to_thread(_keep, archive, incoming / "package", root)
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
+
+
+def _keep(archive: Path, unpacked: Path, root: Path) -> Path:
+    _unpack(archive, unpacked)
+    try:
+        package = load_package(unpacked)
+        verify_files(package)
+    except (PackageError, SignatureError) as exc:
+        raise PackageError(f"the uploaded package does not hold together: {exc}") from None
+    # The manifest's hash names the content; the signature's, who vouched for it (re-signed, it is another).
+    signature = unpacked / SIGNATURE
+    signed_by = hashlib.sha256(signature.read_bytes()).hexdigest()[:12] if signature.is_file() else "unsigned"
+    final = root / f"{package.id[:32]}-{signed_by}"
+    if not final.exists():
+        os.replace(unpacked, final)
+    return final
 
 
 def _unpack(archive: Path, into: Path) -> None:
