@@ -191,13 +191,14 @@ def rollouts_command(args: argparse.Namespace) -> int:
             frame = rollouts_frame(client)
             print(frame.to_string(index=False) if not frame.empty else "no rollouts yet")
             return 0
-        handle = HubRollout(client, client.rollout(args.rollout_id))
-        try:
-            if args.wait is not None:
+        state = client.rollout(args.rollout_id)
+        if args.wait is not None:  # only then follow it: showing one needs a single request
+            handle = HubRollout(client, state)
+            try:
                 handle.wait(timeout=args.wait)
+            finally:
+                handle.close()
             state = client.rollout(args.rollout_id)
-        finally:
-            handle.close()
     if args.json:
         print(json.dumps(state, indent=2, default=str))
     else:
