@@ -20,6 +20,19 @@ REPO = Path(__file__).resolve().parents[1]
 BROKERS = ["embedded", "mosquitto"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_signing_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test, its fleets, notebooks and CLI subprocesses sign and trust with the run's keys, not ~/.workbench.
+
+    Tests that need keys of their own (``keys_env``) override these per test.
+    """
+    base = tmp_path_factory.mktemp("signing")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WORKBENCH_KEYS_DIR", str(base / "keys"))
+        env.setenv("WORKBENCH_DEPLOY_HISTORY", str(base / "history.jsonl"))
+        yield
+
+
 def run_cli(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
     """Run the real `workbench` command line in a subprocess."""
     result = subprocess.run([sys.executable, "-m", "workbench.cli", *args], capture_output=True, text=True,
