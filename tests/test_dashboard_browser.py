@@ -321,7 +321,9 @@ def test_closing_the_dashboard_page_shuts_its_kernel_down_when_opened_and_closed
                     tools.close()
         finally:
             control.close()
-        deadline = time.monotonic() + 30
+        # Shutting ten kernels down takes seconds on a quiet machine and more under CI's load; what matters is
+        # that they all go, so the bound is generous.
+        deadline = time.monotonic() + 90
         while _kernels(voila) > before and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _kernels(voila) == before, f"{_kernels(voila) - before} of 10 closed pages left their kernel running"
