@@ -94,11 +94,13 @@ def test_int8_static_rejects_an_unknown_activation_type_naming_the_choices(mlp: 
     assert not out.exists() and not list(tmp_path.glob("bad.step*"))
 
 
-def test_calibration_is_capped_with_a_note_when_memory_budget_is_small(mlp: Path) -> None:
+def test_calibration_is_capped_with_one_note_when_memory_budget_is_small_for_every_variant(mlp: Path) -> None:
     x = np.zeros((500, 16), np.float32)
     notes: list[str] = []
     batches = calibration_batches(mlp, Samples({"x": x}, None, "given"), memory_mb=0, notes=notes)
     assert len(batches) == 8 and "calibration used 8 of 500 samples" in notes[0]
+    calibration_batches(mlp, Samples({"x": x}, None, "given"), memory_mb=0, notes=notes)
+    assert len(notes) == 1, notes
 
 
 def test_apply_recipe_leaves_no_file_when_a_pass_fails(mlp: Path, tmp_path: Path) -> None:

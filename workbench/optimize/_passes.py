@@ -211,8 +211,10 @@ def calibration_batches(path: Path, samples: Samples, memory_mb: int, notes: lis
     per_sample = activation_bytes_per_sample(path)
     cap = max(8, int(memory_mb * 2**20 // per_sample))
     if samples.count > cap:
-        notes.append(f"calibration used {cap} of {samples.count} samples to stay within {memory_mb} MB of "
-                     f"activations (estimated {per_sample / 2**20:.2f} MB per sample)")
+        note = (f"calibration used {cap} of {samples.count} samples to stay within {memory_mb} MB of activations "
+                f"(estimated {per_sample / 2**20:.2f} MB per sample)")
+        if note not in notes:  # every static variant calibrates the same model: one line says it for all
+            notes.append(note)
         samples = samples.head(cap)
     return list(samples.batches(1))
 
