@@ -22,6 +22,7 @@ models of ``benchmarks/zoo.py`` (random weights, calibrated BatchNorm, no downlo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
@@ -186,7 +187,10 @@ def plain_zoo_tools(fp32: Path, calib: list[dict[str, np.ndarray]], workdir: Pat
 
     def per_channel(out: Path) -> None:
         pre = workdir / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre))
+        # Its symbolic shape inference leaves temporary models (and their .data) in the working directory when
+        # it fails, as on the detector: keep them in the run's own directory, which is removed at the end.
+        with contextlib.chdir(workdir):
+            quant_pre_process(str(fp32), str(pre))
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
 
     tools: dict[str, Any] = {
