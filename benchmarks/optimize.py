@@ -22,7 +22,9 @@ models of ``benchmarks/zoo.py`` (random weights, calibrated BatchNorm, no downlo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -185,7 +187,10 @@ def plain_zoo_tools(fp32: Path, calib: list[dict[str, np.ndarray]], workdir: Pat
 
     def per_channel(out: Path) -> None:
         pre = workdir / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre))
+        # Its symbolic shape inference leaves temporary models (and their .data) in the working directory when
+        # it fails, as on the detector: keep them in the run's own directory, which is removed at the end.
+        with contextlib.chdir(workdir):
+            quant_pre_process(str(fp32), str(pre))
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
 
     tools: dict[str, Any] = {
@@ -237,10 +242,14 @@ def _bench_zoo(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
 
     plain = plain_zoo_tools(fp32, calib_list, workdir)
     result = workbench.optimize(fp32, "x86-server", eval_data=stack(eval_list), calibration_data=stack(calib_list),
-                                metric="agreement", iterations=args.iterations, rounds=args.rounds, use_cache=False)
+                                metric="agreement", iterations=args.iterations, rounds=args.rounds, use_cache=False,
+                                calibration_methods=args.methods)
     chosen = result.best.variant or "fp32"
     paths: dict[str, Path] = {"fp32": fp32, **{k: v for k, v in plain.items() if isinstance(v, Path)},
                               f"workbench: {chosen}": result.files[chosen]}
+    for variant in result.files:  # every variant it built but not chosen, for the comparison (not the -excl steps)
+        if variant not in ("fp32", chosen) and "-excl" not in variant:
+            paths[f"workbench: {variant}"] = result.files[variant]
     feeds = eval_list[0]
     timing = time_models({k: str(v) for k, v in paths.items()}, feeds, threads=result.target["threads"],
                          warmup=5, iterations=args.iterations, rounds=args.rounds)
@@ -261,10 +270,25 @@ def _bench_zoo(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, 
         if isinstance(why, str):
             print(f"{label:<44} {why}")
     best_plain = max((r["speedup"] for k, r in rows.items() if k.startswith("ort ")), default=float("nan"))
+    # A plain tool that breaks the 1-point limit is no bar the choice may meet by breaking it too. A detector's
+    # outputs have no top-1 (NaN), so there the limit is on cosine, as the choice itself measures it.
+    quality = "top1" if math.isfinite(rows["fp32"]["top1"]) else "cosine"
+    within = [r["speedup"] for k, r in rows.items() if k.startswith("ort ") and r[quality] >= 1.0 - 0.01 - 1e-9]
     mine = rows[f"workbench: {chosen}"]["speedup"]
     print(f"choice: {result.best}")
-    print(f"choice vs best plain tool: {mine / best_plain:.2f}x; vs FP32: {mine:.2f}x"
+    for note in result.notes:
+        print(f"note: {note}")
+    for variant, why in result.skipped.items():
+        print(f"skipped {variant}: {why}")
+    for variant, failures in result.best.failures.items():
+        if failures and "-excl" not in variant:
+            print(f"not chosen {variant}: {'; '.join(failures)}")
+    print(f"choice vs best plain tool: {mine / best_plain:.2f}x; vs the best plain tool within 1 point of top-1: "
+          + (f"{mine / max(within):.2f}x" if within else "none is within 1 point")
+          + f" (by {quality}); vs FP32: {mine:.2f}x"
           + (" (goal on VNNI CPUs: >= 0.95x plain and >= 2x FP32)" if entry.cnn else " (goal: >= 0.95x plain)"))
+    print(f"load average after {name}: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"{time.perf_counter() - started:.0f} s for this model", flush=True)
     return rows
 
 
@@ -274,21 +298,32 @@ def main() -> None:
     parser.add_argument("--zoo", action="store_true", help="run the model zoo (benchmarks/zoo.py) instead")
     parser.add_argument("--models", default="mobilenet_v2,resnet18,yolo_small,bert_small,audio_gru",
                         help="zoo models to run, comma-separated")
+    parser.add_argument("--calibration", type=int, help="zoo: calibration samples (default 64, --quick 16)")
+    parser.add_argument("--eval", type=int, help="zoo: eval samples (default 64, --quick 16)")
+    parser.add_argument("--iterations", type=int, help="timed runs per model (default 300, --quick 60)")
+    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 9, --quick 5)")
+    parser.add_argument("--methods", default="minmax,entropy,percentile",
+                        help="zoo: calibration methods workbench.optimize tries (histogram methods are the slow ones)")
     args = parser.parse_args()
     args.epochs = 2 if args.quick else 6
-    args.iterations = 60 if args.quick else 300
-    args.rounds = 5 if args.quick else 9
+    args.iterations = args.iterations or (60 if args.quick else 300)
+    args.rounds = args.rounds or (5 if args.quick else 9)
     args.finetune_steps = 20 if args.quick else 60
     torch.set_num_threads(2)
     if args.zoo:
         import sys
 
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        args.calibration = 16 if args.quick else 64
-        args.eval = 16 if args.quick else 64
-        print(f"CPU flags: {', '.join(cpu_features()) or 'none'}")
+        args.calibration = args.calibration or (16 if args.quick else 64)
+        args.eval = args.eval or (16 if args.quick else 64)
+        args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        started = time.perf_counter()
+        print(f"CPU flags: {', '.join(cpu_features()) or 'none'}; load average: "
+              f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.calibration} calibration and {args.eval} eval "
+              f"samples, {args.iterations} timed runs in {args.rounds} rounds, methods {','.join(args.methods)}")
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             bench_zoo(name, args)
+        print(f"zoo done in {time.perf_counter() - started:.0f} s")
         return
     data = np.load(ROOT / "datasets" / "digits" / "digits.npz")
 

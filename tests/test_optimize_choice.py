@@ -100,3 +100,11 @@ def test_cosine_agreement_is_zero_when_a_variant_outputs_all_zeros() -> None:
     reference = [np.array([[[0.1, 0.9], [0.0, 0.7]]], np.float32)]
     assert agreement(reference, [np.zeros_like(reference[0])])["cosine"] == 0.0
     assert agreement([np.zeros((1, 2, 2))], [np.zeros((1, 2, 2))])["cosine"] == 1.0
+
+
+def test_choose_picks_the_s8s8_variant_when_it_beats_fp32_and_the_u8_variant_by_more_than_the_noise() -> None:
+    rows = [row("fp32", 1.0, 4.0, 14.0, [4.0] * 5), row("int8-static-minmax", 1.0, 3.9, 3.6, [3.9] * 5),
+            row("int8-static-s8s8", 1.0, 2.0, 3.6, [2.0] * 5)]
+    choice = choose(rows, Constraints())
+    assert choice.variant == "int8-static-s8s8"
+    assert any("noise" in f for f in choice.failures["int8-static-minmax"])

@@ -116,8 +116,9 @@ def test_camera_cnn_int8_is_chosen_and_measurably_faster_when_cpu_has_int8_dot_p
     result = optimize(camera.model, "x86-server", example_input=digits_example_input(digits),  # type: ignore[attr-defined]
                       eval_data=digits.test, calibration_data=digits.x_calib, calibration_methods=("minmax",),
                       prune=False, iterations=30, rounds=5, use_cache=False, sweep=False)
-    assert result.best.variant == "int8-static-minmax", result.best.reason
-    chosen, fp32 = result.row("int8-static-minmax"), result.row("fp32")
+    # U8S8 (int8-static-minmax) or S8S8 (int8-static-s8s8), whichever this CPU runs faster.
+    assert result.best.variant in {"int8-static-minmax", "int8-static-s8s8"}, result.best.reason
+    chosen, fp32 = result.row(result.best.variant), result.row("fp32")
     assert chosen["speedup"] >= 1.5 and chosen["p50_ms"] < fp32["p50_ms"] / 1.5, (chosen, fp32)
     assert fp32["accuracy"] - chosen["accuracy"] <= 0.01
     assert result.preflight["int8_likely_helps"] is True

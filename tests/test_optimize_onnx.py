@@ -72,6 +72,36 @@ def test_optimize_measures_every_planned_variant_when_given_onnx_path(mlp: Path)
         assert result.threads["best"] in result.threads["tried"]
 
 
+def test_optimize_builds_and_times_the_s8s8_variant_when_minmax_is_tried(mlp: Path) -> None:
+    from test_optimize_passes import activation_zero_point_types
+
+    x, y = labelled(mlp)
+    result = optimize(mlp, "x86-server", eval_data=(x, y), calibration_data=x, passes=["int8-static"],
+                      calibration_methods=("minmax",), exclude_layers=False, sweep=False, use_cache=False, **FAST)
+    rows = {row["variant"]: row for row in result.rows}
+    assert {"fp32", "int8-static-minmax", "int8-static-s8s8"} <= set(rows), result.skipped
+    assert rows["int8-static-s8s8"]["recipe"]["steps"] == [
+        {"pass": "int8-static", "method": "minmax", "per_channel": True, "activations": "s8"}]
+    assert rows["int8-static-s8s8"]["p50_ms"] > 0 and rows["int8-static-s8s8"]["accuracy"] >= 0.8
+    assert activation_zero_point_types(result.files["int8-static-s8s8"]) == {onnx.TensorProto.INT8}
+    assert activation_zero_point_types(result.files["int8-static-minmax"]) == {onnx.TensorProto.UINT8}
+
+
+def test_optimize_plans_no_s8s8_variant_when_minmax_is_not_among_the_methods(mlp: Path, tmp_path: Path) -> None:
+    from workbench.optimize._data import Samples
+    from workbench.optimize._optimize import _plan
+    from workbench.optimize._passes import PassContext
+    from workbench.protocol.spec import ModelSpec
+
+    ctx = PassContext(tmp_path, calibration=Samples({"x": np.zeros((8, 16), np.float32)}, None, "given"),
+                      precisions=("fp32", "int8"))
+    spec = ModelSpec.from_path(mlp)
+    with_minmax = {item["variant"] for item in _plan(spec, ctx, ["minmax", "entropy"], [], None)[0]}
+    without = {item["variant"] for item in _plan(spec, ctx, ["entropy"], [], None)[0]}
+    assert "int8-static-s8s8" in with_minmax
+    assert "int8-static-s8s8" not in without and "int8-static-entropy" in without
+
+
 def test_save_writes_package_with_hashes_recipe_and_spec_when_variant_chosen(mlp: Path, tmp_path: Path) -> None:
     x, y = labelled(mlp)
     result = optimize(mlp, "raspberry-pi-5", eval_data=(x, y), calibration_data=x, passes=["int8-dynamic"],

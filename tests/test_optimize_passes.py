@@ -65,11 +65,42 @@ def test_int8_static_keeps_top1_close_when_calibrated_on_real_inputs(mlp: Path, 
     assert float(np.mean(got == y)) >= 0.8
 
 
-def test_calibration_is_capped_with_a_note_when_memory_budget_is_small(mlp: Path) -> None:
+def activation_zero_point_types(path: Path) -> set[int]:
+    """The element types of the QuantizeLinear zero points: weights are stored quantized, so these are activations."""
+    model = onnx.load(str(path))
+    types = {init.name: init.data_type for init in model.graph.initializer}
+    return {types[node.input[2]] for node in model.graph.node if node.op_type == "QuantizeLinear"}
+
+
+def test_int8_static_quantizes_activations_signed_when_activations_is_s8(mlp: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    x, y = labelled(mlp, count=128)
+    ctx = PassContext(tmp_path, calibration=Samples({"x": x}, None, "given"), precisions=("fp32", "int8"))
+    unsigned, signed = tmp_path / "u8.onnx", tmp_path / "s8.onnx"
+    apply_recipe(mlp, [{"pass": "int8-static", "method": "minmax"}], unsigned, ctx)
+    apply_recipe(mlp, [{"pass": "int8-static", "method": "minmax", "activations": "s8"}], signed, ctx)
+    assert activation_zero_point_types(unsigned) == {onnx.TensorProto.UINT8}
+    assert activation_zero_point_types(signed) == {onnx.TensorProto.INT8}
+    got = ort.InferenceSession(str(signed), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].argmax(1)
+    assert float(np.mean(got == y)) >= 0.8
+
+
+def test_int8_static_rejects_an_unknown_activation_type_naming_the_choices(mlp: Path, tmp_path: Path) -> None:
+    ctx = PassContext(tmp_path, calibration=Samples({"x": np.zeros((8, 16), np.float32)}, None, "given"))
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(OptimizeError, match=r"unknown activation type 'u4'.*u8 or s8"):
+        apply_recipe(mlp, [{"pass": "int8-static", "activations": "u4"}], out, ctx)
+    assert not out.exists() and not list(tmp_path.glob("bad.step*"))
+
+
+def test_calibration_is_capped_with_one_note_when_memory_budget_is_small_for_every_variant(mlp: Path) -> None:
     x = np.zeros((500, 16), np.float32)
     notes: list[str] = []
     batches = calibration_batches(mlp, Samples({"x": x}, None, "given"), memory_mb=0, notes=notes)
     assert len(batches) == 8 and "calibration used 8 of 500 samples" in notes[0]
+    calibration_batches(mlp, Samples({"x": x}, None, "given"), memory_mb=0, notes=notes)
+    assert len(notes) == 1, notes
 
 
 def test_apply_recipe_leaves_no_file_when_a_pass_fails(mlp: Path, tmp_path: Path) -> None:

@@ -211,8 +211,10 @@ def calibration_batches(path: Path, samples: Samples, memory_mb: int, notes: lis
     per_sample = activation_bytes_per_sample(path)
     cap = max(8, int(memory_mb * 2**20 // per_sample))
     if samples.count > cap:
-        notes.append(f"calibration used {cap} of {samples.count} samples to stay within {memory_mb} MB of "
-                     f"activations (estimated {per_sample / 2**20:.2f} MB per sample)")
+        note = (f"calibration used {cap} of {samples.count} samples to stay within {memory_mb} MB of activations "
+                f"(estimated {per_sample / 2**20:.2f} MB per sample)")
+        if note not in notes:  # every static variant calibrates the same model: one line says it for all
+            notes.append(note)
         samples = samples.head(cap)
     return list(samples.batches(1))
 
@@ -223,6 +225,12 @@ def _static_helps(ctx: PassContext) -> tuple[bool, str]:
     if ctx.calibration is None:
         return False, "no calibration data"
     return True, "INT8 QDQ with calibrated activation ranges: Conv and MatMul run on INT8 kernels"
+
+
+# Activation types of static INT8. "u8" (U8S8) is the x86 fast path (VPMADDUBSW/VNNI); "s8" (S8S8) is what
+# ORT's quantize_static does by default, and what ARM's dot-product kernels take; which is faster (and which
+# saturates less on AVX2 without VNNI) is measured, not assumed.
+ACTIVATION_TYPES = ("u8", "s8")
 
 
 def _static_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, Any]) -> None:
@@ -236,6 +244,10 @@ def _static_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, Any
         raise OptimizeError(blocker)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[options.get("method", "minmax")]
+    activations = options.get("activations", "u8")
+    if activations not in ACTIVATION_TYPES:
+        raise OptimizeError(f"unknown activation type {activations!r} for int8-static; use "
+                            f"{' or '.join(ACTIVATION_TYPES)}")
     prepared = dst.with_name(dst.stem + ".pre.onnx")
     external = has_external_data(src)
     with _quiet():
@@ -264,7 +276,8 @@ def _static_apply(src: Path, dst: Path, ctx: PassContext, options: dict[str, Any
         try:
             quantize_static(str(prepared), str(dst), _Reader(batches), quant_format=QuantFormat.QDQ,
                             per_channel=bool(options.get("per_channel", True)),
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
+                            weight_type=QuantType.QInt8,
                             calibrate_method=method, nodes_to_exclude=exclude,
                             extra_options=extra, use_external_data_format=external, **mixed)
         finally:
