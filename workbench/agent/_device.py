@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import re
 import socket
 import threading
@@ -35,6 +34,7 @@ from workbench.protocol._mqtt import (
     close_client,
     guard_messages,
     is_auth_failure,
+    jitter_reconnects,
     make_client,
     network_alive,
     new_client_id,
@@ -82,30 +82,6 @@ class AgentConfig:
 def _host_hardware() -> dict[str, Any]:
     # Every simulated device in a process shares one host: detect it once.
     return detect_hardware("/")
-
-
-# After a broker restart every device of a fleet reconnects: paho's fixed backoff (1 s, 2 s, 4 s...) would send
-# them all at the same instants. Each wait gets up to this many seconds more, at random.
-RECONNECT_JITTER_S = 2.0
-
-
-def jitter_reconnects(client: mqtt.Client, spread: float = RECONNECT_JITTER_S) -> None:
-    """Spread ``client``'s reconnects: paho's exponential backoff plus a random 0..``spread`` s each time.
-
-    Example:
-        >>> from workbench.protocol._mqtt import BrokerAddress, make_client
-        >>> jitter_reconnects(make_client(BrokerAddress.parse("localhost"), "sim-01-x"))
-    """
-    backoff = client._reconnect_wait  # paho 2.x: called by its network thread before each reconnect
-
-    def wait() -> None:
-        until = time.monotonic() + random.uniform(0.0, spread)
-        # Sliced, so that loop_stop() (the agent stopping) is not held up by the extra wait.
-        while not client._thread_terminate and time.monotonic() < until:
-            time.sleep(min(0.25, max(until - time.monotonic(), 0.0)))
-        backoff()
-
-    client._reconnect_wait = wait  # type: ignore[method-assign]
 
 
 class _NetworkGuard:

@@ -27,6 +27,7 @@ from workbench.protocol._mqtt import (
     BrokerAddress,
     close_client,
     connect_blocking,
+    jitter_reconnects,
     make_client,
     network_alive,
     new_client_id,
@@ -66,9 +67,10 @@ def filters_overlap(first: str, second: str) -> bool:
 class Bus:
     """The process's MQTT connection: topic filters routed to handlers, publishing, liveness.
 
-    It reconnects by itself (paho's loop) and subscribes every filter again on each connect, so
-    a broker restart is invisible to the parts that use it. A handler that raises goes to its
-    ``on_error`` (count it there) and never ends the network thread.
+    It reconnects by itself (paho's loop, jittered backoff) and subscribes every filter again on each
+    connect, so a broker restart is invisible to the parts that use it. Given a cluster's nodes
+    (``mqtt://h1:p1,h2:p2,...``), each reconnect tries the next node: losing one node is a reconnect.
+    A handler that raises goes to its ``on_error`` (count it there) and never ends the network thread.
 
     Example:
         >>> bus = Bus(BrokerAddress.parse("mqtt://127.0.0.1:1883"))             # doctest: +SKIP
@@ -89,6 +91,7 @@ class Bus:
         self._client = make_client(address, self.client_id)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
+        jitter_reconnects(self._client)  # a hub and its clients reconnect with the devices after a broker restart
         # paho's own loop thread (loop_start): it alone writes to the socket, woken through paho's socket pair, so a
         # publish from any thread goes out at once and never beside the loop's writes on one TLS socket.
         connect_blocking(self._client, address, keepalive=keepalive, timeout=timeout)
