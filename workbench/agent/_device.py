@@ -38,7 +38,9 @@ from workbench.protocol._mqtt import (
     make_client,
     network_alive,
     new_client_id,
+    refused_filters,
     restart_network,
+    subscribe_again_later,
 )
 from workbench.protocol._rejects import RejectLog
 
@@ -376,12 +378,15 @@ class DeviceAgent:
         self.counters["connects"] += 1
         self._connect_log.connected()
         device = self.device_id
-        client.subscribe(device_subscriptions(device, [t for s in self.services.values() for t in s.topics()]))
+        client.subscribe(self._subscriptions())
         if self._holding:
             log.info("%s: reconnected", device)
             self._publish_online()
         else:
             threading.Thread(target=self._claim_id, name=f"claim-{device}", daemon=True).start()
+
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        return device_subscriptions(self.device_id, [t for s in self.services.values() for t in s.topics()])
 
     def _claim_id(self) -> None:
         # Ask whether another live instance holds this id; a killed one cannot answer.
@@ -412,11 +417,15 @@ class DeviceAgent:
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reason_codes: list[Any], _p: Any) -> None:
         # A broker may grant the SUBACK but refuse a filter (0x80): NATS does when it cannot make the
         # JetStream consumer behind a QoS 1 subscription. The device would then be online but deaf.
-        refused = sum(1 for code in reason_codes if getattr(code, "is_failure", False))
+        # On a NATS cluster that just lost a node, that is a JetStream election in progress: try again shortly.
+        refused = refused_filters(reason_codes)
         if refused:
             self.counters["subscriptions_refused"] += refused
             log.error("%s: the broker refused %d of %d subscriptions (SUBACK 0x80); commands or desired state "
-                      "will not reach this device until it reconnects", self.device_id, refused, len(reason_codes))
+                      "do not reach this device until it subscribes again, in a few seconds", self.device_id,
+                      refused, len(reason_codes))
+            if not self._stopping:
+                subscribe_again_later(self._client, self._subscriptions)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         if not self._stopping and self._fatal is None:

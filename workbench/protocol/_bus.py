@@ -31,6 +31,8 @@ from workbench.protocol._mqtt import (
     make_client,
     network_alive,
     new_client_id,
+    refused_filters,
+    subscribe_again_later,
 )
 
 log = logging.getLogger("workbench.bus")
@@ -88,9 +90,11 @@ class Bus:
         self._lock = threading.Lock()
         self._closed = False
         self.undecodable_topics = 0  # messages whose topic was not UTF-8: routed nowhere, counted here
+        self.subscriptions_refused = 0  # filters a SUBACK refused (0x80), each subscribed again shortly
         self._client = make_client(address, self.client_id)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         jitter_reconnects(self._client)  # a hub and its clients reconnect with the devices after a broker restart
         # paho's own loop thread (loop_start): it alone writes to the socket, woken through paho's socket pair, so a
         # publish from any thread goes out at once and never beside the loop's writes on one TLS socket.
@@ -173,12 +177,25 @@ class Bus:
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         if getattr(reason_code, "is_failure", False):
             return
-        with self._lock:
-            wanted = [(route.topic_filter, route.qos) for route in self._routes.values()]
+        wanted = self._wanted()
         if wanted:
             # Insertion order: a fleet subscribes inventory before status, so a device's inventory
             # (retained, sent filter by filter) arrives before its online status.
             client.subscribe(wanted)
+
+    def _wanted(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return [(route.topic_filter, route.qos) for route in self._routes.values()]
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reason_codes: list[Any], _p: Any) -> None:
+        # NATS refuses a QoS 1 filter (0x80) when it cannot make its JetStream consumer, e.g. during the leader
+        # election after a cluster node was lost. Left alone, this connection would stay up and deaf to it.
+        refused = refused_filters(reason_codes)
+        if refused and not self._closed:
+            self.subscriptions_refused += refused
+            log.error("%s: the broker refused %d of %d filters (SUBACK 0x80); subscribing again in a few seconds",
+                      self.client_id, refused, len(reason_codes))
+            subscribe_again_later(self._client, self._wanted)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:

@@ -242,6 +242,42 @@ def jitter_reconnects(client: mqtt.Client, spread: float = RECONNECT_JITTER_S) -
     client._reconnect_wait = wait  # type: ignore[method-assign]
 
 
+# A refused subscription is tried again after this many seconds, at random: long enough for a JetStream
+# leader election (what refuses them on a NATS cluster that just lost a node), spread so a fleet does not retry at once.
+RESUBSCRIBE_AFTER_S = (2.0, 6.0)
+
+
+def refused_filters(reason_codes: list[Any]) -> int:
+    """How many filters of a SUBACK the broker refused (0x80): NATS does when it cannot make a JetStream consumer.
+
+    Example:
+        >>> refused_filters([1, 0x80])
+        1
+    """
+    return sum(1 for code in reason_codes
+               if getattr(code, "is_failure", False) or (isinstance(code, int) and code >= 0x80))
+
+
+def subscribe_again_later(client: mqtt.Client, subscriptions: Callable[[], list[tuple[str, int]]]) -> None:
+    """Subscribe ``subscriptions()`` again after a jittered pause, unless ``client`` is not connected by then.
+
+    For a SUBACK that refused a filter: the connection stays up and nothing else would subscribe again
+    (a reconnect does, in ``on_connect``). Subscribing again to granted filters only replaces them.
+
+    Example:
+        >>> subscribe_again_later(client, lambda: [("wb/v1/cmd/sim-01/+", 1)])   # doctest: +SKIP
+    """
+    def again() -> None:
+        if client.is_connected():
+            wanted = subscriptions()
+            if wanted:
+                client.subscribe(wanted)
+
+    timer = threading.Timer(random.uniform(*RESUBSCRIBE_AFTER_S), again)
+    timer.daemon = True
+    timer.start()
+
+
 MessageCallback = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]
 
 
