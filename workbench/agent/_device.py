@@ -187,6 +187,7 @@ class DeviceAgent:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = guard_messages(self._on_message, self._on_message_failed)
         self._guard_lock = threading.Lock()  # stop() and a restart never interleave
+        self._refused_in_a_row = 0  # SUBACKs that refused a filter, since the last that refused none
         self._connect_log = ConnectFailureLog(self.device_id, config.broker.url)
         self._client.on_connect_fail = lambda _client, _userdata: self._connect_log.failed()
         self._client.on_subscribe = self._on_subscribe
@@ -419,13 +420,14 @@ class DeviceAgent:
         # JetStream consumer behind a QoS 1 subscription. The device would then be online but deaf.
         # On a NATS cluster that just lost a node, that is a JetStream election in progress: try again shortly.
         refused = refused_filters(reason_codes)
+        self._refused_in_a_row = self._refused_in_a_row + 1 if refused else 0
         if refused:
             self.counters["subscriptions_refused"] += refused
             log.error("%s: the broker refused %d of %d subscriptions (SUBACK 0x80); commands or desired state "
                       "do not reach this device until it subscribes again, in a few seconds", self.device_id,
                       refused, len(reason_codes))
             if not self._stopping:
-                subscribe_again_later(self._client, self._subscriptions)
+                subscribe_again_later(self._client, self._subscriptions, attempt=self._refused_in_a_row)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         if not self._stopping and self._fatal is None:

@@ -91,6 +91,7 @@ class Bus:
         self._closed = False
         self.undecodable_topics = 0  # messages whose topic was not UTF-8: routed nowhere, counted here
         self.subscriptions_refused = 0  # filters a SUBACK refused (0x80), each subscribed again shortly
+        self._refused_in_a_row = 0
         self._client = make_client(address, self.client_id)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
@@ -191,11 +192,12 @@ class Bus:
         # NATS refuses a QoS 1 filter (0x80) when it cannot make its JetStream consumer, e.g. during the leader
         # election after a cluster node was lost. Left alone, this connection would stay up and deaf to it.
         refused = refused_filters(reason_codes)
+        self._refused_in_a_row = self._refused_in_a_row + 1 if refused else 0
         if refused and not self._closed:
             self.subscriptions_refused += refused
             log.error("%s: the broker refused %d of %d filters (SUBACK 0x80); subscribing again in a few seconds",
                       self.client_id, refused, len(reason_codes))
-            subscribe_again_later(self._client, self._wanted)
+            subscribe_again_later(self._client, self._wanted, attempt=self._refused_in_a_row)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:

@@ -258,14 +258,17 @@ def refused_filters(reason_codes: list[Any]) -> int:
                if getattr(code, "is_failure", False) or (isinstance(code, int) and code >= 0x80))
 
 
-def subscribe_again_later(client: mqtt.Client, subscriptions: Callable[[], list[tuple[str, int]]]) -> None:
+def subscribe_again_later(client: mqtt.Client, subscriptions: Callable[[], list[tuple[str, int]]], *,
+                          attempt: int = 1) -> None:
     """Subscribe ``subscriptions()`` again after a jittered pause, unless ``client`` is not connected by then.
 
     For a SUBACK that refused a filter: the connection stays up and nothing else would subscribe again
     (a reconnect does, in ``on_connect``). Subscribing again to granted filters only replaces them.
+    ``attempt`` (refusals in a row) doubles the pause each time, up to 32 times: a lasting refusal
+    (a consumer limit) is then asked about every few minutes, not hammered.
 
     Example:
-        >>> subscribe_again_later(client, lambda: [("wb/v1/cmd/sim-01/+", 1)])   # doctest: +SKIP
+        >>> subscribe_again_later(client, lambda: [("wb/v1/cmd/sim-01/+", 1)], attempt=1)   # doctest: +SKIP
     """
     def again() -> None:
         if client.is_connected():
@@ -273,7 +276,7 @@ def subscribe_again_later(client: mqtt.Client, subscriptions: Callable[[], list[
             if wanted:
                 client.subscribe(wanted)
 
-    timer = threading.Timer(random.uniform(*RESUBSCRIBE_AFTER_S), again)
+    timer = threading.Timer(random.uniform(*RESUBSCRIBE_AFTER_S) * 2 ** min(max(attempt, 1) - 1, 5), again)
     timer.daemon = True
     timer.start()
 
