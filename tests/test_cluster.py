@@ -171,6 +171,9 @@ def test_insecure_cluster_spreads_devices_over_the_nodes_and_down_stops_every_no
         assert json.loads(result.stdout)["broker"].count(",") == 2 and len(nodes) == 3
         assert [sorted(_devices_on(node)) for node in nodes] == [["sim-01", "sim-04"], ["sim-02", "sim-05"],
                                                                 ["sim-03", "sim-06"]]
+        # Each device's QoS 1 command subscription is a JetStream consumer, found from any node; a stranger holds none.
+        devices = [d["device_id"] for d in record["devices"]]
+        assert _brokers.devices_without_command_consumer(record["broker"], [*devices, "sim-99"]) == ["sim-99"]
     finally:
         run_cli("down", "--run-dir", str(run_dir), check=True)
     assert not any(_procs.is_alive(node) for node in nodes)

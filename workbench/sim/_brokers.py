@@ -274,6 +274,39 @@ def _health(node: dict[str, Any]) -> str | None:
         return f"/healthz: {exc}"
 
 
+def devices_without_command_consumer(record: dict[str, Any], devices: list[str], *,
+                                     timeout: float = 10.0) -> list[str]:
+    """The ``devices`` that hold no JetStream consumer for their QoS 1 command filter on the embedded NATS broker.
+
+    A device whose SUBACK was refused subscribes again (after a JetStream election or a consumer create
+    that timed out); this asks the broker (``/jsz``, any live node of a cluster) who holds one now.
+
+    Example:
+        >>> devices_without_command_consumer(record, ["sim-01", "sim-02"])   # doctest: +SKIP
+        []
+    """
+    from workbench.protocol import topics
+    from workbench.sim._security import nats_subjects
+
+    live = [n for n in record["nodes"] if _procs.is_alive(n)] if record.get("nodes") else [record]
+    monitor = next((n["monitor_url"] for n in live if n.get("monitor_url")), None)
+    if monitor is None:
+        raise BrokerError("the broker has no monitoring endpoint to count its JetStream consumers")
+    try:
+        with urllib.request.urlopen(f"{monitor}/jsz?consumers=true&config=true", timeout=timeout) as response:
+            jsz = json.loads(response.read(64 * 2**20))
+    except (OSError, ValueError) as exc:
+        raise BrokerError(f"cannot read the broker's JetStream report at {monitor}/jsz: {exc}") from None
+    held = {str((c.get("config") or {}).get("filter_subject", "")).removeprefix(MQTT_MESSAGES_PREFIX)
+            for a in jsz.get("account_details") or [] for s in a.get("stream_detail") or []
+            if s.get("name") == "$MQTT_msgs" for c in s.get("consumer_detail") or []}
+    return [d for d in devices if not set(nats_subjects(topics.command_filter(d))) <= held]
+
+
+# How the MQTT listener names the subjects of its QoS 1 consumers: this, then the topic filter as a NATS subject.
+MQTT_MESSAGES_PREFIX = "$MQTT.msgs."
+
+
 def broker_processes(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The broker processes a fleet record owns: each node of a cluster, the one broker, or none (external).
 

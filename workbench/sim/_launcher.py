@@ -161,7 +161,7 @@ def up(
                    hub=hub, cluster=cluster)
             rd.write(record)  # written before the wait, so `down` can clean up a fleet that never came up
             _wait_online(record, rd, [d for group in plan for d, _ in group], timeout=timeout)
-            _check_subscriptions(record)
+            _check_subscriptions(record, [d for group in plan for d, _ in group], timeout=timeout)
         except BaseException:
             _stop_record(record)
             rd.clear()
@@ -300,16 +300,24 @@ def _wait_online(record: dict[str, Any], rd: RunDir, expected: list[str], *, tim
             time.sleep(0.1)
 
 
-def _check_subscriptions(record: dict[str, Any]) -> None:
-    # NATS grants the SUBACK of a QoS 1 subscription whose JetStream consumer it refused: the device is
-    # online but deaf to commands. Only the broker's log and /jsz tell, so look before calling the fleet up.
+def _check_subscriptions(record: dict[str, Any], devices: list[str], *, timeout: float) -> None:
+    # NATS refuses the QoS 1 subscription whose JetStream consumer it cannot make (SUBACK 0x80): the device is
+    # online but deaf to commands until it subscribes again, which it does after a pause. The broker's log says
+    # whether any was refused, /jsz whether every device holds its consumer by now: look before calling it up.
     if record["broker"].get("kind") != _brokers.EMBEDDED:
         return
     report = _brokers.subscription_report(record["broker"])
-    if report["refused"]:
-        raise FleetError(f"the NATS broker refused {report['refused']} QoS 1 subscription(s) of the fleet's devices "
-                         f"(JetStream consumers: {report['consumers']}, limit {report['max_consumers']}); those "
-                         f"devices would miss commands. First refusal: {report['refusals'][0]}")
+    if not report["refused"]:
+        return
+    deadline = time.monotonic() + timeout
+    while missing := _brokers.devices_without_command_consumer(record["broker"], devices):
+        if time.monotonic() > deadline:
+            raise FleetError(f"the NATS broker refused {report['refused']} QoS 1 subscription(s) of the devices, "
+                             f"and {len(missing)} device(s) ({', '.join(missing[:5])}) still hold no command consumer "
+                             f"after {timeout:g} s (JetStream consumers: {report['consumers']}, limit "
+                             f"{report['max_consumers']}); they would miss commands. First refusal: "
+                             f"{report['refusals'][0]}")
+        time.sleep(1.0)
 
 
 def _stop_record(record: dict[str, Any]) -> None:
