@@ -127,19 +127,12 @@ class ClusterNode:
     def mqtt_replication(self) -> str:
         # Sessions, retained messages and QoS 1 messages on every node, so a device whose node dies finds its
         # retained state and session on the next. consumer_replicas is accepted but ignored by nats-server
-        # 2.15 (a config warning): the consumers behind QoS 1 subscriptions stay in memory
-        # (consumer_memory_storage above) and a device that fails over subscribes again on its new node.
-        # A consumer create that timed out on the MQTT side (a JetStream election, a busy meta leader) may still
-        # complete later: nobody's session lists it, so nothing deletes it, and on a cluster every consumer is a
-        # replicated Raft group that costs all three nodes CPU. One no subscriber has wanted for a while goes.
-        return (f"  stream_replicas: {len(self.route_ports)}\n"
-                f'  consumer_inactive_threshold: "{CONSUMER_INACTIVE_THRESHOLD}"\n')
+        # 2.15 (a config warning): the consumer behind each QoS 1 subscription inherits the stream's replicas (a
+        # three-node Raft group, in memory: consumer_memory_storage above), so it outlives the loss of one node.
+        return f"  stream_replicas: {len(self.route_ports)}\n"
 
 
 CLUSTER_NAME = "wb-local"
-# A device's own consumer always has its subscriber while the device is connected; after a failover its old session's
-# consumers are deleted by the MQTT layer, and an orphan by JetStream after this long without interest.
-CONSUMER_INACTIVE_THRESHOLD = "30s"
 ROUTE_USER = "wb-route"
 
 
