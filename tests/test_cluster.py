@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -15,10 +17,10 @@ import pytest
 from conftest import FleetFactory, require_broker, run_cli
 
 import workbench
-from workbench.errors import ConfigError
+from workbench.errors import BrokerUnreachableError, ConfigError
 from workbench.fleet import Fleet
 from workbench.protocol._bus import Bus
-from workbench.protocol._mqtt import BrokerAddress
+from workbench.protocol._mqtt import BrokerAddress, close_client, connect_blocking, make_client
 from workbench.sim import _brokers, _procs, up
 from workbench.sim._rundir import RunDir
 
@@ -275,3 +277,17 @@ def test_no_acknowledged_point_is_lost_or_duplicated_when_a_broker_node_is_kille
         assert batch_points == counted_points, device  # each stored batch has all its points, none twice
     synthetic = sum(sum(points.values()) for _, _, points in stored.values())
     assert synthetic > DEVICES * 100 * 3  # the stream ran across the kill
+
+
+def test_tls_connect_leaves_no_socket_open_when_a_node_never_completes_the_handshake() -> None:
+    # A node stuck in an election, or one overloaded, accepts TCP and never answers TLS: failover tries the next,
+    # and the half-made TLS socket must be closed, not left to the garbage collector (a leaked fd per attempt).
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        address = BrokerAddress.parse(f"mqtts://127.0.0.1:{silent.getsockname()[1]}")
+        client = make_client(address, "wb-test-silent")
+        try:
+            with pytest.raises(BrokerUnreachableError, match="cannot reach"):
+                connect_blocking(client, address, keepalive=5, timeout=1.0)
+            gc.collect()  # an unclosed SSLSocket would warn here, an error under this suite's settings
+        finally:
+            close_client(client)
