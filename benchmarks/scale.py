@@ -33,7 +33,7 @@ import psutil
 import workbench
 from workbench.profiles import cpu_features, detect_hardware
 from workbench.sim import down, up
-from workbench.sim._brokers import subscription_report
+from workbench.sim._brokers import broker_processes, subscription_report
 
 
 def cpu_flags() -> str:
@@ -78,11 +78,14 @@ def measure(broker: str, devices: int, *, idle: float, timeout: float, keepalive
     with tempfile.TemporaryDirectory(prefix="wb-scale-") as run_dir:
         load_before = _load()
         started = time.perf_counter()
-        record = up(devices=devices, run_dir=run_dir, broker=broker, timeout=timeout, keepalive=keepalive)
+        # "cluster3": the embedded broker as a cluster of three NATS servers (`workbench up --cluster 3`).
+        nodes = int(broker.removeprefix("cluster")) if broker.startswith("cluster") else 1
+        record = up(devices=devices, run_dir=run_dir, broker="embedded" if nodes > 1 else broker, timeout=timeout,
+                    keepalive=keepalive, cluster=nodes)
         online_s = time.perf_counter() - started
         try:
             agents = _processes(record["agents"])
-            broker_proc = _processes([record["broker"]])
+            broker_proc = _processes(broker_processes(record["broker"]))
             time.sleep(3.0)  # let the start-up's last replies and retained deliveries settle
             cpu0, sw0, bcpu0 = _cpu_seconds(agents), _switches(agents), _cpu_seconds(broker_proc)
             time.sleep(idle)
@@ -96,7 +99,7 @@ def measure(broker: str, devices: int, *, idle: float, timeout: float, keepalive
                 inventory = fleet.inventory()
                 inventory_s = time.perf_counter() - t0
                 assert len(inventory) == devices, f"inventory has {len(inventory)} rows, not {devices}"
-            subscriptions = subscription_report(record["broker"]) if broker == "embedded" else None
+            subscriptions = subscription_report(record["broker"]) if broker != "mosquitto" else None
         finally:
             down(run_dir)
     return {
@@ -125,7 +128,8 @@ def _row(r: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="500,1000,2000", help="comma-separated fleet sizes")
-    parser.add_argument("--brokers", default="embedded,mosquitto", help="comma-separated: embedded, mosquitto")
+    parser.add_argument("--brokers", default="embedded,mosquitto",
+                        help="comma-separated: embedded, mosquitto, cluster3 (three NATS nodes)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measurement per fleet")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds `up` may take per fleet")
     parser.add_argument("--keepalive", type=int, default=30, help="the agents' MQTT keepalive (s)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import re
 import socket
 import threading
@@ -35,10 +34,13 @@ from workbench.protocol._mqtt import (
     close_client,
     guard_messages,
     is_auth_failure,
+    jitter_reconnects,
     make_client,
     network_alive,
     new_client_id,
+    refused_filters,
     restart_network,
+    subscribe_again_later,
 )
 from workbench.protocol._rejects import RejectLog
 
@@ -82,30 +84,6 @@ class AgentConfig:
 def _host_hardware() -> dict[str, Any]:
     # Every simulated device in a process shares one host: detect it once.
     return detect_hardware("/")
-
-
-# After a broker restart every device of a fleet reconnects: paho's fixed backoff (1 s, 2 s, 4 s...) would send
-# them all at the same instants. Each wait gets up to this many seconds more, at random.
-RECONNECT_JITTER_S = 2.0
-
-
-def jitter_reconnects(client: mqtt.Client, spread: float = RECONNECT_JITTER_S) -> None:
-    """Spread ``client``'s reconnects: paho's exponential backoff plus a random 0..``spread`` s each time.
-
-    Example:
-        >>> from workbench.protocol._mqtt import BrokerAddress, make_client
-        >>> jitter_reconnects(make_client(BrokerAddress.parse("localhost"), "sim-01-x"))
-    """
-    backoff = client._reconnect_wait  # paho 2.x: called by its network thread before each reconnect
-
-    def wait() -> None:
-        until = time.monotonic() + random.uniform(0.0, spread)
-        # Sliced, so that loop_stop() (the agent stopping) is not held up by the extra wait.
-        while not client._thread_terminate and time.monotonic() < until:
-            time.sleep(min(0.25, max(until - time.monotonic(), 0.0)))
-        backoff()
-
-    client._reconnect_wait = wait  # type: ignore[method-assign]
 
 
 class _NetworkGuard:
@@ -209,6 +187,7 @@ class DeviceAgent:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = guard_messages(self._on_message, self._on_message_failed)
         self._guard_lock = threading.Lock()  # stop() and a restart never interleave
+        self._refused_in_a_row = 0  # SUBACKs that refused a filter, since the last that refused none
         self._connect_log = ConnectFailureLog(self.device_id, config.broker.url)
         self._client.on_connect_fail = lambda _client, _userdata: self._connect_log.failed()
         self._client.on_subscribe = self._on_subscribe
@@ -400,12 +379,15 @@ class DeviceAgent:
         self.counters["connects"] += 1
         self._connect_log.connected()
         device = self.device_id
-        client.subscribe(device_subscriptions(device, [t for s in self.services.values() for t in s.topics()]))
+        client.subscribe(self._subscriptions())
         if self._holding:
             log.info("%s: reconnected", device)
             self._publish_online()
         else:
             threading.Thread(target=self._claim_id, name=f"claim-{device}", daemon=True).start()
+
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        return device_subscriptions(self.device_id, [t for s in self.services.values() for t in s.topics()])
 
     def _claim_id(self) -> None:
         # Ask whether another live instance holds this id; a killed one cannot answer.
@@ -436,11 +418,16 @@ class DeviceAgent:
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reason_codes: list[Any], _p: Any) -> None:
         # A broker may grant the SUBACK but refuse a filter (0x80): NATS does when it cannot make the
         # JetStream consumer behind a QoS 1 subscription. The device would then be online but deaf.
-        refused = sum(1 for code in reason_codes if getattr(code, "is_failure", False))
+        # On a NATS cluster that just lost a node, that is a JetStream election in progress: try again shortly.
+        refused = refused_filters(reason_codes)
+        self._refused_in_a_row = self._refused_in_a_row + 1 if refused else 0
         if refused:
             self.counters["subscriptions_refused"] += refused
             log.error("%s: the broker refused %d of %d subscriptions (SUBACK 0x80); commands or desired state "
-                      "will not reach this device until it reconnects", self.device_id, refused, len(reason_codes))
+                      "do not reach this device until it subscribes again, in a few seconds", self.device_id,
+                      refused, len(reason_codes))
+            if not self._stopping:
+                subscribe_again_later(self._client, self._subscriptions, attempt=self._refused_in_a_row)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         if not self._stopping and self._fatal is None:

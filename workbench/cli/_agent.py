@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device-id", action="append", dest="device_ids",
                         help="this device's id (repeatable for simulated devices); required to run the agent")
     parser.add_argument("--broker", default=settings().broker or "mqtt://127.0.0.1:1883",
-                        help="broker URL, mqtt://[user:pass@]host:port or mqtts://... (default: %(default)s)")
+                        help="broker URL, mqtt://[user:pass@]host:port or mqtts://..., or a cluster's nodes "
+                        "mqtts://host1:port1,host2:port2,...: the Nth --device-id tries the Nth node first and "
+                        "fails over to the next (default: %(default)s)")
     parser.add_argument("--profile", action="append", dest="profiles", default=[],
                         help="hardware profile name (one, or one per --device-id)")
     parser.add_argument("--data-dir", type=Path, default=settings().data_dir or Path("./wb-data"),
@@ -186,7 +188,9 @@ def run(args: argparse.Namespace) -> int:
             password = (args.credentials_dir / f"{device_id}.password").read_text().strip()
         if password is not None and (username is None or len(ids) > 1):
             username = device_id
-        address = BrokerAddress.parse(args.broker, username=username, password=password, ca_file=args.ca_file)
+        # A cluster's nodes: this process's devices take turns at which node they try first.
+        address = BrokerAddress.parse(args.broker, username=username, password=password,
+                                      ca_file=args.ca_file).preferring(index)
         data_dir = data_dirs[index]
         configs.append(AgentConfig(device_id, address, data_dir, profile=profile, simulated=args.simulated,
                                    keepalive=args.keepalive, model=args.model, trusted_keys=trusted_keys))

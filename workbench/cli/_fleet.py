@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--port", type=int, default=0, help="broker port; 0 picks a free one (default)")
     up.add_argument("--broker", default="embedded",
                     help="embedded (the NATS server, default), mosquitto, or an mqtt:// URL of a running broker")
+    up.add_argument("--cluster", type=int, default=1, metavar="N",
+                    help="run the embedded broker as a cluster of N NATS servers (3: one may fail), the MQTT state "
+                    "replicated on each; devices spread over the nodes and fail over when theirs is lost")
     up.add_argument("--keepalive", type=int, default=10, help="agents' MQTT keepalive in seconds")
     up.add_argument("--per-process", type=int, help="simulated devices per agent process")
     security = up.add_mutually_exclusive_group()
@@ -49,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
-    return {"run_dir": record["run_dir"], "broker": record["broker"]["url"], "broker_kind": record["broker"]["kind"],
+    return {"run_dir": record["run_dir"], "broker": record["broker"]["url"], "broker_kind": record["broker"]["kind"]
+            + (f" cluster of {record['broker']['cluster']}" if record["broker"].get("cluster") else ""),
             "secure": record.get("secure") is not None, "hub": (record.get("hub") or {}).get("url"),
             "devices": record["devices"]}
 
@@ -62,7 +66,8 @@ def _up(args: argparse.Namespace) -> int:
     try:
         record = up(devices=args.devices, profiles=profiles, run_dir=args.run_dir, port=args.port,
                     broker=args.broker, keepalive=args.keepalive, per_process=args.per_process,
-                    secure=args.secure, host=args.host, hub=args.hub, timeout=args.timeout)
+                    secure=args.secure, host=args.host, hub=args.hub, timeout=args.timeout,
+                    cluster=args.cluster)
         already = False
     except FleetAlreadyRunningError as exc:
         print(f"workbench up: {exc}", file=sys.stderr)

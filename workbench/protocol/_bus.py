@@ -27,9 +27,12 @@ from workbench.protocol._mqtt import (
     BrokerAddress,
     close_client,
     connect_blocking,
+    jitter_reconnects,
     make_client,
     network_alive,
     new_client_id,
+    refused_filters,
+    subscribe_again_later,
 )
 
 log = logging.getLogger("workbench.bus")
@@ -66,9 +69,10 @@ def filters_overlap(first: str, second: str) -> bool:
 class Bus:
     """The process's MQTT connection: topic filters routed to handlers, publishing, liveness.
 
-    It reconnects by itself (paho's loop) and subscribes every filter again on each connect, so
-    a broker restart is invisible to the parts that use it. A handler that raises goes to its
-    ``on_error`` (count it there) and never ends the network thread.
+    It reconnects by itself (paho's loop, jittered backoff) and subscribes every filter again on each
+    connect, so a broker restart is invisible to the parts that use it. Given a cluster's nodes
+    (``mqtt://h1:p1,h2:p2,...``), each reconnect tries the next node: losing one node is a reconnect.
+    A handler that raises goes to its ``on_error`` (count it there) and never ends the network thread.
 
     Example:
         >>> bus = Bus(BrokerAddress.parse("mqtt://127.0.0.1:1883"))             # doctest: +SKIP
@@ -86,9 +90,13 @@ class Bus:
         self._lock = threading.Lock()
         self._closed = False
         self.undecodable_topics = 0  # messages whose topic was not UTF-8: routed nowhere, counted here
+        self.subscriptions_refused = 0  # filters a SUBACK refused (0x80), each subscribed again shortly
+        self._refused_in_a_row = 0
         self._client = make_client(address, self.client_id)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        jitter_reconnects(self._client)  # a hub and its clients reconnect with the devices after a broker restart
         # paho's own loop thread (loop_start): it alone writes to the socket, woken through paho's socket pair, so a
         # publish from any thread goes out at once and never beside the loop's writes on one TLS socket.
         connect_blocking(self._client, address, keepalive=keepalive, timeout=timeout)
@@ -170,12 +178,26 @@ class Bus:
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         if getattr(reason_code, "is_failure", False):
             return
-        with self._lock:
-            wanted = [(route.topic_filter, route.qos) for route in self._routes.values()]
+        wanted = self._wanted()
         if wanted:
             # Insertion order: a fleet subscribes inventory before status, so a device's inventory
             # (retained, sent filter by filter) arrives before its online status.
             client.subscribe(wanted)
+
+    def _wanted(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return [(route.topic_filter, route.qos) for route in self._routes.values()]
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reason_codes: list[Any], _p: Any) -> None:
+        # NATS refuses a QoS 1 filter (0x80) when it cannot make its JetStream consumer, e.g. during the leader
+        # election after a cluster node was lost. Left alone, this connection would stay up and deaf to it.
+        refused = refused_filters(reason_codes)
+        self._refused_in_a_row = self._refused_in_a_row + 1 if refused else 0
+        if refused and not self._closed:
+            self.subscriptions_refused += refused
+            log.error("%s: the broker refused %d of %d filters (SUBACK 0x80); subscribing again in a few seconds",
+                      self.client_id, refused, len(reason_codes))
+            subscribe_again_later(self._client, self._wanted, attempt=self._refused_in_a_row)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         try:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
+import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench._files import write_private
 from workbench._listen import connect_host, require_tls_beyond_loopback
 from workbench.errors import BrokerError, ConfigError
 from workbench.sim import _procs
@@ -51,7 +56,7 @@ MAX_CONSUMERS = 100_000
 
 
 def nats_config(run_dir: RunDir, port: int, *, host: str = HOST, auth: str = "", tls: str = "",
-                monitor_port: int | None = None) -> str:
+                monitor_port: int | None = None, node: ClusterNode | None = None) -> str:
     """A NATS server config with its MQTT listener on ``host`` (MQTT needs JetStream and a server name).
 
     The NATS protocol port stays on loopback: agents and clients only speak MQTT.
@@ -59,16 +64,19 @@ def nats_config(run_dir: RunDir, port: int, *, host: str = HOST, auth: str = "",
     ``monitor_port`` opens the HTTP monitoring endpoint (``/jsz``, ``/connz``) on loopback: how a test or
     the launcher counts the JetStream consumers that QoS 1 subscriptions made, since SUBACK does not tell.
 
+    ``node`` makes it one node of a cluster (:func:`start_cluster`): its own name and JetStream store,
+    routes to the other nodes on loopback, and the MQTT streams replicated on every node.
+
     Example:
         >>> "consumer_memory_storage: true" in nats_config(RunDir.resolve("/tmp/wb"), 1883)
         True
     """
-    store = run_dir.broker_dir / "jetstream"
+    store = run_dir.broker_dir / (f"jetstream-{node.name}" if node else "jetstream")
     monitor = f'http: "{HOST}:{monitor_port}"\n' if monitor_port else ""
     return f"""# Written by `workbench up`.
-server_name: "wb-local-{port}"
+server_name: "{node.name if node else f"wb-local-{port}"}"
 listen: "{HOST}:-1"
-{monitor}jetstream {{
+{monitor}{node.cluster_block() if node else ""}jetstream {{
   store_dir: "{store}"
   max_memory_store: 256MB
   max_file_store: 2GB
@@ -87,9 +95,45 @@ mqtt {{
   # devices subscribing at once queued those look-ups past their 5 s timeout ("loading session record:
   # timeout after 5s"). Devices use clean sessions, so their consumers have nothing worth keeping on disk.
   consumer_memory_storage: true
-{tls}}}
+{node.mqtt_replication() if node else ""}{tls}}}
 {auth}
 """
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One node of a local NATS cluster: its name, route port, and the routes and route secret it shares."""
+
+    name: str
+    route_port: int
+    route_ports: tuple[int, ...]
+    route_password: str
+
+    def cluster_block(self) -> str:
+        # Routes stay on loopback whatever --host says: the nodes all run on this machine. They carry every
+        # message and the JetStream replication, so a route must know the password too.
+        routes = ", ".join(f'"nats-route://{ROUTE_USER}:{self.route_password}@{HOST}:{p}"' for p in self.route_ports)
+        return f"""cluster {{
+  name: "{CLUSTER_NAME}"
+  listen: "{HOST}:{self.route_port}"
+  authorization {{
+    user: "{ROUTE_USER}"
+    password: "{self.route_password}"
+  }}
+  routes: [{routes}]
+}}
+"""
+
+    def mqtt_replication(self) -> str:
+        # Sessions, retained messages and QoS 1 messages on every node, so a device whose node dies finds its
+        # retained state and session on the next. consumer_replicas is accepted but ignored by nats-server
+        # 2.15 (a config warning): the consumer behind each QoS 1 subscription inherits the stream's replicas (a
+        # three-node Raft group, in memory: consumer_memory_storage above), so it outlives the loss of one node.
+        return f"  stream_replicas: {len(self.route_ports)}\n"
+
+
+CLUSTER_NAME = "wb-local"
+ROUTE_USER = "wb-route"
 
 
 def mosquitto_config(run_dir: RunDir, port: int, *, host: str = HOST, auth: str = "", tls: str = "") -> str:
@@ -132,7 +176,8 @@ def start_broker(
     if kind == EMBEDDED:
         conf = run_dir.broker_dir / "nats.conf"
         monitor_port = _procs.free_port(HOST)
-        conf.write_text(nats_config(run_dir, port, host=host, monitor_port=monitor_port, **auth))
+        conf.write_text(nats_config(run_dir, port, host=host, monitor_port=monitor_port,
+                                    auth=auth.get("auth", ""), tls=auth.get("tls", "")))
         argv = [find_nats_server(), "-c", str(conf)]
     elif kind == MOSQUITTO:
         conf = run_dir.broker_dir / "mosquitto.conf"
@@ -148,6 +193,130 @@ def start_broker(
     if monitor_port is not None:
         record["monitor_url"] = f"http://{HOST}:{monitor_port}"
     return record
+
+
+def start_cluster(
+    run_dir: RunDir, nodes: int, *, port: int = 0, auth: dict[str, str] | None = None, host: str = HOST,
+    wait: float = 60.0,
+) -> dict[str, Any]:
+    """Start ``nodes`` NATS servers as one cluster with JetStream, each with an MQTT listener; return the record.
+
+    Each node has its own name, JetStream store and MQTT port (``port``, ``port + 1``... when given),
+    and routes to the others on loopback with a generated route password. The MQTT state (sessions,
+    retained and QoS 1 messages) is replicated on every node, so losing one node loses no state. The
+    record's ``url`` lists every node's MQTT address (the order clients try them) and ``nodes`` holds
+    each process. It returns once every node reports JetStream healthy (``/healthz``), or raises
+    :class:`BrokerError` quoting the log of the node that was not, after stopping them all.
+
+    Example:
+        >>> start_cluster(RunDir.resolve("/tmp/wb"), 3)["url"]   # doctest: +SKIP
+        'mqtt://127.0.0.1:40123,127.0.0.1:40125,127.0.0.1:40127'
+    """
+    if not 2 <= nodes <= 9:
+        raise ConfigError(f"--cluster takes 2 to 9 nodes, got {nodes}: JetStream needs a majority of them "
+                          "up, so 3 (one may fail) or 5 (two may) are the usual sizes")
+    auth = auth or {}
+    require_tls_beyond_loopback(host, tls=bool(auth.get("tls")), what="the NATS cluster",
+                                fix="start a secure fleet (the default: drop --insecure)")
+    run_dir.broker_dir.mkdir(parents=True, exist_ok=True)
+    client_host = connect_host(host)
+    ports = [port + i for i in range(nodes)] if port else [_procs.free_port(host) for _ in range(nodes)]
+    route_ports = tuple(_procs.free_port(HOST) for _ in range(nodes))
+    password = secrets.token_urlsafe(24)
+    records: list[dict[str, Any]] = []
+    try:
+        for index, (mqtt_port, route_port) in enumerate(zip(ports, route_ports, strict=True), start=1):
+            node = ClusterNode(f"wb-node-{index}", route_port, route_ports, password)
+            monitor_port = _procs.free_port(HOST)
+            conf = run_dir.broker_dir / f"nats-{node.name}.conf"
+            # Private: it holds the route password. The include of the secure fleet's users resolves from here too.
+            write_private(conf, nats_config(run_dir, mqtt_port, host=host, monitor_port=monitor_port, node=node,
+                                            auth=auth.get("auth", ""), tls=auth.get("tls", "")))
+            proc = _procs.spawn_listening([find_nats_server(), "-c", str(conf)],
+                                          run_dir.logs / f"broker-{node.name}.log", client_host, mqtt_port,
+                                          wait=wait, what=f"NATS cluster node {node.name}", error=BrokerError)
+            records.append({"name": node.name, "url": f"{'mqtts' if auth.get('tls') else 'mqtt'}://{client_host}:"
+                            f"{mqtt_port}", "port": mqtt_port, "route_port": route_port, "config": str(conf),
+                            "monitor_url": f"http://{HOST}:{monitor_port}", **proc})
+        _wait_healthy(records, timeout=wait)
+    except BaseException:
+        _procs.stop(records)
+        raise
+    scheme = "mqtts" if auth.get("tls") else "mqtt"
+    return {"kind": EMBEDDED, "cluster": nodes, "url": f"{scheme}://" + ",".join(f"{client_host}:{p}" for p in ports),
+            "host": client_host, "listen": host, "port": ports[0], "nodes": records}
+
+
+def _wait_healthy(nodes: list[dict[str, Any]], *, timeout: float) -> None:
+    # A node listens on its MQTT port before the cluster has elected a JetStream meta leader; an MQTT
+    # CONNECT then fails its session look-up. /healthz answers 200 once JetStream works on that node.
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        while True:
+            problem = _health(node)
+            if problem is None:
+                break
+            if not _procs.is_alive(node) or time.monotonic() > deadline:
+                tail = Path(node["log"]).read_text(errors="replace")[-2000:] if Path(node["log"]).exists() else ""
+                raise BrokerError(f"NATS cluster node {node['name']} is not healthy after {timeout:g} s ({problem}); "
+                                  f"its log ({node['log']}) ends with:\n{tail}")
+            time.sleep(0.2)
+
+
+def _health(node: dict[str, Any]) -> str | None:
+    """None when the node's JetStream is healthy, else what its /healthz said."""
+    try:
+        with urllib.request.urlopen(f"{node['monitor_url']}/healthz", timeout=2) as response:
+            return None if response.status == 200 else f"/healthz answered {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"/healthz answered {exc.code}: {exc.read(500).decode(errors='replace')}"
+    except OSError as exc:
+        return f"/healthz: {exc}"
+
+
+def devices_without_command_consumer(record: dict[str, Any], devices: list[str], *,
+                                     timeout: float = 10.0) -> list[str]:
+    """The ``devices`` that hold no JetStream consumer for their QoS 1 command filter on the embedded NATS broker.
+
+    A device whose SUBACK was refused subscribes again (after a JetStream election or a consumer create
+    that timed out); this asks the broker (``/jsz``, any live node of a cluster) who holds one now.
+
+    Example:
+        >>> devices_without_command_consumer(record, ["sim-01", "sim-02"])   # doctest: +SKIP
+        []
+    """
+    from workbench.protocol import topics
+    from workbench.sim._security import nats_subjects
+
+    live = [n for n in record["nodes"] if _procs.is_alive(n)] if record.get("nodes") else [record]
+    monitor = next((n["monitor_url"] for n in live if n.get("monitor_url")), None)
+    if monitor is None:
+        raise BrokerError("the broker has no monitoring endpoint to count its JetStream consumers")
+    try:
+        with urllib.request.urlopen(f"{monitor}/jsz?consumers=true&config=true", timeout=timeout) as response:
+            jsz = json.loads(response.read(64 * 2**20))
+    except (OSError, ValueError) as exc:
+        raise BrokerError(f"cannot read the broker's JetStream report at {monitor}/jsz: {exc}") from None
+    held = {str((c.get("config") or {}).get("filter_subject", "")).removeprefix(MQTT_MESSAGES_PREFIX)
+            for a in jsz.get("account_details") or [] for s in a.get("stream_detail") or []
+            if s.get("name") == "$MQTT_msgs" for c in s.get("consumer_detail") or []}
+    return [d for d in devices if not set(nats_subjects(topics.command_filter(d))) <= held]
+
+
+# How the MQTT listener names the subjects of its QoS 1 consumers: this, then the topic filter as a NATS subject.
+MQTT_MESSAGES_PREFIX = "$MQTT.msgs."
+
+
+def broker_processes(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The broker processes a fleet record owns: each node of a cluster, the one broker, or none (external).
+
+    Example:
+        >>> len(broker_processes({"kind": "embedded", "nodes": [{"pid": 1}, {"pid": 2}, {"pid": 3}]}))
+        3
+    """
+    if record.get("nodes"):
+        return list(record["nodes"])
+    return [record] if record.get("pid") is not None else []
 
 
 # What nats-server logs when JetStream refuses the consumer behind a QoS 1 subscription (SUBACK still grants it).
@@ -168,21 +337,24 @@ def subscription_report(record: dict[str, Any], *, timeout: float = 5.0) -> dict
     """
     consumers: int | None = None
     max_consumers: int | None = None
-    monitor = record.get("monitor_url")
-    if monitor:
-        try:
-            with urllib.request.urlopen(f"{monitor}/jsz?streams=true", timeout=timeout) as response:
-                jsz = json.loads(response.read(8 * 2**20))
-        except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot read the broker's JetStream report at {monitor}/jsz: {exc}") from None
-        streams = [s for a in jsz.get("account_details") or [] for s in a.get("stream_detail") or []]
-        consumers = sum(int(s.get("state", {}).get("consumer_count", 0)) for s in streams
-                        if s.get("name") == "$MQTT_msgs")
-        max_consumers = (jsz.get("limits") or {}).get("default_max_consumers")
     refusals: list[str] = []
-    log_file = record.get("log")
-    if log_file and Path(log_file).exists():
-        with open(log_file, errors="replace") as handle:
-            refusals = [line.strip() for line in handle if _REFUSED_SUBSCRIPTION in line]
+    # A cluster's nodes each log their own refusals; the consumer count is the stream's, the same on each.
+    for node in [n for n in record["nodes"] if _procs.is_alive(n)] if record.get("nodes") else [record]:
+        monitor = node.get("monitor_url")
+        if monitor:
+            try:
+                with urllib.request.urlopen(f"{monitor}/jsz?streams=true", timeout=timeout) as response:
+                    jsz = json.loads(response.read(8 * 2**20))
+            except (OSError, ValueError) as exc:
+                raise BrokerError(f"cannot read the broker's JetStream report at {monitor}/jsz: {exc}") from None
+            streams = [s for a in jsz.get("account_details") or [] for s in a.get("stream_detail") or []]
+            counted = sum(int(s.get("state", {}).get("consumer_count", 0)) for s in streams
+                          if s.get("name") == "$MQTT_msgs")
+            consumers = max(consumers or 0, counted)
+            max_consumers = (jsz.get("limits") or {}).get("default_max_consumers")
+        log_file = node.get("log")
+        if log_file and Path(log_file).exists():
+            with open(log_file, errors="replace") as handle:
+                refusals += [line.strip() for line in handle if _REFUSED_SUBSCRIPTION in line]
     return {"consumers": consumers, "max_consumers": max_consumers, "refused": len(refusals),
             "refusals": refusals[:5]}

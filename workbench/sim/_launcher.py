@@ -90,10 +90,9 @@ def _locked(run_dir: RunDir) -> Iterator[None]:
 def _owned_processes(record: dict[str, Any]) -> list[list[dict[str, Any]]]:
     """The processes the fleet started, in the order to stop them: agents (so they announce a clean
     shutdown while the broker still runs), the artifact server, then the broker unless it is external."""
-    broker = record.get("broker") or {}
     return [list(record.get("agents", [])), [record["hub"]] if record.get("hub") else [],
             [record["artifacts"]] if record.get("artifacts") else [],
-            [broker] if broker.get("pid") is not None else []]
+            _brokers.broker_processes(record.get("broker") or {})]
 
 
 def _record_alive(record: dict[str, Any]) -> bool:
@@ -113,6 +112,7 @@ def up(
     host: str = LOOPBACK,
     hub: bool = True,
     timeout: float = 120.0,
+    cluster: int = 1,
 ) -> dict[str, Any]:
     """Start a broker and ``devices`` simulated devices as real agent processes; wait until all are online.
 
@@ -129,6 +129,11 @@ def up(
     broker ``up`` does not start, raises :class:`ConfigError` before anything starts. The hub
     and the artifact server always listen on loopback.
 
+    ``cluster=3`` (``--cluster 3``) starts three embedded NATS servers as one cluster, the MQTT
+    state replicated on each (:func:`~workbench.sim._brokers.start_cluster`); device *i* tries node
+    *i* mod 3 first and every device, the hub and the clients fail over to the next node when theirs
+    is lost. fleet.json's ``broker.url`` lists the nodes, ``broker.nodes`` their processes.
+
     Example:
         >>> record = up(devices=3, run_dir="/tmp/wb-fleet")   # doctest: +SKIP
         >>> record["broker"]["url"]                           # doctest: +SKIP
@@ -137,6 +142,9 @@ def up(
     rd = RunDir.resolve(run_dir)
     plan = _plan(devices, list(profiles or DEFAULT_PROFILES), per_process)
     _check_listen(broker, host, secure)
+    if cluster != 1 and broker != _brokers.EMBEDDED:
+        raise ConfigError(f"--cluster {cluster} starts a cluster of embedded NATS servers; it cannot be combined with "
+                          f"--broker {broker}: drop --cluster, or --broker")
     with _locked(rd):
         existing = rd.read()
         if existing is not None:
@@ -150,10 +158,10 @@ def up(
                                   "devices": [], "keepalive": keepalive, "secure": None}
         try:
             _start(record, rd, plan, broker=broker, port=port, keepalive=keepalive, secure=secure, host=host,
-                   hub=hub)
+                   hub=hub, cluster=cluster)
             rd.write(record)  # written before the wait, so `down` can clean up a fleet that never came up
             _wait_online(record, rd, [d for group in plan for d, _ in group], timeout=timeout)
-            _check_subscriptions(record)
+            _check_subscriptions(record, [d for group in plan for d, _ in group], timeout=timeout)
         except BaseException:
             _stop_record(record)
             rd.clear()
@@ -175,7 +183,7 @@ def _check_listen(broker: str, host: str, secure: bool) -> None:
 
 
 def _start(record: dict[str, Any], rd: RunDir, plan: list[list[tuple[str, str]]], *, broker: str, port: int,
-           keepalive: int, secure: bool, host: str, hub: bool) -> None:
+           keepalive: int, secure: bool, host: str, hub: bool, cluster: int = 1) -> None:
     if secure:
         from workbench.sim._security import prepare_secure
 
@@ -184,12 +192,14 @@ def _start(record: dict[str, Any], rd: RunDir, plan: list[list[tuple[str, str]]]
         broker_auth = material.broker_config
     else:
         material, broker_auth = None, None
-    if broker in (_brokers.EMBEDDED, _brokers.MOSQUITTO):
+    if cluster != 1:
+        record["broker"] = _brokers.start_cluster(rd, cluster, port=port, auth=broker_auth, host=host)
+    elif broker in (_brokers.EMBEDDED, _brokers.MOSQUITTO):
         record["broker"] = _brokers.start_broker(broker, rd, port=port, auth=broker_auth, host=host)
     else:
         address = BrokerAddress.parse(broker)  # an external broker: the fleet only uses it
         record["broker"] = {"kind": "external", "url": address.url, "host": address.host, "port": address.port}
-    url = record["broker"]["url"]
+    address = BrokerAddress.parse(record["broker"]["url"])
     from workbench.deploy._serve import spawn_artifact_server  # devices fetch packages here, whoever deploys
 
     record["artifacts"] = spawn_artifact_server(rd.path / "artifacts", rd.logs / "artifacts.log")
@@ -202,7 +212,11 @@ def _start(record: dict[str, Any], rd: RunDir, plan: list[list[tuple[str, str]]]
     if hub:
         record["hub"] = spawn_hub(record, rd)
     _pace_reports(record, rd, [d for group in plan for d, _ in group])
+    first = 0
     for index, group in enumerate(plan):
+        # The agent gives its Nth device the Nth node of this list first: device i of the fleet starts on node i mod N.
+        url = address.preferring(first).url
+        first += len(group)
         argv = [sys.executable, "-m", "workbench.cli", "agent", "--broker", url, "--simulated",
                 "--keepalive", str(keepalive), "--data-dir", str(rd.data), "--log-level", "INFO"]
         for device_id, profile in group:
@@ -286,16 +300,24 @@ def _wait_online(record: dict[str, Any], rd: RunDir, expected: list[str], *, tim
             time.sleep(0.1)
 
 
-def _check_subscriptions(record: dict[str, Any]) -> None:
-    # NATS grants the SUBACK of a QoS 1 subscription whose JetStream consumer it refused: the device is
-    # online but deaf to commands. Only the broker's log and /jsz tell, so look before calling the fleet up.
+def _check_subscriptions(record: dict[str, Any], devices: list[str], *, timeout: float) -> None:
+    # NATS refuses the QoS 1 subscription whose JetStream consumer it cannot make (SUBACK 0x80): the device is
+    # online but deaf to commands until it subscribes again, which it does after a pause. The broker's log says
+    # whether any was refused, /jsz whether every device holds its consumer by now: look before calling it up.
     if record["broker"].get("kind") != _brokers.EMBEDDED:
         return
     report = _brokers.subscription_report(record["broker"])
-    if report["refused"]:
-        raise FleetError(f"the NATS broker refused {report['refused']} QoS 1 subscription(s) of the fleet's devices "
-                         f"(JetStream consumers: {report['consumers']}, limit {report['max_consumers']}); those "
-                         f"devices would miss commands. First refusal: {report['refusals'][0]}")
+    if not report["refused"]:
+        return
+    deadline = time.monotonic() + timeout
+    while missing := _brokers.devices_without_command_consumer(record["broker"], devices):
+        if time.monotonic() > deadline:
+            raise FleetError(f"the NATS broker refused {report['refused']} QoS 1 subscription(s) of the devices, "
+                             f"and {len(missing)} device(s) ({', '.join(missing[:5])}) still hold no command consumer "
+                             f"after {timeout:g} s (JetStream consumers: {report['consumers']}, limit "
+                             f"{report['max_consumers']}); they would miss commands. First refusal: "
+                             f"{report['refusals'][0]}")
+        time.sleep(1.0)
 
 
 def _stop_record(record: dict[str, Any]) -> None:
@@ -337,8 +359,8 @@ def status(run_dir: str | os.PathLike[str] | None = None, *, timeout: float = 5.
     result: dict[str, Any] = {"run_dir": str(rd.path), "broker": record["broker"]["url"],
                               "broker_running": None, "devices": []}
     broker = record["broker"]
-    if broker.get("pid") is not None:
-        result["broker_running"] = _procs.is_alive(broker)
+    if _brokers.broker_processes(broker):
+        result["broker_running"] = all(_procs.is_alive(node) for node in _brokers.broker_processes(broker))
     processes = {d: _procs.is_alive(a) for a in record.get("agents", []) for d in a["devices"]}
     seen: dict[str, Any] = {}
     try:
