@@ -103,7 +103,7 @@ def inventory_fields(inv: dict[str, Any]) -> tuple[Any, ...]:
     hw = inv.get("hardware") or {}
     limits = inv.get("limits") or {}
     return (
-        inv.get("profile"), inv.get("simulated"), _model_label(inv.get("active_model")), hw.get("cpu_model"),
+        inv.get("profile"), inv.get("simulated"), model_label(inv.get("active_model")), hw.get("cpu_model"),
         hw.get("arch"), ",".join(hw.get("isa_features") or []), hw.get("cores"), limits.get("threads"),
         limits.get("memory_mb"), hw.get("disk_free_mb"), hw.get("os"), hw.get("onnxruntime"),
         ",".join(hw.get("execution_providers") or []), inv.get("agent_version"),
@@ -118,7 +118,13 @@ def _outdated(agent_version: Any) -> bool | None:
     return agent_outdated(agent_version)
 
 
-def _model_label(model: Any) -> str | None:
+def model_label(model: Any) -> str | None:
+    """How a device's active model is shown: its name, else its hash's start; None without a model.
+
+    Example:
+        >>> model_label({"name": "digits", "version": "2"}), model_label(None)
+        ('digits', None)
+    """
     if isinstance(model, dict):
         return str(model.get("name") or model.get("sha256", "")[:12] or "?")
     return None if model is None else str(model)
