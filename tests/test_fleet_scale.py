@@ -249,3 +249,27 @@ def test_waves_count_rolled_back_devices_per_wave_when_a_gate_fails(
     assert report.counts == {"rolled_back": 2, "not_started": 4}
     markup = rollout_html(rollout)
     assert "<td>2</td><td>2</td><td>0</td><td>2</td>" in markup  # devices, activated, failed, rolled back
+
+
+@pytest.mark.usefixtures("keys_env")
+def test_waves_run_in_the_hub_with_per_wave_figures_when_the_fleet_has_a_hub(
+        tmp_path: Path, fleet_factory: FleetFactory) -> None:
+    record = fleet_factory(devices=2, hub=True)
+    package = build_package(tiny_model(tmp_path / "m.onnx", seed=8), tmp_path / "pkg", load_signing_key(create=True),
+                            version="hub-waves")
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(2, timeout=60)
+        fleet.wait_until(lambda f: all(d.inventory_data for d in f.online()), timeout=30)
+        rollout = fleet.deploy(package.path, strategy=Waves(size=1, soak_s=0.0))
+        assert type(rollout).__name__ == "HubRollout"
+        progress = RolloutProgress(rollout)
+        report = rollout.wait(timeout=180)
+        rollout.refresh()
+        progress.refresh()
+        summary = rollout.summary()
+    assert report.status == "succeeded", str(report)
+    assert [(w["devices_n"], w["activated"]) for w in report.waves] == [(1, 1), (1, 1)]
+    assert summary["counts"] == {"active": 2}
+    assert [w["activated"] for w in summary["waves"]] == [1, 1]
+    markup = progress.children[0].value
+    assert "data-wave='2'" in markup and "2 devices: 2 active" in markup

@@ -100,6 +100,9 @@ class FleetPanel(Snapshotting, ipywidgets.VBox):
             self._wake = asyncio.Event()
             self._task = self._loop.create_task(self._follow(), name="FleetPanel")
         self._deploy = _deploy_state(fleet)
+        # A device's deployment report moves it between idle, updating and failed: redraw as for a fleet event.
+        self._remove_deploy_listener: Callable[[], None] | None = (
+            self._deploy.on(lambda _device, _report: self._signal()) if self._deploy is not None else None)
         self._remove_listener: Callable[[], None] | None = fleet.on(self._on_event)
         self._filter.observe(self._on_filter, names="value")
         self._prev.on_click(lambda _button: self.previous_page())
@@ -271,6 +274,9 @@ class FleetPanel(Snapshotting, ipywidgets.VBox):
             if self._remove_listener is not None:
                 self._remove_listener()
                 self._remove_listener = None
+            if self._remove_deploy_listener is not None:
+                self._remove_deploy_listener()
+                self._remove_deploy_listener = None
             task, loop = self._task, self._loop
             if task is not None and loop is not None and not task.done():
                 if _running_loop() is loop:

@@ -12,6 +12,7 @@ import ipywidgets
 
 from widgets._snapshot import Snapshotting
 from workbench.deploy import Rollout
+from workbench.deploy._rollout import rollout_summary
 
 log = logging.getLogger("widgets.rollout_progress")
 
@@ -106,7 +107,7 @@ def render_html(rollout: Rollout) -> str:
         >>> "wave 2" in render_html(rollout)   # doctest: +SKIP
         True
     """
-    summary = rollout.summary()
+    summary = rollout_summary(rollout)  # a Rollout of this process or a HubRollout alike
     wave = "" if rollout.current_wave is None else f" · wave {rollout.current_wave + 1}"
     if summary["waves"] and rollout.current_wave is not None:
         wave += f" of {len(summary['waves'])} started"

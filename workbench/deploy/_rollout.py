@@ -113,7 +113,7 @@ class RolloutReport:
         import pandas as pd
 
         return pd.DataFrame([{key: value for key, value in wave.items() if key != "devices"} for wave in self.waves],
-                            columns=["index", *WAVE_FIGURES, "seconds", "duration_s", "started", "finished"])
+                            columns=["index", *WAVE_FIGURES, "sent_s", "seconds", "duration_s", "started", "finished"])
 
     def to_dict(self) -> dict[str, Any]:
         return {"rollout_id": self.rollout_id, "package": self.package, "strategy": self.strategy,
@@ -150,6 +150,22 @@ def wave_figures(devices: list[DeviceProgress]) -> dict[str, Any]:
             "failed": states.count("failed") + states.count("rejected"), "rolled_back": states.count("rolled_back"),
             "pending_offline": states.count("pending_offline"), "activate_p50_s": _percentile(times, 50),
             "activate_p95_s": _percentile(times, 95)}
+
+
+def rollout_summary(rollout: Any) -> dict[str, Any]:
+    """A rollout's status, devices per state and per-wave figures, from a :class:`Rollout` or a hub's rollout.
+
+    Example:
+        >>> rollout_summary(fleet.rollout("3f2a9c1b7d"))["counts"]   # doctest: +SKIP
+        {'active': 1000}
+    """
+    rows = rollout.rows()
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    waves = [{key: value for key, value in dict(info).items() if key != "devices"} for info in list(rollout.waves)]
+    return {"rollout_id": rollout.id, "status": rollout.status, "reason": rollout.reason,
+            "current_wave": rollout.current_wave, "devices": len(rows), "counts": counts, "waves": waves}
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:
@@ -297,13 +313,7 @@ class Rollout:
             [(500, 500, 3.1), (500, 498, 2.9)]
         """
         with self._lock:
-            counts: dict[str, int] = {}
-            for progress in self.devices.values():
-                counts[progress.state] = counts.get(progress.state, 0) + 1
-            waves = [{key: value for key, value in dict(info).items() if key != "devices"} for info in self.waves]
-            return {"rollout_id": self.id, "status": self.status, "reason": self.reason,
-                    "current_wave": self.current_wave, "devices": len(self.devices), "counts": counts,
-                    "waves": waves}
+            return rollout_summary(self)
 
     def __repr__(self) -> str:
         return f"<Rollout {self.id} {self.package.name} {self.package.version}: {self.status}>"
@@ -436,6 +446,8 @@ class Rollout:
             progress.wave, progress.deployment_id, progress.started = index, desired["deployment_id"], time.time()
             progress.state = "sent"
             state.set_desired(device_id, desired)
+        if self.waves and self.waves[-1].get("index") == index:  # how much of the wave was publishing its desired state
+            self.waves[-1]["sent_s"] = time.time() - float(self.waves[-1]["started"])
         self._changed()
         self._await(wave, timeout)
 
@@ -693,4 +705,5 @@ def history(fleet: Fleet | None = None) -> pd.DataFrame:
     return _history.read(broker=fleet.address.url if fleet is not None else None)
 
 
-__all__ = ["DeviceProgress", "Rollout", "RolloutReport", "deploy", "history", "load_package", "wave_figures"]
+__all__ = ["DeviceProgress", "Rollout", "RolloutReport", "deploy", "history", "load_package", "rollout_summary",
+           "wave_figures"]
