@@ -172,7 +172,7 @@ def _percentile(ordered: list[float], q: float) -> float | None:
     # Nearest rank: with a few devices per wave, interpolating between two of them invents a time nobody took.
     if not ordered:
         return None
-    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))], 3)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 class _Context:
