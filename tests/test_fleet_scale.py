@@ -84,9 +84,13 @@ def big_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
 def big(big_fleet: dict[str, Any]) -> Iterator[Fleet]:
     with Fleet(big_fleet["address"]) as fleet:
         online = 1 + sum(scale_online(i) for i in range(SCALE))
-        # Retained inventories arrive before statuses (the fleet subscribes to them first): wait for both.
-        fleet.wait_until(lambda f: len(f) == SCALE + 1 and all(d.inventory_data for d in f.devices)
-                         and len(f.online()) == online, timeout=60)
+        # Retained inventories arrive before statuses (the fleet subscribes to them first): wait for both. Polled,
+        # not wait_until(): re-checking 2,000 devices on each of 4,000 messages is quadratic.
+        deadline = time.monotonic() + 120
+        while not (len(fleet) == SCALE + 1 and all(d.inventory_data for d in fleet.devices)
+                   and len(fleet.online()) == online):
+            assert time.monotonic() < deadline, f"{len(fleet)} devices, {len(fleet.online())} online after 120 s"
+            time.sleep(0.2)
         yield fleet
 
 

@@ -131,7 +131,13 @@ class FleetPanel(Snapshotting, ipywidgets.VBox):
 
     @property
     def filter_text(self) -> str:
-        """The filter box's text; setting it shows the first page of the devices that match."""
+        """The filter box's text; setting it shows the first page of the devices that match.
+
+        Example:
+            >>> panel.filter_text = "jetson offline"   # doctest: +SKIP
+            >>> panel.matching                         # doctest: +SKIP
+            12
+        """
         return str(self._filter.value)
 
     @filter_text.setter
@@ -140,19 +146,36 @@ class FleetPanel(Snapshotting, ipywidgets.VBox):
 
     @property
     def page(self) -> int:
-        """The page shown, from 0."""
+        """The page shown, from 0.
+
+        Example:
+            >>> panel.next_page(); panel.page   # doctest: +SKIP
+            1
+        """
         return self._page
 
     def next_page(self) -> None:
-        """Show the next page of matching devices (the last page stays)."""
+        """Show the next page of matching devices (the last page stays).
+
+        Example:
+            >>> panel.next_page()   # doctest: +SKIP
+        """
         self._go(self._page + 1)
 
     def previous_page(self) -> None:
-        """Show the previous page of matching devices (the first page stays)."""
+        """Show the previous page of matching devices (the first page stays).
+
+        Example:
+            >>> panel.previous_page()   # doctest: +SKIP
+        """
         self._go(self._page - 1)
 
     def last_page(self) -> None:
-        """Show the last page of matching devices."""
+        """Show the last page of matching devices.
+
+        Example:
+            >>> panel.last_page()   # doctest: +SKIP
+        """
         self._go(self.matching)  # clamped to the last page on redraw
 
     def _go(self, page: int) -> None:
