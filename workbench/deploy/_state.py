@@ -93,13 +93,10 @@ class DeployState:
 
         return remove
 
-    def set_desired(self, device_id: str, body: dict[str, Any], *, wait: bool = True) -> mqtt.MQTTMessageInfo:
-        """Publish a device's desired model, retained, and wait until the broker has it (``wait=False``: the caller
-        waits on the returned info, so a wave's publishes share their round trips)."""
+    def set_desired(self, device_id: str, body: dict[str, Any]) -> None:
+        """Publish a device's desired model, retained, and wait until the broker has it."""
         info = self._bus.publish(topics.desired_topic(device_id, "model"), schema.encode(body), qos=1, retain=True)
-        if wait:
-            info.wait_for_publish(timeout=10)
-        return info
+        info.wait_for_publish(timeout=10)
 
     def wait(self, predicate: Callable[[DeployState], bool], timeout: float) -> bool:
         """Block until ``predicate(self)`` holds (re-checked on every message); False on timeout."""
