@@ -6,12 +6,15 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import workbench
 from widgets import FleetPanel
+from workbench.deploy import build_package, init_keys, load_signing_key
+from workbench.deploy._examples import tiny_model
 from workbench.errors import ConfigError
 
 
@@ -106,5 +109,35 @@ def test_fleet_panel_set_metric_fills_placeholder_when_given(shared_fleet: dict[
             assert "4.2 ms" in panel.children[0].value or "4.3 ms" in panel.children[0].value
             with pytest.raises(ConfigError, match="no metric column 'cpu'"):
                 panel.set_metric(device_id, "cpu", 1)
+        finally:
+            panel.close()
+
+
+@pytest.mark.usefixtures("keys_env")
+def test_fleet_panel_counts_a_device_failed_when_it_rejected_its_last_deployment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fleet_factory: Any) -> None:
+    monkeypatch.setenv("WORKBENCH_ARTIFACTS", str(tmp_path / "artifacts"))
+    record = fleet_factory(devices=3)
+    stranger = tmp_path / "stranger-keys"
+    init_keys(stranger)
+    package = build_package(tiny_model(tmp_path / "m.onnx", seed=9), tmp_path / "pkg", load_signing_key(stranger))
+    with workbench.connect(run_dir=record["run_dir"]) as fleet:
+        fleet.wait_for(3, timeout=30)
+        fleet.wait_until(lambda f: all(d.profile for d in f.devices), timeout=30)
+        report = fleet.deploy(package.path, devices=["sim-02"], keys_dir=stranger).wait(timeout=120)
+        assert [d["state"] for d in report.devices] == ["rejected"]
+        panel = FleetPanel(fleet, page_size=2)
+        try:
+            assert panel.counts == {"serving": 0, "idle": 2, "updating": 0, "failed": 1, "offline": 0}
+            assert "● 1 failed" in panel.children[0].value
+            assert [row["device_id"] for row in panel.shown_rows] == ["sim-01", "sim-02"]
+            assert "rows 1-2 of 3" in panel.children[0].value
+            panel.filter_text = "FAILED"
+            assert [row["device_id"] for row in panel.shown_rows] == ["sim-02"]
+            assert "rows 1-1 of 1 matching" in panel.children[0].value
+            profile = fleet["sim-03"].profile
+            panel.filter_text = f"{profile} idle"
+            assert {row["device_id"] for row in panel.shown_rows} == {
+                d.device_id for d in fleet.devices if d.profile == profile and d.device_id != "sim-02"}
         finally:
             panel.close()

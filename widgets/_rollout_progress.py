@@ -12,6 +12,7 @@ import ipywidgets
 
 from widgets._snapshot import Snapshotting
 from workbench.deploy import Rollout
+from workbench.deploy._rollout import rollout_summary
 
 log = logging.getLogger("widgets.rollout_progress")
 
@@ -86,20 +87,56 @@ class RolloutProgress(Snapshotting, ipywidgets.VBox):
                 loop.call_soon_threadsafe(wake.set)
 
 
+# Device rows drawn at most: a wave of 500 is read from the per-wave table, and the rows shown are the ones to act on.
+MAX_DEVICE_ROWS = 50
+# Shown first when the device table is cut: failures, then devices still on their way, then the rest.
+_ORDER = {"failed": 0, "rejected": 0, "rolled_back": 1, "rolling_back": 1, "pending_offline": 2, "active": 4,
+          "planned": 5, "not_started": 5, "skipped": 3}
+_WAVE_COLUMNS = (("index", "wave"), ("devices_n", "devices"), ("activated", "activated"), ("failed", "failed"),
+                 ("rolled_back", "rolled back"), ("pending_offline", "offline"), ("activate_p50_s", "activate p50 s"),
+                 ("activate_p95_s", "activate p95 s"), ("duration_s", "wave s"))
+
+
 def render_html(rollout: Rollout) -> str:
-    """The rollout as an HTML block (status line, device table, latest gate values)."""
+    """The rollout as an HTML block: status line, one row per wave with its figures, devices, latest gate values.
+
+    With more than ``MAX_DEVICE_ROWS`` devices the device table shows that many, failures and devices in flight
+    first, and says how many it left out.
+
+    Example:
+        >>> "wave 2" in render_html(rollout)   # doctest: +SKIP
+        True
+    """
+    summary = rollout_summary(rollout)  # a Rollout of this process or a HubRollout alike
     wave = "" if rollout.current_wave is None else f" · wave {rollout.current_wave + 1}"
+    if summary["waves"] and rollout.current_wave is not None:
+        wave += f" of {len(summary['waves'])} started"
     reason = f" — {html.escape(rollout.reason)}" if rollout.reason else ""
+    counts = " · ".join(f"{n} {html.escape(state)}" for state, n in sorted(summary["counts"].items()))
     parts = [f"<div><b>Rollout {html.escape(rollout.id)}</b> of {html.escape(rollout.package.name)} "
              f"{html.escape(rollout.package.version)}: <b>{html.escape(rollout.status)}</b>{wave}{reason}</div>",
-             "<table><tr><th>device</th><th>wave</th><th>state</th><th>model</th><th>reason</th></tr>"]
-    for row in rollout.rows():
+             f"<div class='wb-rollout-counts'>{summary['devices']} devices: {counts}</div>"]
+    if summary["waves"]:
+        parts.append("<table class='wb-rollout-waves'><tr>" + "".join(f"<th>{title}</th>" for _, title in _WAVE_COLUMNS)
+                     + "</tr>")
+        for info in summary["waves"]:
+            parts.append(f"<tr data-wave='{int(info['index']) + 1}'>" + "".join(
+                f"<td>{_cell(info.get(key), 1 if key == 'index' else 0)}</td>" for key, _ in _WAVE_COLUMNS) + "</tr>")
+        parts.append("</table>")
+    rows = rollout.rows()
+    shown = rows if len(rows) <= MAX_DEVICE_ROWS else sorted(
+        rows, key=lambda r: (_ORDER.get(r["state"], 2), r["device_id"]))[:MAX_DEVICE_ROWS]
+    parts.append("<table><tr><th>device</th><th>wave</th><th>state</th><th>model</th><th>reason</th></tr>")
+    for row in shown:
         color = _COLORS.get(row["state"], "#0969da")
         parts.append(
             f"<tr><td>{html.escape(row['device_id'])}</td><td>{_cell(row['wave'], 1)}</td>"
             f"<td style='color:{color}'>{html.escape(row['state'])}</td><td>{_cell(row['model'])}</td>"
             f"<td>{_cell(row['reason'])}</td></tr>")
     parts.append("</table>")
+    if len(shown) < len(rows):
+        parts.append(f"<div class='wb-rollout-more'>{len(rows) - len(shown)} more devices not shown "
+                     "(rollout.rows() has them all)</div>")
     latest: dict[str, dict[str, Any]] = {}
     for entry in list(rollout.gate_values):
         latest[entry["gate"]] = entry

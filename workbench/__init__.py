@@ -60,6 +60,7 @@ _LAZY = {
     "record": "workbench.runs",
     "Canary": "workbench.deploy",
     "Shadow": "workbench.deploy",
+    "Waves": "workbench.deploy",
     "gate": "workbench.deploy",
 }
 _SUBPACKAGES = ("agent", "cli", "deploy", "fleet", "optimize", "profiles", "runs", "sim", "sync", "telemetry")
@@ -103,6 +104,7 @@ __all__ = [
     "SignatureError",
     "UnknownDeviceError",
     "UnknownProfileError",
+    "Waves",
     "WorkbenchError",
     "__version__",
     "connect",

@@ -14,7 +14,7 @@ __all__ = ["ArtifactError", "ArtifactServer", "fetch", "sha256_file"]
 # Deployments (issue 4): signed packages, A/B installs on the agents, rollouts.
 from workbench.deploy._gates import Gate, MetricSource, ProbeMetrics, gate
 from workbench.deploy._rollout import Rollout, RolloutReport, deploy, history, prepare_package
-from workbench.deploy._strategies import AllAtOnce, Canary, Outcome, Shadow, Strategy, Wave, WaveResult
+from workbench.deploy._strategies import AllAtOnce, Canary, Outcome, Shadow, Strategy, Wave, WaveResult, Waves
 from workbench.errors import (
     DeployConflictError,
     DeployError,
@@ -29,7 +29,7 @@ from workbench.protocol.package import Package, build_package, load_package, sig
 __all__ += [
     "AllAtOnce", "Canary", "DeployConflictError", "DeployError", "Gate", "HealthCheckError", "MetricSource",
     "Outcome", "Package", "PackageError", "ProbeMetrics", "Rollout", "RolloutAbortedError", "RolloutReport",
-    "Shadow", "SignatureError", "Strategy", "Wave", "WaveResult", "build_package", "deploy", "gate", "history",
+    "Shadow", "SignatureError", "Strategy", "Wave", "WaveResult", "Waves", "build_package", "deploy", "gate", "history",
     "init_keys", "load_package",
     "load_signing_key", "load_trusted_keys", "prepare_package", "sign_package", "verify_package",
 ]

@@ -132,6 +132,58 @@ class Canary:
 
 
 @dataclass(frozen=True)
+class Waves:
+    """Waves of ``size`` devices, or reaching cumulative ``percent`` of the devices; gated like Canary's.
+
+    For fleets of thousands: each wave is deployed, checked against the failure limit and soaked
+    under the gates before the next starts, and the rollout reports per-wave figures (devices,
+    activated, failed, rolled back, time to activate p50/p95, duration). ``max_failures`` counts
+    over the whole rollout, as for every strategy (a float below 1 is a fraction of the devices).
+
+    Example:
+        >>> Waves(size=2).plan(["a", "b", "c", "d", "e"])
+        [['a', 'b'], ['c', 'd'], ['e']]
+        >>> Waves(percent=[10, 50, 100]).plan([str(i) for i in range(10)])
+        [['0'], ['1', '2', '3', '4'], ['5', '6', '7', '8', '9']]
+    """
+
+    size: int | None = None
+    percent: list[float] | None = None
+    soak_s: float = 5.0
+    max_failures: int | float | None = 0
+
+    def __post_init__(self) -> None:
+        if (self.size is None) == (self.percent is None):
+            raise ConfigError("Waves needs exactly one of size= (devices per wave, e.g. Waves(size=500)) or "
+                              "percent= (cumulative, e.g. Waves(percent=[1, 10, 50, 100]))")
+        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
+            raise ConfigError(f"Waves(size=...) must be a whole number of devices, at least 1, got {self.size!r}")
+        if self.percent is not None:
+            values = list(self.percent)
+            if not values or any(isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 100
+                                 for p in values) or values != sorted(set(values)):
+                raise ConfigError(f"Waves(percent=...) must be increasing percentages in (0, 100], "
+                                  f"got {self.percent!r}")
+        if self.soak_s < 0:
+            raise ConfigError("soak_s must not be negative")
+
+    def plan(self, devices: list[str]) -> list[list[str]]:
+        if self.size is not None:
+            return [list(devices[start:start + self.size]) for start in range(0, len(devices), self.size)]
+        waves, done = [], 0
+        for percent in [*(self.percent or []), 100.0]:
+            # At least one device per listed step, so a 1 % first wave of 50 devices is still a wave.
+            upto = min(len(devices), max(done + 1, math.ceil(percent * len(devices) / 100)))
+            if upto > done:
+                waves.append(list(devices[done:upto]))
+                done = upto
+        return waves
+
+    def steps(self, devices: list[str]) -> Steps:
+        return _waves(self.plan(devices))
+
+
+@dataclass(frozen=True)
 class Shadow:
     """Run the candidate next to the active model on the same inputs for ``duration`` seconds, then decide.
 

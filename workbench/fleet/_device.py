@@ -87,30 +87,11 @@ class Device:
         return self._fleet.sync.set_budget(self.device_id, mb_per_day)
 
     def row(self) -> dict[str, Any]:
-        """The device as one inventory row."""
-        inv = self.inventory_data
-        hw = inv.get("hardware") or {}
-        limits = inv.get("limits") or {}
-        return {
-            "device_id": self.device_id,
-            "online": self.online,
-            "profile": inv.get("profile"),
-            "simulated": inv.get("simulated"),
-            "active_model": _model_label(inv.get("active_model")),
-            "cpu_model": hw.get("cpu_model"),
-            "arch": hw.get("arch"),
-            "isa_features": ",".join(hw.get("isa_features") or []),
-            "host_cores": hw.get("cores"),
-            "threads_limit": limits.get("threads"),
-            "memory_limit_mb": limits.get("memory_mb"),
-            "disk_free_mb": hw.get("disk_free_mb"),
-            "os": hw.get("os"),
-            "onnxruntime": hw.get("onnxruntime"),
-            "execution_providers": ",".join(hw.get("execution_providers") or []),
-            "agent_version": inv.get("agent_version"),
-            "agent_outdated": agent_outdated(inv.get("agent_version")),
-            "last_seen": self.last_seen,
-        }
+        """The device as one inventory row (the columns of ``fleet.inventory(wide=True)``)."""
+        from workbench.fleet._inventory import COLUMNS, inventory_fields
+
+        return dict(zip(COLUMNS, (self.device_id, self.online, *inventory_fields(self.inventory_data),
+                                  self.last_seen), strict=True))
 
 
 def agent_outdated(agent_version: Any) -> bool | None:
@@ -132,8 +113,3 @@ def _release(version: str) -> tuple[int, ...]:
     match = re.match(r"\d+(?:\.\d+)*", version.strip())
     return tuple(int(part) for part in match.group(0).split(".")) if match else ()
 
-
-def _model_label(model: Any) -> str | None:
-    if isinstance(model, dict):
-        return str(model.get("name") or model.get("sha256", "")[:12] or "?")
-    return None if model is None else str(model)

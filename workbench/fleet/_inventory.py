@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any
 
 from workbench.errors import PayloadError
@@ -82,3 +84,74 @@ def check_inventory(body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, list) and not all(isinstance(item, str) for item in value):
             raise PayloadError(f"malformed inventory: {'.'.join(path)} must be a list of strings")
     return body
+
+
+# fleet.inventory()'s columns, in order; ``device_id``, ``online`` and ``last_seen`` come from presence, the rest from
+# the inventory (``inventory_fields``).
+COLUMNS = ("device_id", "online", "profile", "simulated", "active_model", "cpu_model", "arch", "isa_features",
+           "host_cores", "threads_limit", "memory_limit_mb", "disk_free_mb", "os", "onnxruntime",
+           "execution_providers", "agent_version", "agent_outdated", "last_seen")
+
+
+def inventory_fields(inv: dict[str, Any]) -> tuple[Any, ...]:
+    """The inventory's values for ``COLUMNS[2:-1]`` (profile to agent_outdated), flattened for a table.
+
+    Example:
+        >>> inventory_fields({"profile": "jetson-orin", "hardware": {"isa_features": ["neon", "fp16"]}})[:6]
+        ('jetson-orin', None, None, None, None, 'neon,fp16')
+    """
+    hw = inv.get("hardware") or {}
+    limits = inv.get("limits") or {}
+    return (
+        inv.get("profile"), inv.get("simulated"), model_label(inv.get("active_model")), hw.get("cpu_model"),
+        hw.get("arch"), ",".join(hw.get("isa_features") or []), hw.get("cores"), limits.get("threads"),
+        limits.get("memory_mb"), hw.get("disk_free_mb"), hw.get("os"), hw.get("onnxruntime"),
+        ",".join(hw.get("execution_providers") or []), inv.get("agent_version"),
+        _outdated(inv.get("agent_version")),
+    )
+
+
+@functools.lru_cache(maxsize=256)  # bounded: each device names its own version, and a hostile one could name many
+def _outdated(agent_version: Any) -> bool | None:
+    from workbench.fleet._device import agent_outdated
+
+    return agent_outdated(agent_version)
+
+
+def model_label(model: Any) -> str | None:
+    """How a device's active model is shown: its name, else its hash's start; None without a model.
+
+    Example:
+        >>> model_label({"name": "digits", "version": "2"}), model_label(None)
+        ('digits', None)
+    """
+    if isinstance(model, dict):
+        return str(model.get("name") or model.get("sha256", "")[:12] or "?")
+    return None if model is None else str(model)
+
+
+class InventoryRows:
+    """Each device's inventory fields, flattened once per inventory message rather than once per table.
+
+    An inventory changes on connect and on a new active model; a table of 2,000 devices is asked for far more
+    often. The cache holds the inventory dict it was made from, so a replaced inventory is seen by identity.
+
+    Example:
+        >>> rows = InventoryRows()
+        >>> rows.row("sim-01", True, 5.0, {"profile": "intel-nuc"})[:3]
+        ('sim-01', True, 'intel-nuc')
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[dict[str, Any], tuple[Any, ...]]] = {}
+        self._lock = threading.Lock()
+
+    def row(self, device_id: str, online: bool, last_seen: float | None, inv: dict[str, Any]) -> tuple[Any, ...]:
+        """The device's values for every column of ``COLUMNS``."""
+        with self._lock:
+            cached = self._cache.get(device_id)
+        if cached is None or cached[0] is not inv:
+            cached = (inv, inventory_fields(inv))
+            with self._lock:
+                self._cache[device_id] = cached
+        return (device_id, online, *cached[1], last_seen)

@@ -138,6 +138,12 @@ class HubRollout:
     def rows(self) -> list[dict[str, Any]]:
         return [dict(row) for row in self._get("rows") or []]
 
+    def summary(self) -> dict[str, Any]:
+        """Status, devices per state and per-wave figures, as the hub last said (see ``Rollout.summary``)."""
+        from workbench.deploy._rollout import rollout_summary
+
+        return rollout_summary(self)
+
     def on_change(self, listener: Callable[[HubRollout], None]) -> None:
         """Call ``listener(rollout)`` after every change seen (from the following thread)."""
         self._listeners.append(listener)

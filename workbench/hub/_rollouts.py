@@ -25,7 +25,7 @@ from workbench._files import write_private
 from workbench.deploy._desired import desired_rollback
 from workbench.deploy._gates import gate
 from workbench.deploy._rollout import Rollout, _device_ids, context
-from workbench.deploy._strategies import AllAtOnce, Canary, Shadow, Strategy
+from workbench.deploy._strategies import AllAtOnce, Canary, Shadow, Strategy, Waves
 from workbench.errors import ConfigError, FleetTimeoutError, HubError
 from workbench.protocol.keys import load_signing_key
 from workbench.protocol.package import load_package
@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("workbench.hub")
 
-STRATEGIES: dict[str, type[AllAtOnce] | type[Canary] | type[Shadow]] = {
-    "AllAtOnce": AllAtOnce, "Canary": Canary, "Shadow": Shadow}
+STRATEGIES: dict[str, type[AllAtOnce] | type[Canary] | type[Shadow] | type[Waves]] = {
+    "AllAtOnce": AllAtOnce, "Canary": Canary, "Shadow": Shadow, "Waves": Waves}
 # Progress is written at most this often while a rollout runs (and always when it ends).
 SAVE_EVERY_S = 0.5
 INTERRUPTED = ("the hub stopped during this rollout; the devices it had activated were sent back to their previous "
