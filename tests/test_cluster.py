@@ -101,6 +101,50 @@ def test_bus_resubscribes_on_a_surviving_node_when_its_node_is_killed(tmp_path: 
         _procs.stop([first, second])
 
 
+def test_bus_publish_state_waits_out_a_failover_and_lands_retained_on_the_surviving_node(tmp_path: Path) -> None:
+    require_broker("mosquitto")
+    first, second = _mosquitto(tmp_path, "a"), _mosquitto(tmp_path, "b")
+    try:
+        bus = Bus(BrokerAddress.parse(f"mqtt://127.0.0.1:{first['port']},127.0.0.1:{second['port']}"), keepalive=2)
+        try:
+            os.kill(first["pid"], signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while bus.is_connected() and time.monotonic() < deadline:  # paho notices the dead socket
+                time.sleep(0.02)
+            assert not bus.is_connected(), "the bus never noticed its node was killed"
+            # paho alone raises "not currently connected" here; publish_state waits for the next node.
+            bus.publish_state("wb/v1/test/state", b"desired-after-failover", timeout=30)
+        finally:
+            bus.close()
+        got: list[bytes] = []
+        reader = Bus(BrokerAddress.parse(f"mqtt://127.0.0.1:{second['port']}"))
+        try:
+            reader.subscribe("wb/v1/test/#", lambda message: got.append(bytes(message.payload)))
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            reader.close()
+        assert got == [b"desired-after-failover"]
+    finally:
+        _procs.stop([first, second])
+
+
+def test_bus_publish_state_names_the_broker_when_it_never_comes_back(tmp_path: Path) -> None:
+    require_broker("mosquitto")
+    only = _mosquitto(tmp_path, "a")
+    try:
+        bus = Bus(BrokerAddress.parse(f"mqtt://127.0.0.1:{only['port']}"), keepalive=2)
+        try:
+            os.kill(only["pid"], signal.SIGKILL)
+            with pytest.raises(BrokerUnreachableError, match=rf"127.0.0.1:{only['port']} did not take wb/v1/test/x"):
+                bus.publish_state("wb/v1/test/x", b"{}", timeout=3)
+        finally:
+            bus.close()
+    finally:
+        _procs.stop([only])
+
+
 def test_bus_subscribes_again_when_the_broker_refused_a_filter_and_room_appears(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # What a JetStream election after a node loss looks like to a client: SUBACK 0x80 on a live connection.

@@ -95,8 +95,7 @@ class DeployState:
 
     def set_desired(self, device_id: str, body: dict[str, Any]) -> None:
         """Publish a device's desired model, retained, and wait until the broker has it."""
-        info = self._bus.publish(topics.desired_topic(device_id, "model"), schema.encode(body), qos=1, retain=True)
-        info.wait_for_publish(timeout=10)
+        self._bus.publish_state(topics.desired_topic(device_id, "model"), schema.encode(body), timeout=10)
 
     def wait(self, predicate: Callable[[DeployState], bool], timeout: float) -> bool:
         """Block until ``predicate(self)`` holds (re-checked on every message); False on timeout."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.matcher import MQTTMatcher
 
-from workbench.errors import ConfigError
+from workbench.errors import BrokerUnreachableError, ConfigError
 from workbench.protocol._mqtt import (
     BrokerAddress,
     close_client,
@@ -152,6 +153,39 @@ class Bus:
             >>> info.wait_for_publish(10)                                                      # doctest: +SKIP
         """
         return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_state(self, topic: str, payload: bytes, *, timeout: float = 10.0) -> None:
+        """Publish retained state at QoS 1 and wait for the broker's PUBACK, riding out a reconnect meanwhile.
+
+        paho refuses a publish made while it reconnects ("not currently connected"), which at a broker
+        restart or a node's failover would end a rollout mid-way. This waits for the connection, within
+        ``timeout``. Retained state is idempotent, so a publish that raced a disconnect and goes out twice
+        does no harm. Raises :class:`BrokerUnreachableError` when the broker has not taken it in time.
+
+        Example:
+            >>> bus.publish_state(topics.desired_topic("sim-01", "model"), body, timeout=10)  # doctest: +SKIP
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if self._closed:
+                raise BrokerUnreachableError(f"cannot publish {topic}: this connection to {self.address.url} is closed")
+            if left <= 0:
+                raise BrokerUnreachableError(
+                    f"the broker at {self.address.url} did not take {topic} within {timeout:g} s (connected: "
+                    f"{self._client.is_connected()}); check that the broker runs, then retry")
+            if not self._client.is_connected():
+                time.sleep(min(0.05, left))
+                continue
+            info = self._client.publish(topic, payload, qos=1, retain=True)
+            if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                continue  # lost between the check and the publish: wait for the reconnect
+            try:
+                info.wait_for_publish(timeout=left)
+            except RuntimeError:
+                continue  # the connection dropped before the PUBACK: publish again once back
+            if info.is_published():
+                return
 
     def is_connected(self) -> bool:
         """True while the broker connection is up."""

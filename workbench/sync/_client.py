@@ -183,8 +183,7 @@ class Sync:
         """Set desired sync config (retained, so a restarted device gets it) and apply it now."""
         known = dict(self._desired(device))
         known.update(changes)
-        info = self.fleet.bus.publish(topics.desired_topic(device, "sync"), schema.encode(known), qos=1, retain=True)
-        info.wait_for_publish(timeout)
+        self.fleet.bus.publish_state(topics.desired_topic(device, "sync"), schema.encode(known), timeout=timeout)
         with self._lock:
             self._desired_docs[device] = known
         return self.fleet.call(device, "sync.configure", changes, timeout=timeout)

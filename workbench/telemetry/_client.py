@@ -211,9 +211,8 @@ class TelemetryViews(ABC):
         results = {}
         for name in names:
             if retain:
-                info = self.fleet.bus.publish(topics.desired_topic(name, "telemetry"), schema.encode(settings),
-                                              qos=1, retain=True)
-                info.wait_for_publish(timeout)
+                self.fleet.bus.publish_state(topics.desired_topic(name, "telemetry"), schema.encode(settings),
+                                             timeout=timeout)
             results[name] = self.fleet.call(name, "telemetry.configure", settings, timeout=timeout)
         return results
 
