@@ -22,10 +22,10 @@ import pytest
 from conftest import FleetFactory
 
 import workbench
-from workbench.errors import ConfigError, HubAlreadyRunningError
+from workbench.errors import ConfigError, HubAlreadyRunningError, HubError
 from workbench.fleet import Fleet
 from workbench.fleet._connect import connect_record
-from workbench.hub import Hub
+from workbench.hub._service import Hub
 from workbench.protocol.codec import WireItem
 from workbench.sim import _procs
 from workbench.sim._rundir import RunDir
@@ -118,3 +118,128 @@ def test_postgres_sync_store_stores_an_item_once_when_two_replicas_receive_it(st
     finally:
         one.close()
         two.close()
+
+
+# -- on a live fleet: the broker shares the load, and a replica killed loses nothing --------------------------
+
+_REPLICAS = ("hub-a", "hub-b")
+
+
+def _spawn_replica(record: dict[str, Any], store: str, name: str, tmp_path: Path) -> dict[str, Any]:
+    host, port = "127.0.0.1", _procs.free_port("127.0.0.1")
+    token_file = tmp_path / "hub.token"
+    argv = [sys.executable, "-m", "workbench.cli", "hub", "--broker", record["broker"]["url"], "--store", store,
+            "--group", "hubs", "--replica", name, "--data-dir", str(tmp_path / name), "--host", host,
+            "--port", str(port), "--token-file", str(token_file)]
+    proc = _procs.spawn_listening(argv, tmp_path / f"{name}.log", host, port, wait=30, what=f"hub replica {name}",
+                                  error=HubError)
+    return {**proc, "name": name, "url": f"http://{host}:{port}", "token": token_file.read_text().strip()}
+
+
+def _ingest(replica: dict[str, Any]) -> dict[str, Any]:
+    answer = httpx.get(f"{replica['url']}/v1/ingest", headers={"Authorization": f"Bearer {replica['token']}"},
+                       timeout=10)
+    answer.raise_for_status()
+    return dict(answer.json())
+
+
+def _stream(fleet: Fleet, devices: list[str], **config: Any) -> None:
+    for device in devices:
+        fleet.call(device, "telemetry.configure", config, timeout=15)
+
+
+def _settled(fleet: Fleet, device: str, timeout: float = 90.0) -> dict[str, Any]:
+    """The device's sync status once its outbox is empty and stays so: everything it produced is acknowledged."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        try:
+            status = fleet.call(device, "sync.status", timeout=15)
+            if status["outbox_bytes"] == 0:
+                time.sleep(1.0)
+                again = fleet.call(device, "sync.status", timeout=15)
+                if again["outbox_bytes"] == 0 and again["counters"]["produced"] == status["counters"]["produced"]:
+                    return again
+        except workbench.WorkbenchError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"the outbox of {device} did not drain: {status}")
+
+
+def _assert_each_acknowledged_item_stored_once(store: str, statuses: dict[str, dict[str, Any]]) -> None:
+    """Per device: the stored batches and sync items are exactly 1..produced, each once, every point with it."""
+    with psycopg.connect(store) as con:
+        for device, status in statuses.items():
+            counters = status["counters"]
+            produced = int(counters["produced"])
+            assert int(counters.get("acked", -1)) == produced, counters  # the device says: all acknowledged
+            assert not any(int(v) for k, v in counters.items() if k.startswith("dropped_")), counters
+            batches = con.execute("SELECT b.seq, b.n FROM workbench.batches b JOIN workbench.device_names d "
+                                  "ON d.id = b.device WHERE d.name = %s", (device,)).fetchall()
+            points: dict[int, int] = dict(con.execute(
+                "SELECT p.seq, count(*) FROM workbench.points p JOIN workbench.device_names d ON d.id = p.device "
+                "WHERE d.name = %s GROUP BY p.seq", (device,)).fetchall())
+            items = [int(seq) for (seq,) in con.execute("SELECT seq FROM workbench.sync_items WHERE device = %s",
+                                                        (device,)).fetchall()]
+            seqs = sorted([int(seq) & 0xFFFFFFFF for seq, _ in batches] + items)
+            assert seqs == list(range(1, produced + 1)), f"{device}: stored {len(seqs)} of {produced} items"
+            assert {int(seq): int(n) for seq, n in batches} == {int(s): int(c) for s, c in points.items()}, device
+            assert len(batches) > 20, f"{device} streamed too little for the test to mean anything"
+
+
+@pytest.mark.slow
+def test_load_splits_between_two_replicas_when_devices_stream_through_mosquitto(
+        store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
+    record = fleet_factory(devices=4, broker="mosquitto", hub=False, keepalive=5)
+    replicas: list[dict[str, Any]] = []
+    try:
+        replicas = [_spawn_replica(record, store, name, tmp_path) for name in _REPLICAS]
+        devices = [d for agent in record["agents"] for d in agent["devices"]]
+        # The fleet client only sends commands: it never receives outboxes, so only the replicas acknowledge.
+        with connect_record(record, RunDir.resolve(record["run_dir"])) as fleet:
+            fleet.wait_for(len(devices), timeout=30)
+            _stream(fleet, devices, synthetic_points_per_s=200, publish_interval_s=0.1)
+            time.sleep(8.0)
+            _stream(fleet, devices, enabled=False)
+            statuses = {device: _settled(fleet, device) for device in devices}
+        counts = {replica["name"]: int(_ingest(replica)["batches"]) for replica in replicas}
+    finally:
+        _procs.stop(replicas)
+    total = sum(counts.values())
+    with psycopg.connect(store) as con:
+        row = con.execute("SELECT count(*) FROM workbench.batches").fetchone()
+    stored = int(row[0]) if row else 0
+    assert stored >= 4 * 50, counts
+    # Each batch went to one replica: were it delivered to both, each would count (nearly) every batch.
+    assert stored <= total <= stored * 1.05, f"replicas handled {counts} for {stored} stored batches"
+    print(f"split {counts} of {stored} stored batches")
+    for name, count in counts.items():
+        assert 0.4 <= count / total <= 0.6, f"{name} took {count} of {total} batches: {counts}"
+    _assert_each_acknowledged_item_stored_once(store, statuses)
+
+
+@pytest.mark.slow
+def test_surviving_replica_takes_the_whole_load_without_loss_or_duplicates_when_one_is_killed(
+        store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
+    record = fleet_factory(devices=4, broker="mosquitto", hub=False, keepalive=5)
+    replicas: list[dict[str, Any]] = []
+    try:
+        replicas = [_spawn_replica(record, store, name, tmp_path) for name in _REPLICAS]
+        devices = [d for agent in record["agents"] for d in agent["devices"]]
+        with connect_record(record, RunDir.resolve(record["run_dir"])) as fleet:
+            fleet.wait_for(len(devices), timeout=30)
+            _stream(fleet, devices, synthetic_points_per_s=500, publish_interval_s=0.1)
+            time.sleep(4.0)
+            before = int(_ingest(replicas[1])["batches"])
+            assert before > 0, "hub-b took no share before the kill"
+            os.kill(replicas[0]["pid"], signal.SIGKILL)  # mid-insert, mid-ack: it gets no say
+            time.sleep(5.0)  # the devices keep streaming; what hub-a took and never acknowledged comes again
+            _stream(fleet, devices, enabled=False)
+            statuses = {device: _settled(fleet, device) for device in devices}
+        after = int(_ingest(replicas[1])["batches"])
+        health = httpx.get(f"{replicas[1]['url']}/healthz", timeout=5).json()
+    finally:
+        _procs.stop(replicas)
+    assert health["leader"] is True  # it leads now, whichever led before
+    assert after - before > 4 * 30, f"hub-b took only {after - before} batches after hub-a was killed"
+    _assert_each_acknowledged_item_stored_once(store, statuses)
