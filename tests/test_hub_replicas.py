@@ -26,6 +26,7 @@ from workbench.errors import ConfigError, HubAlreadyRunningError, HubError
 from workbench.fleet import Fleet
 from workbench.fleet._connect import connect_record
 from workbench.hub._service import Hub
+from workbench.protocol._mqtt import BrokerAddress
 from workbench.protocol.codec import WireItem
 from workbench.sim import _procs
 from workbench.sim._rundir import RunDir
@@ -102,6 +103,15 @@ def test_replica_group_is_refused_naming_postgres_when_the_store_is_a_duckdb_fil
         Hub(None, f"duckdb://{tmp_path / 'fleet.duckdb'}", group="hubs")
     with pytest.raises(ConfigError, match="invalid replica group"):
         Hub(None, f"duckdb://{tmp_path / 'fleet.duckdb'}", group="a/b")
+
+
+def test_replica_is_refused_naming_shared_subscriptions_when_the_broker_is_nats(
+        store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
+    record = fleet_factory(devices=1, broker="embedded", hub=False, keepalive=5)
+    with pytest.raises(ConfigError, match=r"did not deliver a message through the MQTT shared subscription"):
+        Hub(BrokerAddress.parse(record["broker"]["url"]), store, data_dir=tmp_path / "a", group="hubs")
+    single = Hub(None, store, data_dir=tmp_path / "b")  # the refused replica left the store free
+    single.close()
 
 
 def test_postgres_sync_store_stores_an_item_once_when_two_replicas_receive_it(store: str) -> None:

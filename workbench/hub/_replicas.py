@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-from workbench.errors import HubAlreadyRunningError
+from workbench.errors import ConfigError, HubAlreadyRunningError
 from workbench.hub._store_url import StoreURL
+from workbench.protocol import topics
+from workbench.protocol._bus import Bus
 
 log = logging.getLogger("workbench.hub")
 
@@ -176,3 +179,29 @@ class Leadership:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+def check_shared_delivery(bus: Bus, group: str, *, timeout: float = 10.0) -> None:
+    """Make sure the broker delivers MQTT shared subscriptions, by sending one to this replica through one.
+
+    NATS's MQTT listener (nats-server 2.15) accepts a ``$share/...`` filter but delivers nothing to it: a
+    replica there would receive no device's data and say nothing. Raises :class:`ConfigError` naming that.
+
+    Example:
+        >>> check_shared_delivery(hub.bus, "hubs")   # doctest: +SKIP
+    """
+    probe = f"{topics.DESIRED_PREFIX}/_replicas/{bus.client_id}"
+    arrived = threading.Event()
+    unsubscribe = bus.subscribe(topics.shared_filter(group, probe), lambda _message: arrived.set())
+    try:
+        deadline = time.monotonic() + timeout
+        while not arrived.is_set() and time.monotonic() < deadline:
+            bus.publish(probe, b"probe", qos=1)  # again until it arrives: the subscription may not be active yet
+            arrived.wait(0.5)
+    finally:
+        unsubscribe()
+    if not arrived.is_set():
+        raise ConfigError(f"the broker at {bus.address.url} did not deliver a message through the MQTT shared "
+                          f"subscription $share/{group}/... within {timeout:g} s, so hub replicas cannot share the "
+                          "devices' data there; NATS's MQTT listener does not support shared subscriptions: run "
+                          "replicas on Mosquitto or EMQX, or run one hub without --group")

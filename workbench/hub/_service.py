@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench._files import write_private
 from workbench.errors import ConfigError, HubAlreadyRunningError
-from workbench.hub._replicas import Leadership
+from workbench.hub._replicas import Leadership, check_shared_delivery
 from workbench.hub._store_url import StoreURL
 from workbench.protocol import topics
 from workbench.protocol._bus import Bus
@@ -136,6 +136,8 @@ class Hub:
                                           else SyncStore(folder / "sync.db"))
             # The hub's one MQTT connection: its receiver and the fleet its rollouts drive share it.
             self.bus = Bus(broker, client_prefix="wb-hub", timeout=timeout) if broker is not None else None
+            if self.bus is not None and group is not None:
+                check_shared_delivery(self.bus, group)
             self.receiver = SyncReceiver(self.bus, self.sync_store, telemetry=self.ingestor, group=group)
             self.rollouts: HubRollouts | None = None
             if group is None:
@@ -148,6 +150,10 @@ class Hub:
                 self.leadership.close()
             if self.bus is not None:
                 self.bus.close()
+            for part in ("ingestor", "sync_store", "store"):  # nothing half-open when a hub cannot start
+                opened = self.__dict__.get(part)
+                if opened is not None:
+                    opened.close()
             self._exclusive.release()
             raise
 
