@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import psycopg
 import pytest
 from conftest import FleetFactory
@@ -26,11 +27,14 @@ from workbench.errors import ConfigError, HubAlreadyRunningError, HubError
 from workbench.fleet import Fleet
 from workbench.fleet._connect import connect_record
 from workbench.hub._service import Hub
+from workbench.protocol import topics
 from workbench.protocol._mqtt import BrokerAddress
 from workbench.protocol.codec import WireItem
+from workbench.protocol.wire import encode_batch
 from workbench.sim import _procs
 from workbench.sim._rundir import RunDir
 from workbench.sync._store import PostgresSyncStore
+from workbench.telemetry._alerts import AlertRule
 
 
 @pytest.fixture
@@ -112,6 +116,44 @@ def test_replica_is_refused_naming_shared_subscriptions_when_the_broker_is_nats(
         Hub(BrokerAddress.parse(record["broker"]["url"]), store, data_dir=tmp_path / "a", group="hubs")
     single = Hub(None, store, data_dir=tmp_path / "b")  # the refused replica left the store free
     single.close()
+
+
+def _feed(hub: Hub, device: str, seq: int, at: float, value: float) -> None:
+    payload = encode_batch(device, seq, np.array([at]), ["temp"], np.zeros(1), np.array([value]), sent=time.time())
+    hub.ingestor.feed(payload, topics.telemetry_topic(device), time.time())
+    assert hub.wait_idle(10)
+
+
+def _alerts_reach(hub: Hub, count: int, timeout: float = 15.0) -> int:
+    deadline = time.monotonic() + timeout
+    while len(hub.alerts()) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return len(hub.alerts())
+
+
+def test_leader_evaluates_alert_rules_over_every_replicas_points_and_a_new_leader_takes_over(
+        store: str, tmp_path: Path) -> None:
+    folder = tmp_path / "hub"  # replicas sharing a data directory share its alert rules
+    a = Hub(None, store, data_dir=folder, group="hubs", replica="a")
+    assert a.leadership is not None and a.leadership.wait_leader(10)
+    b = Hub(None, store, data_dir=folder, group="hubs", replica="b")
+    try:
+        a.add_rule(AlertRule("hot", "temp", above=50, for_points=3, cooldown_s=0))
+        start = time.time()
+        # Three breaching points in a row, split across the replicas as the broker would: neither sees three.
+        for seq, hub in ((1, a), (2, b), (3, a)):
+            _feed(hub, "sim-01", seq, start + seq, 60.0)
+        assert _alerts_reach(a, 1) == 1
+        a.close()  # b takes over leading, and the rule with it, from the shared rules file
+        assert b.leadership is not None and b.leadership.wait_leader(10)
+        for seq in (4, 5, 6):
+            _feed(b, "sim-01", seq, start + seq, 70.0)
+        alerts = b.alerts()
+        assert _alerts_reach(b, 2) == 2, alerts
+        assert list(b.alerts()["value"]) == [60.0, 70.0]
+    finally:
+        b.close()
+        a.close()
 
 
 def test_postgres_sync_store_stores_an_item_once_when_two_replicas_receive_it(store: str) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench._files import write_private
 from workbench.errors import ConfigError, HubAlreadyRunningError
+from workbench.hub._leader_alerts import LeaderAlerts
 from workbench.hub._replicas import Leadership, check_shared_delivery
 from workbench.hub._store_url import StoreURL
 from workbench.protocol import topics
@@ -93,7 +94,8 @@ class Hub:
 
     ``group`` makes this hub one replica of that group (PostgreSQL stores only): the broker shares the
     devices' outbox messages among the group's members (MQTT ``$share/<group>/...``), the sync store is
-    in the same database, and only the group's leader runs rollouts (see :mod:`workbench.hub._replicas`).
+    in the same database, and only the group's leader runs rollouts and evaluates alert rules, over every
+    replica's points (see :mod:`workbench.hub._replicas` and :mod:`workbench.hub._leader_alerts`).
     ``replica`` names this member in logs and ``/healthz`` (default: ``<host>-<pid>``).
 
     Example:
@@ -131,7 +133,10 @@ class Hub:
             self.engine = AlertEngine()
             for rule in self._load_rules():
                 self.engine.add(rule)
-            self.ingestor = Ingestor(self.store, alerts=self.engine, flush_interval_s=flush_interval_s)
+            # In a group no replica sees a device's whole stream: the leader evaluates the rules over the database.
+            self.ingestor = Ingestor(self.store, alerts=self.engine if group is None else AlertEngine(),
+                                     flush_interval_s=flush_interval_s)
+            self.leader_alerts: LeaderAlerts | None = None
             self.sync_store: SyncStore = (PostgresSyncStore(str(self.store_url.dsn)) if group is not None
                                           else SyncStore(folder / "sync.db"))
             # The hub's one MQTT connection: its receiver and the fleet its rollouts drive share it.
@@ -143,11 +148,16 @@ class Hub:
             if group is None:
                 self._start_rollouts(recover=False)  # a single hub leads itself; its CLI recovers once listening
             else:
+                self.leader_alerts = LeaderAlerts(str(self.store_url.dsn), self.engine, self.store.add_alert,
+                                                  rules_file=self._rules_file())
                 self.leadership = Leadership(str(self.store_url.dsn), name=self.replica,
                                              on_elected=self._elected, on_deposed=self._deposed)
         except BaseException:
             if self.leadership is not None:
                 self.leadership.close()
+            leader_alerts = self.__dict__.get("leader_alerts")
+            if leader_alerts is not None:
+                leader_alerts.close()
             if self.bus is not None:
                 self.bus.close()
             for part in ("ingestor", "sync_store", "store"):  # nothing half-open when a hub cannot start
@@ -180,9 +190,13 @@ class Hub:
                             len(interrupted), ", ".join(interrupted))
 
     def _elected(self) -> None:
+        if self.leader_alerts is not None:
+            self.leader_alerts.lead(True)
         self._start_rollouts(recover=True)
 
     def _deposed(self) -> None:
+        if self.leader_alerts is not None:
+            self.leader_alerts.lead(False)
         # Another replica may lead by now: this one must not go on publishing desired state beside it.
         with self._rollouts_lock:
             rollouts, self.rollouts = self.rollouts, None
@@ -311,6 +325,8 @@ class Hub:
         try:
             if self.leadership is not None:
                 self.leadership.close()
+            if self.leader_alerts is not None:
+                self.leader_alerts.close()
             if self.rollouts is not None:
                 self.rollouts.close()
             self.receiver.close()
