@@ -6,6 +6,7 @@ database. For 1 replica, then 2, over the same offered load and window, it print
 here, none estimated):
 
 - points/s committed, in total and per replica, and each replica's share of the batches;
+- each replica's CPU while the devices send nothing (its fixed cost: polls, timers, keepalives);
 - CPU seconds of the hub processes, of PostgreSQL's server processes, of the broker and of the agents in
   the window, and points per CPU-second of hub work (the issue's figure of merit on 2 shared cores,
   where total throughput cannot double);
@@ -37,6 +38,8 @@ from workbench.fleet._connect import connect_record
 from workbench.profiles import cpu_features, detect_hardware
 from workbench.sim import _procs, down, up
 from workbench.sim._rundir import RunDir
+
+IDLE_S = 5.0
 
 
 def cpu_flags() -> str:
@@ -114,6 +117,12 @@ def phase(record: dict[str, Any], dsn: str, replicas: int, rate: int, seconds: f
             fleet.wait_for(len(devices), timeout=60)
             produced_before = sum(int(fleet.call(d, "sync.status", timeout=30)["counters"].get("produced", 0))
                                   for d in devices)
+            for device in devices:
+                fleet.call(device, "telemetry.configure", {"enabled": False}, timeout=20)
+            time.sleep(2.0)
+            idle0 = {r["name"]: _cpu([r["pid"]]) for r in started}
+            time.sleep(IDLE_S)  # each replica's own cost with nothing to store: the fixed part of its CPU
+            idle = {r["name"]: round((_cpu([r["pid"]]) - idle0[r["name"]]) / IDLE_S, 4) for r in started}
             offer = {"enabled": True, "synthetic_points_per_s": rate // len(devices), "publish_interval_s": 0.1,
                      "batch_size": 500}
             for device in devices:
@@ -151,7 +160,7 @@ def phase(record: dict[str, Any], dsn: str, replicas: int, rate: int, seconds: f
         points = int(last[name]["points"]) - int(first[name]["points"])
         batches = int(last[name]["batches"]) - int(first[name]["batches"])
         cpu = cpu1[name] - cpu0[name]
-        per[name] = {"points": points, "batches": batches, "cpu_s": round(cpu, 2),
+        per[name] = {"points": points, "batches": batches, "cpu_s": round(cpu, 2), "idle_cores": idle[name],
                      "points_per_cpu_s": round(points / cpu) if cpu > 0 else None}
     total_points = sum(p["points"] for p in per.values())
     total_batches = sum(p["batches"] for p in per.values())
@@ -198,13 +207,16 @@ def main() -> None:
     one, two = results
     ratio = (two["points_per_hub_cpu_s"] / one["points_per_hub_cpu_s"]
              if one["points_per_hub_cpu_s"] and two["points_per_hub_cpu_s"] else None)
-    print(f"\n{'replicas':>8} {'points/s':>9} {'hub cores':>9} {'pts/hub-cpu-s':>13} {'postgres cores':>14} "
-          f"{'broker cores':>12} {'agent cores':>11} {'shares':>14} {'lost':>5}  load before -> after")
+    print(f"\n{'replicas':>8} {'idle cores':>12} {'points/s':>9} {'hub cores':>9} {'pts/hub-cpu-s':>13} "
+          f"{'postgres cores':>14} {'broker cores':>12} {'agent cores':>11} {'shares':>14} {'lost':>5}  "
+          "load before -> after")
     for r in results:
         shares = "/".join(f"{p['share'] * 100:.0f}%" for p in r["per_replica"].values() if p["share"] is not None)
-        print(f"{r['replicas']:>8} {r['points_s']:>9} {r['hub_cores']:>9} {r['points_per_hub_cpu_s']!s:>13} "
-              f"{r['postgres_cores']:>14} {r['broker_cores']:>12} {r['agent_cores']:>11} {shares:>14} "
-              f"{'no' if r['nothing_lost'] else 'YES':>5}  {r['load_before']} -> {r['load_after']}")
+        idle = "+".join(f"{p['idle_cores']:.3f}" for p in r["per_replica"].values())
+        print(f"{r['replicas']:>8} {idle:>12} {r['points_s']:>9} {r['hub_cores']:>9} "
+              f"{r['points_per_hub_cpu_s']!s:>13} {r['postgres_cores']:>14} {r['broker_cores']:>12} "
+              f"{r['agent_cores']:>11} {shares:>14} {'no' if r['nothing_lost'] else 'YES':>5}  "
+              f"{r['load_before']} -> {r['load_after']}")
     if ratio is not None:
         print(f"points per hub CPU-second, 2 replicas / 1: {ratio:.2f} (goal: within 10 %)")
     if args.json:
