@@ -56,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-dir", type=Path, help="a local fleet's run directory: the hub runs its rollouts with "
                         "the fleet's credentials and artifact server")
     parser.add_argument("--rollouts", action="store_true", help="run rollouts for clients (implied by --run-dir)")
+    parser.add_argument("--group", help="run as one replica of this group: hubs with the same --group share a "
+                        "PostgreSQL --store and the devices' messages (MQTT shared subscription); the group's leader "
+                        "runs rollouts")
+    parser.add_argument("--replica", help="this replica's name in logs and /healthz (default: host-pid; with --group)")
     parser.set_defaults(func=run)
 
     telemetry = sub.add_parser("telemetry", help="query the fleet's telemetry through its hub")
@@ -133,11 +137,15 @@ def run(args: argparse.Namespace) -> int:
     token = ensure_token(args.token_file)
     password = args.password_file.read_text().strip() if args.password_file else None
     broker = BrokerAddress.parse(args.broker, username=args.username, password=password, ca_file=args.ca_file)
-    hub = Hub(broker, args.store, data_dir=args.data_dir, connect=_fleet_connector(args, broker))
+    if args.replica is not None and args.group is None:
+        raise ConfigError("--replica names a member of a replica group: give --group too")
+    hub = Hub(broker, args.store, data_dir=args.data_dir, connect=_fleet_connector(args, broker), group=args.group,
+              replica=args.replica)
 
     def listening(url: str) -> None:
-        log.info("hub listening on %s, store %s, broker %s", url, hub.store_url, broker.url)
-        if hub.rollouts is not None:
+        log.info("hub listening on %s, store %s, broker %s%s", url, hub.store_url, broker.url,
+                 f", replica {hub.replica} of group {hub.group}" if hub.group else "")
+        if hub.rollouts is not None and hub.group is None:  # a replica recovers them when it becomes leader
             interrupted = hub.rollouts.recover()
             if interrupted:
                 log.warning("finishing %d rollout(s) a previous hub left running: %s", len(interrupted),

@@ -255,6 +255,9 @@ def make_app(hub: Hub, token: str) -> Starlette:
 
     def _rollouts() -> Any:
         if hub.rollouts is None:
+            if not hub.is_leader:
+                raise HubError(f"hub replica {hub.replica} does not lead group {hub.group}: the leader runs rollouts; "
+                               "ask the replica whose /healthz says leader true")
             raise HubError("this hub runs no rollouts: start it with --run-dir (a local fleet) or --rollouts")
         return hub.rollouts
 

@@ -3,7 +3,8 @@
 Devices' outboxes hold every item until it is acknowledged, and only the hub acknowledges,
 after its store has committed: a hub killed at any point loses nothing, and a restarted one
 stores nothing twice (telemetry batches and sync items are deduplicated by (device, sequence)
-in the stores themselves). One hub owns a store: a second one is refused, naming the first.
+in the stores themselves). One hub owns a store: a second one is refused, naming the first, unless
+both are replicas of one group on a PostgreSQL store (see :mod:`workbench.hub._replicas`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -20,11 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from workbench._files import write_private
 from workbench.errors import ConfigError, HubAlreadyRunningError
+from workbench.hub._leader_alerts import LeaderAlerts
+from workbench.hub._replicas import Leadership, check_shared_delivery
 from workbench.hub._store_url import StoreURL
+from workbench.protocol import topics
 from workbench.protocol._bus import Bus
 from workbench.protocol._mqtt import BrokerAddress
 from workbench.sync._receiver import SyncReceiver
-from workbench.sync._store import SyncStore
+from workbench.sync._store import PostgresSyncStore, SyncStore
 from workbench.telemetry._alerts import AlertEngine, AlertRule
 from workbench.telemetry._client import open_store
 from workbench.telemetry._ingest import Ingestor, PointsListener
@@ -37,26 +42,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("workbench.hub")
 
-# Any 64-bit number the workbench's hubs agree on: PostgreSQL's advisory lock for "a hub owns this database".
-_PG_LOCK_KEY = 0x5742_4855_4200_0001
-
 
 class _Exclusive:
-    """Proof that this process is the store's only hub: a held flock (DuckDB) or advisory lock (PostgreSQL)."""
+    """Proof that this process owns the store: a held flock (DuckDB), or an advisory lock (PostgreSQL) held
+    alone by a single hub or shared by the members of one replica group (see :mod:`workbench.hub._replicas`)."""
 
-    def __init__(self, store: StoreURL, data_dir: Path) -> None:
+    def __init__(self, store: StoreURL, data_dir: Path, group: str | None = None) -> None:
         self._handle: Any = None
         self._pg: Any = None
         if store.backend == "postgres":
-            import psycopg
+            from workbench.hub._replicas import acquire_store
 
-            self._pg = psycopg.connect(str(store.dsn), autocommit=True)
-            row = self._pg.execute("SELECT pg_try_advisory_lock(%s)", (_PG_LOCK_KEY,)).fetchone()
-            if not row or not row[0]:
-                self._pg.close()
-                raise HubAlreadyRunningError(f"another hub already owns the store {store}: one hub receives and "
-                                             "acknowledges a fleet's data; stop that one, or connect to it")
+            self._pg = acquire_store(store, group)
             return
+        if group is not None:
+            raise ConfigError(f"hub replicas (--group {group}) share one PostgreSQL database; {store} is a DuckDB "
+                              "file, which one process owns: give --store postgresql://user@host/db")
         lock = data_dir / "hub.lock"
         handle = open(lock, "a+")  # noqa: SIM115 - held open for the hub's lifetime
         try:
@@ -91,6 +92,12 @@ class Hub:
     ``store`` is a ``--store`` URL (see :class:`StoreURL`); ``data_dir`` holds the sync store
     (SQLite), the alert rules and the lock (default: beside the DuckDB file).
 
+    ``group`` makes this hub one replica of that group (PostgreSQL stores only): the broker shares the
+    devices' outbox messages among the group's members (MQTT ``$share/<group>/...``), the sync store is
+    in the same database, and only the group's leader runs rollouts and evaluates alert rules, over every
+    replica's points (see :mod:`workbench.hub._replicas` and :mod:`workbench.hub._leader_alerts`).
+    ``replica`` names this member in logs and ``/healthz`` (default: ``<host>-<pid>``).
+
     Example:
         >>> hub = Hub(BrokerAddress.parse("mqtt://127.0.0.1:1883"), "duckdb:///tmp/hub/fleet.duckdb")  # doctest: +SKIP
         >>> hub.query("latency_p95_ms", since=time.time() - 600)                                  # doctest: +SKIP
@@ -98,8 +105,13 @@ class Hub:
 
     def __init__(self, broker: BrokerAddress | None, store: str, *, data_dir: str | os.PathLike[str] | None = None,
                  flush_interval_s: float = 0.05, timeout: float = 10.0,
-                 connect: Callable[[Bus | None], Fleet] | None = None) -> None:
+                 connect: Callable[[Bus | None], Fleet] | None = None, group: str | None = None,
+                 replica: str | None = None) -> None:
         self.store_url = StoreURL.parse(store)
+        if group is not None:
+            topics.shared_filter(group, "x")  # a clear error for a name a broker would misread, before anything opens
+        self.group = group
+        self.replica = replica or f"{socket.gethostname()}-{os.getpid()}"
         folder = Path(data_dir).expanduser() if data_dir is not None else self.store_url.data_dir
         if folder is None:
             raise ConfigError(f"a hub on {self.store_url} needs --data-dir for its sync store and alert rules")
@@ -107,9 +119,12 @@ class Hub:
         self.data_dir = folder
         self.started = time.time()
         self.stream_drops = 0  # live points a slow stream client did not get (it can query them)
-        self._exclusive = _Exclusive(self.store_url, folder)
+        self._exclusive = _Exclusive(self.store_url, folder, group)
         self._closed = threading.Event()
         self.bus: Bus | None = None
+        self.leadership: Leadership | None = None
+        self._connect = connect
+        self._rollouts_lock = threading.Lock()
         try:
             if self.store_url.backend == "postgres":
                 self.store: Any = open_store(backend="postgres", dsn=self.store_url.dsn)
@@ -118,21 +133,75 @@ class Hub:
             self.engine = AlertEngine()
             for rule in self._load_rules():
                 self.engine.add(rule)
-            self.ingestor = Ingestor(self.store, alerts=self.engine, flush_interval_s=flush_interval_s)
-            self.sync_store = SyncStore(folder / "sync.db")
+            # In a group no replica sees a device's whole stream: the leader evaluates the rules over the database.
+            self.ingestor = Ingestor(self.store, alerts=self.engine if group is None else AlertEngine(),
+                                     flush_interval_s=flush_interval_s)
+            self.leader_alerts: LeaderAlerts | None = None
+            self.sync_store: SyncStore = (PostgresSyncStore(str(self.store_url.dsn)) if group is not None
+                                          else SyncStore(folder / "sync.db"))
             # The hub's one MQTT connection: its receiver and the fleet its rollouts drive share it.
             self.bus = Bus(broker, client_prefix="wb-hub", timeout=timeout) if broker is not None else None
-            self.receiver = SyncReceiver(self.bus, self.sync_store, telemetry=self.ingestor)
+            if self.bus is not None and group is not None:
+                check_shared_delivery(self.bus, group)
+            self.receiver = SyncReceiver(self.bus, self.sync_store, telemetry=self.ingestor, group=group)
             self.rollouts: HubRollouts | None = None
-            if connect is not None:
-                from workbench.hub._rollouts import HubRollouts
-
-                self.rollouts = HubRollouts(self, connect=connect)
+            if group is None:
+                self._start_rollouts(recover=False)  # a single hub leads itself; its CLI recovers once listening
+            else:
+                self.leader_alerts = LeaderAlerts(str(self.store_url.dsn), self.engine, self.store.add_alert,
+                                                  rules_file=self._rules_file())
+                self.leadership = Leadership(str(self.store_url.dsn), name=self.replica,
+                                             on_elected=self._elected, on_deposed=self._deposed)
         except BaseException:
+            if self.leadership is not None:
+                self.leadership.close()
+            leader_alerts = self.__dict__.get("leader_alerts")
+            if leader_alerts is not None:
+                leader_alerts.close()
             if self.bus is not None:
                 self.bus.close()
+            for part in ("ingestor", "sync_store", "store"):  # nothing half-open when a hub cannot start
+                opened = self.__dict__.get(part)
+                if opened is not None:
+                    opened.close()
             self._exclusive.release()
             raise
+
+    # -- the work that runs once: on a single hub, or on its group's leader ---------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        """True when this hub runs the once-only work (rollouts): a single hub always, a replica while it leads."""
+        return self.leadership is None or self.leadership.is_leader
+
+    def _start_rollouts(self, *, recover: bool) -> None:
+        if self._connect is None or self._closed.is_set():
+            return
+        from workbench.hub._rollouts import HubRollouts
+
+        with self._rollouts_lock:
+            if self.rollouts is None:
+                self.rollouts = HubRollouts(self, connect=self._connect)
+            rollouts = self.rollouts
+        if recover:
+            interrupted = rollouts.recover()
+            if interrupted:
+                log.warning("replica %s finishes %d rollout(s) the previous leader left running: %s", self.replica,
+                            len(interrupted), ", ".join(interrupted))
+
+    def _elected(self) -> None:
+        if self.leader_alerts is not None:
+            self.leader_alerts.lead(True)
+        self._start_rollouts(recover=True)
+
+    def _deposed(self) -> None:
+        if self.leader_alerts is not None:
+            self.leader_alerts.lead(False)
+        # Another replica may lead by now: this one must not go on publishing desired state beside it.
+        with self._rollouts_lock:
+            rollouts, self.rollouts = self.rollouts, None
+        if rollouts is not None:
+            rollouts.close()
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -206,7 +275,8 @@ class Hub:
         """What ``/healthz`` says: up, since when, the store, devices heard from, ingestion backlog."""
         return {"status": "ok", "started": self.started, "uptime_s": round(time.time() - self.started, 3),
                 "store": str(self.store_url), "devices": len(self.ingestor.feeds), "backlog": self.ingestor.backlog,
-                "stream_drops": self.stream_drops}
+                "stream_drops": self.stream_drops, "group": self.group, "replica": self.replica,
+                "leader": self.is_leader}
 
     def fleet_info(self) -> dict[str, Any]:
         """Where this hub's fleet is: its broker's URL (never its credentials), for clients that connect by hub URL."""
@@ -253,6 +323,10 @@ class Hub:
             return
         self._closed.set()
         try:
+            if self.leadership is not None:
+                self.leadership.close()
+            if self.leader_alerts is not None:
+                self.leader_alerts.close()
             if self.rollouts is not None:
                 self.rollouts.close()
             self.receiver.close()

@@ -35,6 +35,7 @@ from workbench.protocol._mqtt import (
     refused_filters,
     subscribe_again_later,
 )
+from workbench.protocol.topics import unshared_filter
 
 log = logging.getLogger("workbench.bus")
 
@@ -117,11 +118,13 @@ class Bus:
         with self._lock:
             route = self._routes.get(topic_filter)
             if route is None:
-                clash = next((f for f in self._routes if filters_overlap(f, topic_filter)), None)
+                # A shared subscription ($share/<group>/<filter>) delivers topics of <filter>: route and check by it.
+                matched = unshared_filter(topic_filter)
+                clash = next((f for f in self._routes if filters_overlap(unshared_filter(f), matched)), None)
                 if clash is not None:
                     raise ConfigError(f"MQTT filter {topic_filter!r} overlaps {clash!r} on the same connection; "
                                       "brokers differ in delivering such messages once or twice: use disjoint filters")
-                route = self._routes[topic_filter] = self._matcher[topic_filter] = _Route(topic_filter, qos)
+                route = self._routes[topic_filter] = self._matcher[matched] = _Route(topic_filter, qos)
                 new = True
             else:
                 new = False
@@ -139,7 +142,7 @@ class Bus:
                 last = not current.handlers
                 if last:
                     del self._routes[topic_filter]
-                    del self._matcher[topic_filter]
+                    del self._matcher[unshared_filter(topic_filter)]
             if last and not self._closed:
                 self._client.unsubscribe(topic_filter)
 

@@ -141,3 +141,35 @@ def sync_ack_topic(device_id: str) -> str:
 def sync_state_topic(device_id: str) -> str:
     """Retained sync state the device reports."""
     return device_topic(device_id, "sync")
+
+
+SHARE_PREFIX = "$share"
+_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def shared_filter(group: str, topic_filter: str) -> str:
+    """``topic_filter`` as an MQTT shared subscription of ``group``: the broker gives each message to one member.
+
+    Raises :class:`ConfigError` for a group name a broker would misread (``/``, ``+``, ``#``) or an empty one.
+
+    Example:
+        >>> shared_filter("hubs", outbox_topic("+"))
+        '$share/hubs/wb/v1/dev/+/outbox'
+    """
+    if not isinstance(group, str) or not _GROUP.fullmatch(group):
+        raise ConfigError(f"invalid replica group {group!r}: use 1-64 letters, digits, '.', '_' or '-', starting "
+                          "with a letter or digit")
+    return f"{SHARE_PREFIX}/{group}/{topic_filter}"
+
+
+def unshared_filter(topic_filter: str) -> str:
+    """The filter that messages of a (possibly shared) subscription match: ``$share/<group>/`` removed.
+
+    Example:
+        >>> unshared_filter("$share/hubs/wb/v1/dev/+/outbox"), unshared_filter("wb/v1/dev/+/status")
+        ('wb/v1/dev/+/outbox', 'wb/v1/dev/+/status')
+    """
+    if topic_filter.startswith(SHARE_PREFIX + "/"):
+        parts = topic_filter.split("/", 2)
+        return parts[2] if len(parts) == 3 else ""
+    return topic_filter

@@ -54,6 +54,11 @@ class SyncReceiver:
     (the benchmark wires a sender to a receiver in one process this way). ``telemetry``
     (or setting :attr:`telemetry` later) routes telemetry items into that ingestor.
 
+    With ``group``, the subscription is the MQTT shared subscription ``$share/<group>/...``: the broker
+    gives each outbox message to one of the group's receivers (hub replicas), which stores and
+    acknowledges it. A resend after a lost acknowledgement may reach another member; the stores'
+    dedup by (device, sequence) in the shared database makes it a duplicate, acknowledged again.
+
     Example:
         >>> receiver = SyncReceiver(fleet.bus, SyncStore("sync.db"))        # doctest: +SKIP
         >>> receiver.stats()["sim-01"]["stored"]                             # doctest: +SKIP
@@ -61,7 +66,8 @@ class SyncReceiver:
     """
 
     def __init__(self, bus: Bus | None, store: SyncStore | None = None, *,
-                 telemetry: Ingestor | None = None, send_ack: Callable[[str, bytes], None] | None = None) -> None:
+                 telemetry: Ingestor | None = None, send_ack: Callable[[str, bytes], None] | None = None,
+                 group: str | None = None) -> None:
         self.store = store or SyncStore()
         self.codec = Codec()
         self.listeners: list[ItemsListener] = []
@@ -78,7 +84,10 @@ class SyncReceiver:
         self.telemetry = telemetry
         self._writer = threading.Thread(target=self._write_loop, name="wb-sync-receiver", daemon=True)
         self._writer.start()
-        self._unsubscribe = (bus.subscribe(topics.outbox_topic("+"), self._on_message, on_error=self._on_message_failed)
+        topic_filter = topics.outbox_topic("+")
+        if group is not None:
+            topic_filter = topics.shared_filter(group, topic_filter)
+        self._unsubscribe = (bus.subscribe(topic_filter, self._on_message, on_error=self._on_message_failed)
                              if bus is not None else None)
 
     def _on_message(self, message: Any) -> None:
