@@ -11,19 +11,19 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from collections import Counter
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import topic_matches_sub
 
 from workbench.agent._commands import command_names, get_command, is_inline
 from workbench.agent._limits import DeviceLimits
+from workbench.agent._netloop import NetLoop, Timer
 from workbench.agent._runtime import ModelRuntime
 from workbench.agent._services import AgentService, service_factories
 from workbench.agent._startup import ConnectFailureLog
@@ -36,9 +36,7 @@ from workbench.protocol._mqtt import (
     guard_messages,
     is_auth_failure,
     make_client,
-    network_alive,
     new_client_id,
-    restart_network,
 )
 from workbench.protocol._rejects import RejectLog
 
@@ -71,6 +69,14 @@ class AgentConfig:
     model: Path | None = None
     # The public keys whose signed packages it installs (None: $WORKBENCH_TRUSTED_KEYS or DATA_DIR/trusted_keys).
     trusted_keys: Path | None = None
+    # More brokers of the same fleet (a cluster's other nodes): after a failed connect or a lost
+    # connection the agent tries the next address, `broker` first.
+    failover: tuple[BrokerAddress, ...] = ()
+
+    @property
+    def brokers(self) -> tuple[BrokerAddress, ...]:
+        """Every address this agent may connect to, the preferred one first."""
+        return (self.broker, *(b for b in self.failover if b != self.broker))
 
     def __post_init__(self) -> None:
         topics.check_device_id(self.device_id)
@@ -84,56 +90,33 @@ def _host_hardware() -> dict[str, Any]:
     return detect_hardware("/")
 
 
-# After a broker restart every device of a fleet reconnects: paho's fixed backoff (1 s, 2 s, 4 s...) would send
-# them all at the same instants. Each wait gets up to this many seconds more, at random.
+# After a broker restart every device of a fleet reconnects: without jitter the backoff (1 s, 2 s, 4 s...)
+# would send them all at the same instants. Each wait gets up to this many seconds more, at random.
 RECONNECT_JITTER_S = 2.0
+RECONNECT_MIN_S = 1.0
+RECONNECT_MAX_S = 30.0
 
 
-def jitter_reconnects(client: mqtt.Client, spread: float = RECONNECT_JITTER_S) -> None:
-    """Spread ``client``'s reconnects: paho's exponential backoff plus a random 0..``spread`` s each time.
+def reconnect_delay(attempt: int, *, jitter: float = RECONNECT_JITTER_S) -> float:
+    """Seconds to wait before connect attempt ``attempt`` (0 = the first after a loss): doubling, capped, jittered.
 
     Example:
-        >>> from workbench.protocol._mqtt import BrokerAddress, make_client
-        >>> jitter_reconnects(make_client(BrokerAddress.parse("localhost"), "sim-01-x"))
+        >>> 1.0 <= reconnect_delay(0) <= 3.0 and 30.0 <= reconnect_delay(10) <= 32.0
+        True
     """
-    backoff = client._reconnect_wait  # paho 2.x: called by its network thread before each reconnect
-
-    def wait() -> None:
-        until = time.monotonic() + random.uniform(0.0, spread)
-        # Sliced, so that loop_stop() (the agent stopping) is not held up by the extra wait.
-        while not client._thread_terminate and time.monotonic() < until:
-            time.sleep(min(0.25, max(until - time.monotonic(), 0.0)))
-        backoff()
-
-    client._reconnect_wait = wait  # type: ignore[method-assign]
+    return min(RECONNECT_MIN_S * 2 ** min(attempt, 16), RECONNECT_MAX_S) + random.uniform(0.0, jitter)
 
 
-class _NetworkGuard:
-    """One thread per process that restarts the agents' MQTT network threads if one dies (not one per device)."""
+def restart_network(client: mqtt.Client) -> None:
+    """Drop ``client``'s connection after a step of its network loop failed; the agent then connects anew.
 
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-    _agents: ClassVar[weakref.WeakSet[DeviceAgent]] = weakref.WeakSet()
-    _thread: ClassVar[threading.Thread | None] = None
+    The half-read packet of the failed step is dropped with the socket; ``on_connect`` subscribes and
+    announces again, exactly as after a broker restart.
 
-    @classmethod
-    def watch(cls, agent: DeviceAgent) -> None:
-        with cls._lock:
-            cls._agents.add(agent)
-            if cls._thread is None or not cls._thread.is_alive():
-                cls._thread = threading.Thread(target=cls._run, name="wb-netguard", daemon=True)
-                cls._thread.start()
-
-    @classmethod
-    def _run(cls) -> None:
-        while True:
-            time.sleep(0.5)
-            with cls._lock:
-                agents = [a for a in cls._agents if not a._stopping]
-            for agent in agents:
-                try:
-                    agent.check_network()
-                except Exception:  # one agent's failure must not end the guard of the others
-                    log.exception("%s: network check failed", agent.device_id)
+    Example:
+        >>> restart_network(make_client(BrokerAddress.parse("localhost"), "sim-01-x"))
+    """
+    client.disconnect()
 
 
 def device_subscriptions(device_id: str, service_topics: list[str]) -> list[tuple[str, int]]:
@@ -210,9 +193,13 @@ class DeviceAgent:
         self._client.on_message = guard_messages(self._on_message, self._on_message_failed)
         self._guard_lock = threading.Lock()  # stop() and a restart never interleave
         self._connect_log = ConnectFailureLog(self.device_id, config.broker.url)
-        self._client.on_connect_fail = lambda _client, _userdata: self._connect_log.failed()
         self._client.on_subscribe = self._on_subscribe
-        jitter_reconnects(self._client)
+        self._loop: NetLoop | None = None
+        self._retry: Timer | None = None  # the pending connect attempt, if any
+        self._attempt = 0  # failed or lost connections since the last CONNACK: the backoff's exponent
+        self._address = 0  # index into config.brokers of the address to connect to next
+        self._network_dead = False  # a failed step whose restart failed too: deaf until the process restarts
+        self._restart_now = False  # the next connect follows a crash of this device's network step: no backoff
         self.runtime = ModelRuntime(self.limits)
         if config.model is not None:
             loaded = self.runtime.load(config.model, name=config.model.stem)
@@ -227,42 +214,75 @@ class DeviceAgent:
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect (retrying with backoff) and claim the device id.
+        """Start connecting, on the process's shared network loop (retrying with jittered backoff).
 
-        Raises :class:`DuplicateDeviceError` if another agent holds the id.
+        :meth:`wait_claimed` then blocks until the device id is held, or says why not.
         """
-        address = self.config.broker
-        self._client.connect_async(address.host, address.port, keepalive=self.config.keepalive)
-        self._client.loop_start()
-        _NetworkGuard.watch(self)
+        loop = self._loop = NetLoop.get()
+        loop.call_soon_wait(lambda: loop.attach(self._client, self._on_network_crash), timeout=10)
+        loop.call_soon(self._connect)
+
+    def _connect(self) -> None:
+        # Loop thread. The one place a connection is made: failover only chooses `self._address`.
+        self._retry = None
+        if self._stopping or self._fatal is not None or self._network_dead:
+            return
+        address = self.config.brokers[self._address]
+        self._connect_log.url = address.url
+        try:
+            self._client.connect(address.host, address.port, keepalive=self.config.keepalive)
+        except (OSError, ValueError):
+            self._connect_log.failed()
+            self._schedule_connect()
+
+    def _schedule_connect(self) -> None:
+        # Loop thread: after a failed connect or a lost connection, the next address after a jittered backoff.
+        if self._stopping or self._fatal is not None or self._network_dead or self._retry is not None:
+            return
+        assert self._loop is not None
+        if self._restart_now:
+            # This device's own network failed (not the broker's): at once and to the same broker, as
+            # paho's restarted thread did; no herd to spread.
+            self._restart_now = False
+            self._retry = self._loop.call_later(0.0, self._connect)
+            return
+        self._address = (self._address + 1) % len(self.config.brokers)
+        self._retry = self._loop.call_later(reconnect_delay(self._attempt), self._connect)
+        self._attempt += 1
+
+    def _on_network_crash(self, exc: BaseException) -> None:
+        # Loop thread: a step of this client raised (a callback bug that escaped every guard). With
+        # paho's own loop this ended the device's network thread; here the connection is dropped and
+        # made anew, and counted.
+        with self._guard_lock:
+            if self._stopping or self._fatal is not None:
+                return
+            self.counters["network_restarts"] += 1
+            log.error("%s: the MQTT network thread died (%s: %s); starting it again", self.device_id,
+                      type(exc).__name__, exc)
+            try:
+                self._restart_now = True
+                restart_network(self._client)
+                if self._client.socket() is None:  # nothing left to disconnect: on_disconnect will not come
+                    self._schedule_connect()
+            except Exception:
+                self._network_dead = True
+                log.exception("%s: restarting the MQTT network failed; the device is deaf until restarted",
+                              self.device_id)
 
     def network_alive(self) -> bool:
-        """True while this agent's MQTT network thread runs (or it is stopping or refused on purpose).
+        """True while the process's network loop drives this agent (or it is stopping or refused on purpose).
 
         A supervisor (watchdog, health check) asks this: False means the agent cannot hear the
-        fleet, and :meth:`start`'s guard did not manage to bring the thread back.
+        fleet, and the restart after its network failed did not work.
 
         Example:
             >>> agent.network_alive()   # doctest: +SKIP
             True
         """
-        return self._stopping or self._fatal is not None or network_alive(self._client)
-
-    def check_network(self) -> None:
-        """Start the MQTT network thread again if it died; the process-wide guard calls this twice a second.
-
-        A network thread that died would leave a deaf agent whose retained status still says online:
-        start it again (a fresh connection, so on_connect announces again), and count it.
-        """
-        with self._guard_lock:
-            if self._stopping or self._fatal is not None or network_alive(self._client):
-                return
-            self.counters["network_restarts"] += 1
-            log.error("%s: the MQTT network thread died; starting it again", self.device_id)
-            try:
-                restart_network(self._client)
-            except Exception:
-                log.exception("%s: restarting the MQTT network thread failed; retrying", self.device_id)
+        if self._stopping or self._fatal is not None:
+            return True
+        return self._loop is not None and self._loop.alive and not self._network_dead
 
     def wait_claimed(self, timeout: float | None = None) -> None:
         """Block until this agent owns its id and is online, or raise why it cannot."""
@@ -280,6 +300,8 @@ class DeviceAgent:
         """Announce a clean shutdown and disconnect (so the broker does not send the will)."""
         with self._guard_lock:
             self._stopping = True
+        if self._retry is not None:
+            self._retry.cancel()
         for name, service in self.services.items():
             try:
                 service.stop()
@@ -293,6 +315,22 @@ class DeviceAgent:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
                 pass  # not connected: the will says offline instead
+        loop = self._loop
+        if loop is not None and loop.alive:
+            try:
+                loop.call_soon_wait(self._close_on_loop, timeout=5)
+                return
+            except TimeoutError:
+                log.warning("%s: the network loop did not close the connection in 5 s; closing it here",
+                            self.device_id)
+        close_client(self._client)
+
+    def _close_on_loop(self) -> None:
+        # Written now, while the socket is open: a clean DISCONNECT, so the broker does not send the will.
+        if self._client.disconnect() == mqtt.MQTT_ERR_SUCCESS:
+            self._client.loop_write()
+        assert self._loop is not None
+        self._loop.detach(self._client)
         close_client(self._client)
 
     @property
@@ -379,7 +417,7 @@ class DeviceAgent:
             "network_alive": self.network_alive(),
         }
 
-    # -- MQTT callbacks (paho's network thread) -------------------------------------
+    # -- MQTT callbacks (the process's shared network loop) ---------------------------
 
     def _status_payload(self, state: str, **extra: Any) -> bytes:
         return schema.encode({"state": state, "instance": self.instance, "ts": time.time(), **extra})
@@ -398,6 +436,9 @@ class DeviceAgent:
                 log.warning("%s: broker at %s refused the connection: %s; retrying", self.device_id, url, reason_code)
             return
         self.counters["connects"] += 1
+        if self.counters["connects"] > 1:
+            self.counters["reconnects"] += 1
+        self._attempt = 0
         self._connect_log.connected()
         device = self.device_id
         client.subscribe(device_subscriptions(device, [t for s in self.services.values() for t in s.topics()]))
@@ -405,16 +446,21 @@ class DeviceAgent:
             log.info("%s: reconnected", device)
             self._publish_online()
         else:
-            threading.Thread(target=self._claim_id, name=f"claim-{device}", daemon=True).start()
+            # Ask whether another live instance holds this id; a killed one cannot answer, so silence
+            # for claim_timeout means ours.
+            self._client.publish(
+                topics.claim_topic(self.device_id),
+                schema.encode({"op": "claim", "instance": self.instance}),
+                qos=1,
+            )
+            assert self._loop is not None
+            self._loop.call_later(self.config.claim_timeout, self._claim_decided)
 
-    def _claim_id(self) -> None:
-        # Ask whether another live instance holds this id; a killed one cannot answer.
-        self._client.publish(
-            topics.claim_topic(self.device_id),
-            schema.encode({"op": "claim", "instance": self.instance}),
-            qos=1,
-        )
-        if self._claim.event.wait(self.config.claim_timeout) and self._claim.holder is not None:
+    def _claim_decided(self) -> None:
+        # Loop thread: claim_timeout passed, or another instance said it holds the id.
+        if self._holding or self._stopping or self._fatal is not None:
+            return
+        if self._claim.holder is not None:
             holder = self._claim.holder
             self._fatal = (
                 f"device id {self.device_id!r} is already online: agent instance {holder.get('instance')} "
@@ -427,6 +473,10 @@ class DeviceAgent:
         self._holding = True
         self._publish_online()
         log.info("%s: online (instance %s)", self.device_id, self.instance)
+        # Starting a service may block (files, SQLite): not on the loop that serves every device.
+        self._executor.submit(self._start_services)
+
+    def _start_services(self) -> None:
         for name, service in self.services.items():
             try:
                 service.start()
@@ -446,6 +496,7 @@ class DeviceAgent:
         if not self._stopping and self._fatal is None:
             self.counters["disconnects"] += 1
             log.warning("%s: disconnected (%s); reconnecting with backoff", self.device_id, reason_code)
+            self._schedule_connect()
 
     def _on_message_failed(self, message: mqtt.MQTTMessage, exc: Exception) -> None:
         # Reached only through a bug: every known bad input is a PayloadError handled below.
@@ -497,6 +548,7 @@ class DeviceAgent:
         elif op == "held" and body.get("to") == self.instance and not self._holding:
             self._claim.holder = body
             self._claim.event.set()
+            self._claim_decided()
 
     def _on_status(self, body: dict[str, Any]) -> None:
         # A late will of an earlier (killed) instance must not mark this live one offline.
