@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from workbench.agent._device import AgentConfig, DeviceAgent, reconnect_delay
-from workbench.agent._netloop import NetLoop
+from workbench.agent._netloop import CONNECTS_IN_FLIGHT, NetLoop
 from workbench.agent._tasks import POOL_WORKERS, Task
 from workbench.protocol._mqtt import BrokerAddress
 from workbench.sim import _brokers, _procs
@@ -143,3 +143,21 @@ def test_loop_runs_timers_in_order_of_their_due_time_when_scheduled_from_other_t
     loop.call_later(0.01, lambda: seen.append(99)).cancel()
     assert finished.wait(5)
     assert seen == [1, 2, 3]
+
+
+def test_loop_holds_connects_beyond_the_in_flight_limit_until_earlier_ones_release() -> None:
+    loop = NetLoop.get()
+    ran: list[int] = []
+    for i in range(CONNECTS_IN_FLIGHT + 5):
+        loop.call_soon_wait(lambda i=i: loop.gate(lambda: ran.append(i)), timeout=5)
+    assert ran == list(range(CONNECTS_IN_FLIGHT))  # the rest wait their turn, in order
+    loop.call_soon_wait(loop.release, timeout=5)
+    loop.call_soon_wait(loop.release, timeout=5)
+    loop.call_soon_wait(lambda: None, timeout=5)  # the released turns run as queued calls
+    assert ran == list(range(CONNECTS_IN_FLIGHT + 2))
+    for _ in range(CONNECTS_IN_FLIGHT + 2):
+        loop.call_soon_wait(loop.release, timeout=5)
+    loop.call_soon_wait(lambda: None, timeout=5)
+    assert ran == list(range(CONNECTS_IN_FLIGHT + 5))
+    for _ in range(3):
+        loop.call_soon_wait(loop.release, timeout=5)

@@ -200,6 +200,8 @@ class DeviceAgent:
         self._address = 0  # index into config.brokers of the address to connect to next
         self._network_dead = False  # a failed step whose restart failed too: deaf until the process restarts
         self._restart_now = False  # the next connect follows a crash of this device's network step: no backoff
+        self._gated = False  # holds one of the process's connect slots until its SUBACK (or a failure)
+        self._restarting = False  # from a crash of its network step until it is subscribed again
         self.runtime = ModelRuntime(self.limits)
         if config.model is not None:
             loaded = self.runtime.load(config.model, name=config.model.stem)
@@ -223,17 +225,32 @@ class DeviceAgent:
         loop.call_soon(self._connect)
 
     def _connect(self) -> None:
-        # Loop thread. The one place a connection is made: failover only chooses `self._address`.
+        # Loop thread: wait for a turn among the process's connects in flight (paced for the broker).
         self._retry = None
         if self._stopping or self._fatal is not None or self._network_dead:
+            return
+        assert self._loop is not None
+        self._loop.gate(self._connect_now)
+
+    def _connect_now(self) -> None:
+        # Loop thread. The one place a connection is made: failover only chooses `self._address`.
+        self._gated = True
+        if self._stopping or self._fatal is not None or self._network_dead:
+            self._release_gate()
             return
         address = self.config.brokers[self._address]
         self._connect_log.url = address.url
         try:
             self._client.connect(address.host, address.port, keepalive=self.config.keepalive)
         except (OSError, ValueError):
+            self._release_gate()
             self._connect_log.failed()
             self._schedule_connect()
+
+    def _release_gate(self) -> None:
+        if self._gated and self._loop is not None:
+            self._gated = False
+            self._loop.release()
 
     def _schedule_connect(self) -> None:
         # Loop thread: after a failed connect or a lost connection, the next address after a jittered backoff.
@@ -261,7 +278,7 @@ class DeviceAgent:
             log.error("%s: the MQTT network thread died (%s: %s); starting it again", self.device_id,
                       type(exc).__name__, exc)
             try:
-                self._restart_now = True
+                self._restart_now = self._restarting = True
                 restart_network(self._client)
                 if self._client.socket() is None:  # nothing left to disconnect: on_disconnect will not come
                     self._schedule_connect()
@@ -282,7 +299,7 @@ class DeviceAgent:
         """
         if self._stopping or self._fatal is not None:
             return True
-        return self._loop is not None and self._loop.alive and not self._network_dead
+        return self._loop is not None and self._loop.alive and not self._network_dead and not self._restarting
 
     def wait_claimed(self, timeout: float | None = None) -> None:
         """Block until this agent owns its id and is online, or raise why it cannot."""
@@ -486,6 +503,8 @@ class DeviceAgent:
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reason_codes: list[Any], _p: Any) -> None:
         # A broker may grant the SUBACK but refuse a filter (0x80): NATS does when it cannot make the
         # JetStream consumer behind a QoS 1 subscription. The device would then be online but deaf.
+        self._release_gate()
+        self._restarting = False  # subscribed again: it hears commands
         refused = sum(1 for code in reason_codes if getattr(code, "is_failure", False))
         if refused:
             self.counters["subscriptions_refused"] += refused
@@ -493,6 +512,7 @@ class DeviceAgent:
                       "will not reach this device until it reconnects", self.device_id, refused, len(reason_codes))
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        self._release_gate()
         if not self._stopping and self._fatal is None:
             self.counters["disconnects"] += 1
             log.warning("%s: disconnected (%s); reconnecting with backoff", self.device_id, reason_code)

@@ -31,6 +31,9 @@ _T = TypeVar("_T")
 
 # loop_misc sends keepalive pings and notices a dead broker; paho's own loop calls it about once a second.
 MISC_INTERVAL_S = 1.0
+# Devices of one process between CONNECT and SUBACK at once. On NATS each is a JetStream session look-up
+# and a consumer create: a fleet's every device at once queued them past NATS's 5 s timeout (docs/scaling.md).
+CONNECTS_IN_FLIGHT = 10
 
 
 @dataclass(order=True)
@@ -89,6 +92,8 @@ class NetLoop:
         self._links: dict[mqtt.Client, _Link] = {}
         self._by_fd: dict[int, _Link] = {}
         self._woken = False
+        self._in_flight = 0
+        self._gate_queue: deque[Callable[[], object]] = deque()
         self.wakeups = 0  # selector returns: the benchmark reads it per device
         self._thread = threading.Thread(target=self._run, name="wb-netloop", daemon=True)
         self._thread.start()
@@ -168,6 +173,29 @@ class NetLoop:
             self._wake_w.send(b"\0")
         except (BlockingIOError, OSError):
             pass
+
+    # -- connection pacing (loop thread) ---------------------------------------------------
+
+    def gate(self, connect: Callable[[], object]) -> None:
+        """Run ``connect`` now if fewer than :data:`CONNECTS_IN_FLIGHT` connects are in flight, else in turn.
+
+        Each run must be matched by one :meth:`release` (the connection subscribed, failed or was lost).
+
+        Example:
+            >>> loop.gate(agent._connect)   # doctest: +SKIP
+        """
+        if self._in_flight < CONNECTS_IN_FLIGHT:
+            self._in_flight += 1
+            connect()
+        else:
+            self._gate_queue.append(connect)
+
+    def release(self) -> None:
+        """One gated connect is done: let the next waiting one run."""
+        self._in_flight = max(0, self._in_flight - 1)
+        if self._gate_queue and self._in_flight < CONNECTS_IN_FLIGHT:
+            self._in_flight += 1
+            self.call_soon(self._gate_queue.popleft())
 
     # -- clients (loop thread) ---------------------------------------------------------
 
