@@ -26,6 +26,7 @@ from workbench.agent._origin import ArtifactOrigin
 from workbench.agent._runtime import LoadedModel, ModelRuntime
 from workbench.agent._services import register_service
 from workbench.agent._slots import SlotStore
+from workbench.agent._tasks import Task
 from workbench.errors import (
     DeployError,
     HealthCheckError,
@@ -326,7 +327,7 @@ def trusted_keys_dir(agent: DeviceAgent) -> Path:
 
 
 class DeployService:
-    """Follows the device's desired model and reports what it runs (one worker thread per device)."""
+    """Follows the device's desired model and reports what it runs (a task on the process's shared workers)."""
 
     def __init__(self, agent: DeviceAgent) -> None:
         self.agent = agent
@@ -335,9 +336,11 @@ class DeployService:
                                    origin=lambda: ArtifactOrigin.for_device(agent.config.data_dir,
                                                                             agent.config.broker.host))
         self._pending: dict[str, Any] | None = None
-        self._wake = threading.Condition()
+        self._wake = threading.Lock()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        # Installs block (download, verify, load into ONNX Runtime): a shared worker runs them, one at a time
+        # per device; a desired state arriving meanwhile wakes the task to run again after.
+        self._task = Task(f"{agent.device_id}: deploy", self._run)
         self.current: dict[str, Any] = {}
         if self.installer.boot() is not None or self.installer.boot_problem:
             self._record_active()
@@ -356,7 +359,7 @@ class DeployService:
             return
         with self._wake:
             self._pending = body
-            self._wake.notify()
+        self._task.wake()
 
     def start(self) -> None:
         state = self.agent.state.get("deploy") or {}
@@ -365,13 +368,12 @@ class DeployService:
             self._publish({**self.current, "state": "failed", "reason": self.installer.boot_problem})
         elif self.current:
             self._publish({**self.current, "active": self.installer.active_description()})
-        self._thread = threading.Thread(target=self._run, name=f"deploy-{self.agent.device_id}", daemon=True)
-        self._thread.start()
+        self._task.start()
 
     def stop(self) -> None:
         with self._wake:
             self._stopping = True
-            self._wake.notify()
+        self._task.stop(timeout=0)  # an install in progress ends with the process, as a killed thread's would
 
     def _record_active(self) -> None:
         self.agent.state["active_model"] = self.installer.active_description()
@@ -381,19 +383,16 @@ class DeployService:
         self.agent.publish(deploy_topic(self.agent.device_id), schema.encode(body), qos=1, retain=True)
 
     def _run(self) -> None:
-        while True:
-            with self._wake:
-                while self._pending is None and not self._stopping:
-                    self._wake.wait()
-                if self._stopping:
-                    return
-                desired, self._pending = self._pending, None
-            if desired is None:
-                continue
+        with self._wake:
+            if self._stopping:
+                return None
+            desired, self._pending = self._pending, None
+        if desired is not None:
             try:
                 self._apply(desired)
-            except Exception:  # the worker must survive to apply the next desired state
+            except Exception:  # the task must survive to apply the next desired state
                 log.exception("%s: applying desired state failed", self.agent.device_id)
+        return None
 
     def _apply(self, desired: dict[str, Any]) -> None:
         deployment = str(desired.get("deployment_id", ""))

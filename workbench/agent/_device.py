@@ -10,19 +10,19 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from collections import Counter
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import topic_matches_sub
 
 from workbench.agent._commands import command_names, get_command, is_inline
 from workbench.agent._limits import DeviceLimits
+from workbench.agent._netloop import NetLoop, Timer
 from workbench.agent._runtime import ModelRuntime
 from workbench.agent._services import AgentService, service_factories
 from workbench.agent._startup import ConnectFailureLog
@@ -34,12 +34,9 @@ from workbench.protocol._mqtt import (
     close_client,
     guard_messages,
     is_auth_failure,
-    jitter_reconnects,
     make_client,
-    network_alive,
     new_client_id,
     refused_filters,
-    restart_network,
     subscribe_again_later,
 )
 from workbench.protocol._rejects import RejectLog
@@ -73,6 +70,23 @@ class AgentConfig:
     model: Path | None = None
     # The public keys whose signed packages it installs (None: $WORKBENCH_TRUSTED_KEYS or DATA_DIR/trusted_keys).
     trusted_keys: Path | None = None
+    # More brokers of the same fleet (a cluster's other nodes): after a failed connect or a lost
+    # connection the agent tries the next address, `broker` first.
+    failover: tuple[BrokerAddress, ...] = ()
+
+    @property
+    def brokers(self) -> tuple[BrokerAddress, ...]:
+        """Every address this agent may connect to, one node each, the preferred one first.
+
+        A cluster's URL (``mqtts://h:p1,h:p2,h:p3``) names its nodes in the order this device tries them.
+
+        Example:
+            >>> config = AgentConfig("sim-01", BrokerAddress.parse("mqtt://127.0.0.1:1,127.0.0.1:2"), Path("/tmp/d"))
+            >>> [b.port for b in config.brokers]
+            [1, 2]
+        """
+        nodes = [*self.broker.nodes, *(n for b in self.failover for n in b.nodes)]
+        return tuple(dict.fromkeys(nodes))
 
     def __post_init__(self) -> None:
         topics.check_device_id(self.device_id)
@@ -86,32 +100,33 @@ def _host_hardware() -> dict[str, Any]:
     return detect_hardware("/")
 
 
-class _NetworkGuard:
-    """One thread per process that restarts the agents' MQTT network threads if one dies (not one per device)."""
+# After a broker restart every device of a fleet reconnects: without jitter the backoff (1 s, 2 s, 4 s...)
+# would send them all at the same instants. Each wait gets up to this many seconds more, at random.
+RECONNECT_JITTER_S = 2.0
+RECONNECT_MIN_S = 1.0
+RECONNECT_MAX_S = 30.0
 
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-    _agents: ClassVar[weakref.WeakSet[DeviceAgent]] = weakref.WeakSet()
-    _thread: ClassVar[threading.Thread | None] = None
 
-    @classmethod
-    def watch(cls, agent: DeviceAgent) -> None:
-        with cls._lock:
-            cls._agents.add(agent)
-            if cls._thread is None or not cls._thread.is_alive():
-                cls._thread = threading.Thread(target=cls._run, name="wb-netguard", daemon=True)
-                cls._thread.start()
+def reconnect_delay(attempt: int, *, jitter: float = RECONNECT_JITTER_S) -> float:
+    """Seconds to wait before connect attempt ``attempt`` (0 = the first after a loss): doubling, capped, jittered.
 
-    @classmethod
-    def _run(cls) -> None:
-        while True:
-            time.sleep(0.5)
-            with cls._lock:
-                agents = [a for a in cls._agents if not a._stopping]
-            for agent in agents:
-                try:
-                    agent.check_network()
-                except Exception:  # one agent's failure must not end the guard of the others
-                    log.exception("%s: network check failed", agent.device_id)
+    Example:
+        >>> 1.0 <= reconnect_delay(0) <= 3.0 and 30.0 <= reconnect_delay(10) <= 32.0
+        True
+    """
+    return min(RECONNECT_MIN_S * 2 ** min(attempt, 16), RECONNECT_MAX_S) + random.uniform(0.0, jitter)
+
+
+def restart_network(client: mqtt.Client) -> None:
+    """Drop ``client``'s connection after a step of its network loop failed; the agent then connects anew.
+
+    The half-read packet of the failed step is dropped with the socket; ``on_connect`` subscribes and
+    announces again, exactly as after a broker restart.
+
+    Example:
+        >>> restart_network(make_client(BrokerAddress.parse("localhost"), "sim-01-x"))
+    """
+    client.disconnect()
 
 
 def device_subscriptions(device_id: str, service_topics: list[str]) -> list[tuple[str, int]]:
@@ -176,7 +191,8 @@ class DeviceAgent:
         self.state: dict[str, Any] = self._load_state()
         # The telemetry, sync and deploy services save from their own threads: one writer of state.tmp at a time.
         self._state_lock = threading.Lock()
-        self._client = make_client(config.broker, new_client_id(f"wb-dev-{self.device_id}"))
+        # One node: the agent's own reconnect picks the node (config.brokers), so paho's failover hook stays out.
+        self._client = make_client(config.brokers[0], new_client_id(f"wb-dev-{self.device_id}"))
         self._client.will_set(
             topics.status_topic(self.device_id),
             self._status_payload("offline", reason="connection lost"),
@@ -189,9 +205,15 @@ class DeviceAgent:
         self._guard_lock = threading.Lock()  # stop() and a restart never interleave
         self._refused_in_a_row = 0  # SUBACKs that refused a filter, since the last that refused none
         self._connect_log = ConnectFailureLog(self.device_id, config.broker.url)
-        self._client.on_connect_fail = lambda _client, _userdata: self._connect_log.failed()
         self._client.on_subscribe = self._on_subscribe
-        jitter_reconnects(self._client)
+        self._loop: NetLoop | None = None
+        self._retry: Timer | None = None  # the pending connect attempt, if any
+        self._attempt = 0  # failed or lost connections since the last CONNACK: the backoff's exponent
+        self._address = 0  # index into config.brokers of the address to connect to next
+        self._network_dead = False  # a failed step whose restart failed too: deaf until the process restarts
+        self._restart_now = False  # the next connect follows a crash of this device's network step: no backoff
+        self._gated = False  # holds one of the process's connect slots until its SUBACK (or a failure)
+        self._restarting = False  # from a crash of its network step until it is subscribed again
         self.runtime = ModelRuntime(self.limits)
         if config.model is not None:
             loaded = self.runtime.load(config.model, name=config.model.stem)
@@ -206,42 +228,90 @@ class DeviceAgent:
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect (retrying with backoff) and claim the device id.
+        """Start connecting, on the process's shared network loop (retrying with jittered backoff).
 
-        Raises :class:`DuplicateDeviceError` if another agent holds the id.
+        :meth:`wait_claimed` then blocks until the device id is held, or says why not.
         """
-        address = self.config.broker
-        self._client.connect_async(address.host, address.port, keepalive=self.config.keepalive)
-        self._client.loop_start()
-        _NetworkGuard.watch(self)
+        loop = self._loop = NetLoop.get()
+        loop.call_soon_wait(lambda: loop.attach(self._client, self._on_network_crash), timeout=10)
+        loop.call_soon(self._connect)
+
+    def _connect(self) -> None:
+        # Loop thread: wait for a turn among the process's connects in flight (paced for the broker).
+        self._retry = None
+        if self._stopping or self._fatal is not None or self._network_dead:
+            return
+        assert self._loop is not None
+        self._loop.gate(self._connect_now)
+
+    def _connect_now(self) -> None:
+        # Loop thread. The one place a connection is made: failover only chooses `self._address`.
+        self._gated = True
+        if self._stopping or self._fatal is not None or self._network_dead:
+            self._release_gate()
+            return
+        address = self.config.brokers[self._address]
+        self._connect_log.url = address.url
+        try:
+            self._client.connect(address.host, address.port, keepalive=self.config.keepalive)
+        except (OSError, ValueError):
+            self._release_gate()
+            self._connect_log.failed()
+            self._schedule_connect()
+
+    def _release_gate(self) -> None:
+        if self._gated and self._loop is not None:
+            self._gated = False
+            self._loop.release()
+
+    def _schedule_connect(self) -> None:
+        # Loop thread: after a failed connect or a lost connection, the next address after a jittered backoff.
+        if self._stopping or self._fatal is not None or self._network_dead or self._retry is not None:
+            return
+        assert self._loop is not None
+        if self._restart_now:
+            # This device's own network failed (not the broker's): at once and to the same broker, as
+            # paho's restarted thread did; no herd to spread.
+            self._restart_now = False
+            self._retry = self._loop.call_later(0.0, self._connect)
+            return
+        self._address = (self._address + 1) % len(self.config.brokers)
+        self._retry = self._loop.call_later(reconnect_delay(self._attempt), self._connect)
+        self._attempt += 1
+
+    def _on_network_crash(self, exc: BaseException) -> None:
+        # Loop thread: a step of this client raised (a callback bug that escaped every guard). With
+        # paho's own loop this ended the device's network thread; here the connection is dropped and
+        # made anew, and counted.
+        with self._guard_lock:
+            if self._stopping or self._fatal is not None:
+                return
+            self.counters["network_restarts"] += 1
+            log.error("%s: the MQTT network thread died (%s: %s); starting it again", self.device_id,
+                      type(exc).__name__, exc)
+            try:
+                self._restart_now = self._restarting = True
+                restart_network(self._client)
+                if self._client.socket() is None:  # nothing left to disconnect: on_disconnect will not come
+                    self._schedule_connect()
+            except Exception:
+                self._network_dead = True
+                log.exception("%s: restarting the MQTT network failed; the device is deaf until restarted",
+                              self.device_id)
 
     def network_alive(self) -> bool:
-        """True while this agent's MQTT network thread runs (or it is stopping or refused on purpose).
+        """True while the process's network loop drives this agent (or it is stopping or refused on purpose).
 
         A supervisor (watchdog, health check) asks this: False means the agent cannot hear the
-        fleet, and :meth:`start`'s guard did not manage to bring the thread back.
+        fleet, and the restart after its network failed did not work.
 
         Example:
             >>> agent.network_alive()   # doctest: +SKIP
             True
         """
-        return self._stopping or self._fatal is not None or network_alive(self._client)
-
-    def check_network(self) -> None:
-        """Start the MQTT network thread again if it died; the process-wide guard calls this twice a second.
-
-        A network thread that died would leave a deaf agent whose retained status still says online:
-        start it again (a fresh connection, so on_connect announces again), and count it.
-        """
-        with self._guard_lock:
-            if self._stopping or self._fatal is not None or network_alive(self._client):
-                return
-            self.counters["network_restarts"] += 1
-            log.error("%s: the MQTT network thread died; starting it again", self.device_id)
-            try:
-                restart_network(self._client)
-            except Exception:
-                log.exception("%s: restarting the MQTT network thread failed; retrying", self.device_id)
+        if self._stopping or self._fatal is not None:
+            return True
+        return self._loop is not None and self._loop.alive and not self._network_dead and not self._restarting
 
     def wait_claimed(self, timeout: float | None = None) -> None:
         """Block until this agent owns its id and is online, or raise why it cannot."""
@@ -259,6 +329,8 @@ class DeviceAgent:
         """Announce a clean shutdown and disconnect (so the broker does not send the will)."""
         with self._guard_lock:
             self._stopping = True
+        if self._retry is not None:
+            self._retry.cancel()
         for name, service in self.services.items():
             try:
                 service.stop()
@@ -272,6 +344,22 @@ class DeviceAgent:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
                 pass  # not connected: the will says offline instead
+        loop = self._loop
+        if loop is not None and loop.alive:
+            try:
+                loop.call_soon_wait(self._close_on_loop, timeout=5)
+                return
+            except TimeoutError:
+                log.warning("%s: the network loop did not close the connection in 5 s; closing it here",
+                            self.device_id)
+        close_client(self._client)
+
+    def _close_on_loop(self) -> None:
+        # Written now, while the socket is open: a clean DISCONNECT, so the broker does not send the will.
+        if self._client.disconnect() == mqtt.MQTT_ERR_SUCCESS:
+            self._client.loop_write()
+        assert self._loop is not None
+        self._loop.detach(self._client)
         close_client(self._client)
 
     @property
@@ -358,7 +446,7 @@ class DeviceAgent:
             "network_alive": self.network_alive(),
         }
 
-    # -- MQTT callbacks (paho's network thread) -------------------------------------
+    # -- MQTT callbacks (the process's shared network loop) ---------------------------
 
     def _status_payload(self, state: str, **extra: Any) -> bytes:
         return schema.encode({"state": state, "instance": self.instance, "ts": time.time(), **extra})
@@ -377,6 +465,9 @@ class DeviceAgent:
                 log.warning("%s: broker at %s refused the connection: %s; retrying", self.device_id, url, reason_code)
             return
         self.counters["connects"] += 1
+        if self.counters["connects"] > 1:
+            self.counters["reconnects"] += 1
+        self._attempt = 0
         self._connect_log.connected()
         device = self.device_id
         client.subscribe(self._subscriptions())
@@ -384,19 +475,24 @@ class DeviceAgent:
             log.info("%s: reconnected", device)
             self._publish_online()
         else:
-            threading.Thread(target=self._claim_id, name=f"claim-{device}", daemon=True).start()
+            # Ask whether another live instance holds this id; a killed one cannot answer, so silence
+            # for claim_timeout means ours.
+            self._client.publish(
+                topics.claim_topic(self.device_id),
+                schema.encode({"op": "claim", "instance": self.instance}),
+                qos=1,
+            )
+            assert self._loop is not None
+            self._loop.call_later(self.config.claim_timeout, self._claim_decided)
 
     def _subscriptions(self) -> list[tuple[str, int]]:
         return device_subscriptions(self.device_id, [t for s in self.services.values() for t in s.topics()])
 
-    def _claim_id(self) -> None:
-        # Ask whether another live instance holds this id; a killed one cannot answer.
-        self._client.publish(
-            topics.claim_topic(self.device_id),
-            schema.encode({"op": "claim", "instance": self.instance}),
-            qos=1,
-        )
-        if self._claim.event.wait(self.config.claim_timeout) and self._claim.holder is not None:
+    def _claim_decided(self) -> None:
+        # Loop thread: claim_timeout passed, or another instance said it holds the id.
+        if self._holding or self._stopping or self._fatal is not None:
+            return
+        if self._claim.holder is not None:
             holder = self._claim.holder
             self._fatal = (
                 f"device id {self.device_id!r} is already online: agent instance {holder.get('instance')} "
@@ -409,6 +505,10 @@ class DeviceAgent:
         self._holding = True
         self._publish_online()
         log.info("%s: online (instance %s)", self.device_id, self.instance)
+        # Starting a service may block (files, SQLite): not on the loop that serves every device.
+        self._executor.submit(self._start_services)
+
+    def _start_services(self) -> None:
         for name, service in self.services.items():
             try:
                 service.start()
@@ -419,6 +519,8 @@ class DeviceAgent:
         # A broker may grant the SUBACK but refuse a filter (0x80): NATS does when it cannot make the
         # JetStream consumer behind a QoS 1 subscription. The device would then be online but deaf.
         # On a NATS cluster that just lost a node, that is a JetStream election in progress: try again shortly.
+        self._release_gate()
+        self._restarting = False  # subscribed again: it hears commands
         refused = refused_filters(reason_codes)
         self._refused_in_a_row = self._refused_in_a_row + 1 if refused else 0
         if refused:
@@ -430,9 +532,11 @@ class DeviceAgent:
                 subscribe_again_later(self._client, self._subscriptions, attempt=self._refused_in_a_row)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
+        self._release_gate()
         if not self._stopping and self._fatal is None:
             self.counters["disconnects"] += 1
             log.warning("%s: disconnected (%s); reconnecting with backoff", self.device_id, reason_code)
+            self._schedule_connect()
 
     def _on_message_failed(self, message: mqtt.MQTTMessage, exc: Exception) -> None:
         # Reached only through a bug: every known bad input is a PayloadError handled below.
@@ -484,6 +588,7 @@ class DeviceAgent:
         elif op == "held" and body.get("to") == self.instance and not self._holding:
             self._claim.holder = body
             self._claim.event.set()
+            self._claim_decided()
 
     def _on_status(self, body: dict[str, Any]) -> None:
         # A late will of an earlier (killed) instance must not mark this live one offline.

@@ -33,7 +33,7 @@ def run_agents(configs: list[AgentConfig], *, stop: threading.Event | None = Non
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
-    # Commands run off paho's network thread; a few workers serve every device in the process.
+    # Commands run off the shared network loop; a few workers serve every device in the process.
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="wb-cmd") as executor:
         agents = [DeviceAgent(config, executor) for config in configs]
         for agent in agents:

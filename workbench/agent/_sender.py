@@ -22,6 +22,7 @@ from typing import Any
 
 from workbench.agent._outbox import Outbox
 from workbench.agent._shaper import LinkShaper
+from workbench.agent._tasks import Task
 from workbench.protocol.budget import Budget
 from workbench.protocol.codec import Codec, WireItem
 
@@ -61,25 +62,24 @@ class Sender:
         self._batch_of: dict[int, int] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()  # ends a wait for the link inside a round
+        self._was_up = True
+        # Rounds run as a task on the process's shared workers: a put or an ack wakes it, the round
+        # itself says when it is due again (an unacknowledged batch's timeout, a link coming back).
+        self._task = Task("sync sender", self._round)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="wb-sync-sender", daemon=True)
-        self._thread.start()
+        self._task.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._task.stop(timeout=5)
 
     def wake(self) -> None:
         """Something new is in the outbox."""
-        self._wake.set()
+        self._task.wake()
 
     # -- measurements -------------------------------------------------------------------------
 
@@ -161,7 +161,7 @@ class Sender:
             self._acked.append((now, wire, len(seqs)))
         self.last_sync = time.time()
         self._adapt()
-        self._wake.set()
+        self._task.wake()
 
     def _forget_inflight(self) -> None:
         with self._lock:
@@ -182,35 +182,31 @@ class Sender:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        was_up = True
-        while not self._stop.is_set():
-            try:
-                up = self.online() and self.shaper.up()
-                if not up:
-                    if was_up:
-                        self._forget_inflight()  # resend in priority order when the link returns
-                    was_up = False
-                    self._stop.wait(0.05)
-                    continue
-                was_up = True
-                self._expire()
-                if self._inflight_bytes() >= self._window():
-                    self._wake.wait(self._idle_wait())  # an ack wakes it
-                    self._wake.clear()
-                    continue
-                self._send_one()
-            except Exception:  # a bug in one round must not stop the device's sync
-                log.exception("sync sender round failed")
-                self._stop.wait(0.5)
+    def _round(self) -> float:
+        """Send what the window allows; return the seconds until the next round unless woken sooner."""
+        up = self.online() and self.shaper.up()
+        if not up:
+            if self._was_up:
+                self._forget_inflight()  # resend in priority order when the link returns
+            self._was_up = False
+            return 0.05
+        self._was_up = True
+        self._expire()
+        # A busy device yields its shared worker now and then: the other devices' rounds wait meanwhile.
+        until = time.monotonic() + 0.25
+        while not self._stop.is_set() and self._inflight_bytes() < self._window():
+            if not self._send_one():
+                break
+            if time.monotonic() > until:
+                return 0.0
+        return self._idle_wait()
 
-    def _send_one(self) -> None:
+    def _send_one(self) -> bool:
+        """Send one batch; False when there was nothing to send or the link went down."""
         items = self.outbox.take(max_bytes=self.batch_bytes, max_rank=self.budget.max_rank(),
                                  ack_timeout=self._ack_timeout())
         if not items:
-            self._wake.wait(self._idle_wait())
-            self._wake.clear()
-            return
+            return False
         message = self.codec.encode([WireItem(i.seq, i.priority, i.kind, i.payload) for i in items])
         wire = len(message) + self.overhead_bytes
         seqs = [item.seq for item in items]
@@ -227,11 +223,12 @@ class Sender:
 
         if not self.shaper.transmit(wire, deliver, self._stop):
             self._forget_inflight()
-            return
+            return False
         self.wire_bytes += wire
         self.raw_bytes += sum(len(item.payload) for item in items)
         self.messages += 1
         self.budget.spend(wire)
+        return True
 
     def stats(self) -> dict[str, Any]:
         rate, items = self.throughput()

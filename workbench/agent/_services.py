@@ -31,7 +31,7 @@ class AgentService(Protocol):
         ...
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        """A message on one of the service's topics (paho's network thread: keep it short)."""
+        """A message on one of the service's topics (on the process's shared network loop: keep it short)."""
         ...
 
     def stop(self) -> None:

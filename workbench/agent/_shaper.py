@@ -12,14 +12,16 @@ connection (commands still reach a partitioned device, so a partition can be end
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import logging
 import random
 import threading
 import time
 from collections.abc import Callable
 
+from workbench.agent._netloop import NetLoop, Timer
 from workbench.protocol.links import LINKS, LinkProfile
+
+log = logging.getLogger("workbench.sync")
 
 
 class LinkShaper:
@@ -40,14 +42,11 @@ class LinkShaper:
         self._free_at = 0.0  # when the link has finished sending what it was given
         self._partitioned_until = 0.0
         self._epoch = time.monotonic()
-        self._queue: list[tuple[float, int, Callable[[], None]]] = []
-        self._counter = itertools.count()
-        self._wake = threading.Condition(self._lock)
+        # Deliveries due later are timers on the process's network loop (not a thread per link).
+        self._pending: set[Timer] = set()
         self._stopped = False
         self.sent_bytes = 0
         self.lost = 0
-        self._thread = threading.Thread(target=self._deliver_loop, name="wb-link", daemon=True)
-        self._thread.start()
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -120,27 +119,27 @@ class LinkShaper:
         if delay <= 0:
             deliver()
             return
-        with self._wake:
-            heapq.heappush(self._queue, (time.monotonic() + delay, next(self._counter), deliver))
-            self._wake.notify()
 
-    def _deliver_loop(self) -> None:
-        while True:
-            with self._wake:
-                while not self._stopped and (not self._queue or self._queue[0][0] > time.monotonic()):
-                    self._wake.wait(self._queue[0][0] - time.monotonic() if self._queue else None)
+        def due() -> None:
+            with self._lock:
+                self._pending.discard(timer)
                 if self._stopped:
                     return
-                _, _, deliver = heapq.heappop(self._queue)
             try:
                 deliver()
             except Exception:  # one failed delivery must not stop the link
-                import logging
+                log.exception("link delivery failed")
 
-                logging.getLogger("workbench.sync").exception("link delivery failed")
+        with self._lock:
+            if self._stopped:
+                return
+            timer = NetLoop.get().call_later(delay, due)
+            self._pending.add(timer)
 
     def close(self) -> None:
-        with self._wake:
+        """Drop what is still on the way (as a link going away would)."""
+        with self._lock:
             self._stopped = True
-            self._wake.notify()
-        self._thread.join(timeout=2)
+            pending, self._pending = self._pending, set()
+        for timer in pending:
+            timer.cancel()

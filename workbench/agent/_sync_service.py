@@ -26,6 +26,7 @@ from workbench.agent._outbox import Outbox
 from workbench.agent._sender import Sender
 from workbench.agent._services import apply_desired, register_service
 from workbench.agent._shaper import LinkShaper
+from workbench.agent._tasks import Task, shared_pool
 from workbench.errors import ConfigError, PayloadError, WorkbenchError
 from workbench.protocol import schema, topics
 from workbench.protocol.acks import decode_ack
@@ -87,7 +88,7 @@ class SyncService:
         self.sender = Sender(self.outbox, Codec(), self.shaper, self._publish, budget=self.budget,
                              online=lambda: agent.online, overhead_bytes=len(self._topic) + 4)
         self._stop = threading.Event()
-        self._state_thread: threading.Thread | None = None
+        self._state_task = Task(f"{agent.device_id}: sync state", self._report_state)
         self._producers: list[threading.Thread] = []
         self._lock = threading.RLock()
         self.producer_error: str | None = None
@@ -105,15 +106,17 @@ class SyncService:
                 kind = self.agent.rejected.reject(exc)
                 self.agent.reject_log.count(self.agent.device_id, kind, f"sync ack: {exc}")
                 return
-            self.shaper.receive(lambda: self.sender.on_ack(seqs))
+            # The ack is an SQLite delete: on the shared workers, not on the network loop that delivers it.
+            self.shaper.receive(lambda: self._ack_later(seqs))
         else:
-            threading.Thread(target=self._apply_desired, args=(payload,), daemon=True).start()
+            shared_pool().submit(self._apply_desired, payload)  # off the network loop: it writes files
+
+    def _ack_later(self, seqs: list[int]) -> None:
+        shared_pool().submit(self.sender.on_ack, seqs)
 
     def start(self) -> None:
         self.sender.start()
-        self._state_thread = threading.Thread(target=self._state_loop, name=f"wb-sync-{self.agent.device_id}",
-                                              daemon=True)
-        self._state_thread.start()
+        self._state_task.start(float(self.config["state_interval_s"]))
 
     @property
     def stopped(self) -> bool:
@@ -125,8 +128,7 @@ class SyncService:
         for thread in self._producers:
             thread.join(timeout=2)
         self.sender.stop()
-        if self._state_thread is not None:
-            self._state_thread.join(timeout=2)
+        self._state_task.stop(timeout=2)
         self.shaper.close()
         self._save_budget()
         self.outbox.close()
@@ -224,15 +226,16 @@ class SyncService:
         self.outbox.set_meta("budget_used", str(self.budget.used))
         self._saved_budget = saved
 
-    def _state_loop(self) -> None:
-        topic = topics.sync_state_topic(self.agent.device_id)
-        while not self._stop.wait(float(self.config["state_interval_s"])):
-            try:
-                self._save_budget()
-                if self.agent.online:
-                    self.agent.publish(topic, schema.encode(self.state()), qos=0, retain=True)
-            except Exception:  # reporting must not end the service
-                log.exception("%s: sync state report failed", self.agent.device_id)
+    def _report_state(self) -> float:
+        # A task on the shared workers; returns the seconds until the next report.
+        try:
+            self._save_budget()
+            if self.agent.online:
+                self.agent.publish(topics.sync_state_topic(self.agent.device_id), schema.encode(self.state()), qos=0,
+                                   retain=True)
+        except Exception:  # reporting must not end the service
+            log.exception("%s: sync state report failed", self.agent.device_id)
+        return float(self.config["state_interval_s"])
 
     # -- a load generator (tests, notebook, benchmark) ------------------------------------------
 

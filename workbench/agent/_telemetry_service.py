@@ -30,6 +30,7 @@ from workbench.agent._commands import register_command
 from workbench.agent._inference import SOURCES, InferenceLoop, Metrics, Point
 from workbench.agent._services import apply_desired, register_service
 from workbench.agent._sync_service import SyncService, sync_service
+from workbench.agent._tasks import Task, shared_pool
 from workbench.errors import ConfigError
 from workbench.protocol import topics
 from workbench.protocol.priority import PRIORITIES
@@ -114,9 +115,10 @@ class TelemetryService:
         self.batches_dropped = 0  # refused by the outbox's disk bound (counted there too)
         self._seq = 0
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._synthetic_carry = 0.0
+        # A task on the process's shared workers, not a thread per device; configure() wakes it.
+        self._task = Task(f"{agent.device_id}: telemetry", self._publish_round)
+        self._started = False
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first call only starts the measurement
 
@@ -126,8 +128,8 @@ class TelemetryService:
         return [topics.desired_topic(self.agent.device_id, "telemetry")]
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        # A retained desired state arrives on every connect; apply it off the network thread.
-        threading.Thread(target=self._apply_desired, args=(payload,), daemon=True).start()
+        # A retained desired state arrives on every connect; apply it off the network loop (it writes files).
+        shared_pool().submit(self._apply_desired, payload)
 
     def start(self) -> None:
         boot = int(self.agent.state.get("telemetry_boot", 0)) + 1
@@ -135,15 +137,11 @@ class TelemetryService:
         self.agent.save_state()
         self._seq = boot << 32
         self._restart_loop()
-        self._thread = threading.Thread(target=self._publish_loop, name=f"wb-telemetry-{self.agent.device_id}",
-                                        daemon=True)
-        self._thread.start()
+        self._started = True
+        self._task.start(float(self.config["publish_interval_s"]))
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._task.stop(timeout=5)
         with self._lock:
             if self.loop is not None:
                 self.loop.stop()
@@ -158,9 +156,9 @@ class TelemetryService:
             self.config = config
             self.agent.state["telemetry"] = dict(config)
             self.agent.save_state()
-            if self._thread is not None:
+            if self._started:
                 self._restart_loop()
-            self._wake.set()
+            self._task.wake()
             return self.status()
 
     def _check_servable(self, changes: dict[str, Any], config: dict[str, Any]) -> None:
@@ -218,27 +216,26 @@ class TelemetryService:
                 "model_sha256": model.sha256[:12] if model else None, "instance": self.agent.instance,
                 "source": self.config["source"]}
 
-    def _publish_loop(self) -> None:
-        synthetic_carry = 0.0
-        while not self._stop.is_set():
-            interval = float(self.config["publish_interval_s"])
-            self._wake.wait(interval)
-            self._wake.clear()
-            if not self.config["enabled"]:
-                continue  # offline is fine: the outbox keeps the batches until the link is back
-            now = time.time()
-            points, summary = self.metrics.drain()
-            points += [(now, name, value) for name, value in summary.items()]
-            points += self._device_metrics(now)
-            try:
-                self._publish(points)
-                rate = float(self.config["synthetic_points_per_s"])
-                if rate > 0:
-                    synthetic_carry += rate * interval
-                    count, synthetic_carry = int(synthetic_carry), synthetic_carry - int(synthetic_carry)
-                    self._publish_synthetic(count, now)
-            except Exception:  # a publish bug must not end the device's telemetry
-                log.exception("%s: telemetry publish failed", self.agent.device_id)
+    def _publish_round(self) -> float:
+        # One round of the task; returns the seconds until the next.
+        interval = float(self.config["publish_interval_s"])
+        if not self.config["enabled"]:
+            return interval  # offline is fine: the outbox keeps the batches until the link is back
+        now = time.time()
+        points, summary = self.metrics.drain()
+        points += [(now, name, value) for name, value in summary.items()]
+        points += self._device_metrics(now)
+        try:
+            self._publish(points)
+            rate = float(self.config["synthetic_points_per_s"])
+            if rate > 0:
+                self._synthetic_carry += rate * interval
+                count = int(self._synthetic_carry)
+                self._synthetic_carry -= count
+                self._publish_synthetic(count, now)
+        except Exception:  # a publish bug must not end the device's telemetry
+            log.exception("%s: telemetry publish failed", self.agent.device_id)
+        return interval
 
     def _next_seq(self) -> int:
         self._seq += 1
