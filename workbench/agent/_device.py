@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import socket
 import threading
@@ -30,6 +31,7 @@ from workbench.errors import ConfigError, DuplicateDeviceError, PayloadError, Wo
 from workbench.profiles import HardwareProfile, detect_hardware, device_providers, get_profile
 from workbench.protocol import schema, topics
 from workbench.protocol._mqtt import (
+    RECONNECT_JITTER_S,
     BrokerAddress,
     close_client,
     guard_messages,
@@ -100,9 +102,8 @@ def _host_hardware() -> dict[str, Any]:
     return detect_hardware("/")
 
 
-# After a broker restart every device of a fleet reconnects: without jitter the backoff (1 s, 2 s, 4 s...)
-# would send them all at the same instants. Each wait gets up to this many seconds more, at random.
-RECONNECT_JITTER_S = 2.0
+# After a broker restart every device of a fleet reconnects: without jitter (RECONNECT_JITTER_S, shared with
+# the Bus) the backoff (1 s, 2 s, 4 s...) would send them all at the same instants.
 RECONNECT_MIN_S = 1.0
 RECONNECT_MAX_S = 30.0
 
