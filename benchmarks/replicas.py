@@ -33,23 +33,15 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
+from _machine import cpu_flags, load_average
 
 from workbench.fleet._connect import connect_record
-from workbench.profiles import cpu_features, detect_hardware
 from workbench.sim import _procs, down, up
 from workbench.sim._rundir import RunDir
 
 IDLE_S = 5.0
 
 
-def cpu_flags() -> str:
-    hardware = detect_hardware("/")
-    return (f"{hardware.get('cpu_model') or 'unknown CPU'}; {os.cpu_count()} cores; "
-            f"flags: {' '.join(cpu_features()) or 'none'}")
-
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _cpu(pids: list[int]) -> float:
@@ -113,7 +105,7 @@ def phase(record: dict[str, Any], dsn: str, replicas: int, rate: int, seconds: f
     _drop(dsn)
     devices = [d for agent in record["agents"] for d in agent["devices"]]
     started = [_spawn_replica(record, dsn, f"r{i + 1}", folder) for i in range(replicas)]
-    load_before = load()
+    load_before = load_average()
     try:
         with connect_record(record, RunDir.resolve(record["run_dir"]), timeout=20) as fleet:
             fleet.wait_for(len(devices), timeout=60)
@@ -179,7 +171,7 @@ def phase(record: dict[str, Any], dsn: str, replicas: int, rate: int, seconds: f
             "agent_cores": round((other1[2] - other0[2]) / window, 2),
             "items_to_store": produced, "stored_items": stored_batches, "stored_points": stored_points,
             "drained": backlog_ok, "nothing_lost": backlog_ok and stored_batches == produced,
-            "load_before": load_before, "load_after": load()}
+            "load_before": load_before, "load_after": load_average()}
 
 
 def main() -> None:
@@ -197,7 +189,7 @@ def main() -> None:
     if not args.dsn:
         parser.error("give --dsn postgresql://... (or set WORKBENCH_TEST_POSTGRES_DSN)")
     print(f"CPU: {cpu_flags()}")
-    print(f"load average at start: {load()}")
+    print(f"load average at start: {load_average()}")
     results = []
     with tempfile.TemporaryDirectory(prefix="wb-bench-replicas-") as tmp:
         run_dir = Path(tmp) / "fleet"

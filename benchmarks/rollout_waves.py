@@ -26,22 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _machine import cpu_flags, load_average
+
 import workbench
 from workbench.deploy import Waves, build_package, load_signing_key
 from workbench.deploy._examples import tiny_model
-from workbench.profiles import cpu_features, detect_hardware
 from workbench.sim import down, up
-
-
-def cpu_flags() -> str:
-    """The CPU's model, cores and ISA flags, as the profiles' detection reads them."""
-    hardware = detect_hardware("/")
-    return (f"{hardware.get('cpu_model') or 'unknown CPU'}; {os.cpu_count()} cores; "
-            f"flags: {' '.join(cpu_features()) or 'none'}")
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _shown(value: Any) -> str:
@@ -57,7 +47,7 @@ def measure(devices: int, wave: int, *, broker: str, secure: bool, timeout: floa
         os.environ["WORKBENCH_DEPLOY_HISTORY"] = str(Path(base) / "history.jsonl")
         os.environ["WORKBENCH_ARTIFACTS"] = str(Path(base) / "artifacts")
         run_dir = Path(base) / "fleet"
-        load_up = _load()
+        load_up = load_average()
         started = time.perf_counter()
         up(devices=devices, run_dir=run_dir, broker=broker, hub=False, secure=secure, timeout=timeout, keepalive=30)
         online_s = time.perf_counter() - started
@@ -68,10 +58,10 @@ def measure(devices: int, wave: int, *, broker: str, secure: bool, timeout: floa
                 fleet.wait_for(devices, timeout=120)
                 fleet.wait_until(lambda f: sum(1 for d in f.devices if d.inventory_data) >= devices, timeout=120)
                 time.sleep(3.0)  # the start-up's retained deliveries settle before the clock starts
-                load_before = _load()
+                load_before = load_average()
                 report = fleet.deploy(package.path, strategy=Waves(size=wave, soak_s=0.0),
                                       device_timeout=device_timeout).wait(timeout=device_timeout * (devices / wave + 1))
-                load_after = _load()
+                load_after = load_average()
         finally:
             down(run_dir)
     return {"devices": devices, "broker": broker, "online_s": online_s, "load_up": load_up,

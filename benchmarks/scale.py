@@ -22,29 +22,17 @@ Usage: python benchmarks/scale.py [--sizes 500,1000,2000] [--brokers embedded,mo
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
+from _machine import cpu_flags, load_average
 
 import workbench
-from workbench.profiles import cpu_features, detect_hardware
 from workbench.sim import down, up
 from workbench.sim._brokers import broker_processes, subscription_report
-
-
-def cpu_flags() -> str:
-    """The CPU's model, cores and ISA flags, as the profiles' detection reads them (VNNI or AVX2 only)."""
-    hardware = detect_hardware("/")
-    return (f"{hardware.get('cpu_model') or 'unknown CPU'}; {os.cpu_count()} cores; "
-            f"flags: {' '.join(cpu_features()) or 'none'}")
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _processes(records: list[dict[str, Any]]) -> list[psutil.Process]:
@@ -76,7 +64,7 @@ def _switches(procs: list[psutil.Process]) -> int:
 def measure(broker: str, devices: int, *, idle: float, timeout: float, keepalive: int = 30) -> dict[str, Any]:
     """One fleet of ``devices`` on ``broker``: time to online, memory, idle CPU and wake-ups; the fleet is stopped."""
     with tempfile.TemporaryDirectory(prefix="wb-scale-") as run_dir:
-        load_before = _load()
+        load_before = load_average()
         started = time.perf_counter()
         # "cluster3": the embedded broker as a cluster of three NATS servers (`workbench up --cluster 3`).
         nodes = int(broker.removeprefix("cluster")) if broker.startswith("cluster") else 1
@@ -111,7 +99,7 @@ def measure(broker: str, devices: int, *, idle: float, timeout: float, keepalive
         "wakeups_per_s_per_device": (sw1 - sw0) / idle / devices,
         "broker_idle_cpu_pct_per_1000": 100 * (bcpu1 - bcpu0) / idle / devices * 1000,
         "inventory_s": inventory_s, "subscriptions": subscriptions,
-        "load_before": load_before, "load_after": _load(),
+        "load_before": load_before, "load_after": load_average(),
     }
 
 
@@ -135,7 +123,7 @@ def main() -> None:
     parser.add_argument("--keepalive", type=int, default=30, help="the agents' MQTT keepalive (s)")
     args = parser.parse_args()
     print(f"CPU: {cpu_flags()}")
-    print(f"load average before: {_load()}")
+    print(f"load average before: {load_average()}")
     print("| broker | devices | agent processes | online s | RSS / USS MiB per device | threads per device | "
           "idle CPU % of a core per device | wake-ups/s per device | broker idle CPU % per 1,000 | "
           "inventory() ms | JetStream consumers | load average before → after |")
@@ -147,7 +135,7 @@ def main() -> None:
                 print(_row(row), flush=True)
             except workbench.WorkbenchError as exc:
                 print(f"| {broker} | {size:,} | failed: {exc} |", flush=True)
-    print(f"load average after: {_load()}")
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":
