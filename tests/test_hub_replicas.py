@@ -177,12 +177,15 @@ def test_postgres_sync_store_stores_an_item_once_when_two_replicas_receive_it(st
 _REPLICAS = ("hub-a", "hub-b")
 
 
-def _spawn_replica(record: dict[str, Any], store: str, name: str, tmp_path: Path) -> dict[str, Any]:
+def _spawn_replica(record: dict[str, Any], store: str, name: str, tmp_path: Path, *,
+                   nats: bool = False) -> dict[str, Any]:
     host, port = "127.0.0.1", _procs.free_port("127.0.0.1")
     token_file = tmp_path / "hub.token"
     argv = [sys.executable, "-m", "workbench.cli", "hub", "--broker", record["broker"]["url"], "--store", store,
             "--group", "hubs", "--replica", name, "--data-dir", str(tmp_path / name), "--host", host,
             "--port", str(port), "--token-file", str(token_file)]
+    if nats:  # the embedded broker: the replicas share the outboxes through a NATS queue group
+        argv += ["--nats", record["broker"]["nats_url"]]
     proc = _procs.spawn_listening(argv, tmp_path / f"{name}.log", host, port, wait=30, what=f"hub replica {name}",
                                   error=HubError)
     return {**proc, "name": name, "url": f"http://{host}:{port}", "token": token_file.read_text().strip()}
@@ -243,13 +246,11 @@ def _assert_each_acknowledged_item_stored_once(store: str, statuses: dict[str, d
             assert len(batches) > 20, f"{device} streamed too little for the test to mean anything"
 
 
-@pytest.mark.slow
-def test_load_splits_between_two_replicas_when_devices_stream_through_mosquitto(
-        store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
-    record = fleet_factory(devices=4, broker="mosquitto", hub=False, keepalive=5)
+def _assert_load_splits(store: str, fleet_factory: FleetFactory, tmp_path: Path, broker: str) -> None:
+    record = fleet_factory(devices=4, broker=broker, hub=False, keepalive=5)
     replicas: list[dict[str, Any]] = []
     try:
-        replicas = [_spawn_replica(record, store, name, tmp_path) for name in _REPLICAS]
+        replicas = [_spawn_replica(record, store, name, tmp_path, nats=broker == "embedded") for name in _REPLICAS]
         devices = [d for agent in record["agents"] for d in agent["devices"]]
         # The fleet client only sends commands: it never receives outboxes, so only the replicas acknowledge.
         with connect_record(record, RunDir.resolve(record["run_dir"])) as fleet:
@@ -275,12 +276,22 @@ def test_load_splits_between_two_replicas_when_devices_stream_through_mosquitto(
 
 
 @pytest.mark.slow
-def test_surviving_replica_takes_the_whole_load_without_loss_or_duplicates_when_one_is_killed(
+def test_load_splits_between_two_replicas_when_devices_stream_through_mosquitto(
         store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
-    record = fleet_factory(devices=4, broker="mosquitto", hub=False, keepalive=5)
+    _assert_load_splits(store, fleet_factory, tmp_path, "mosquitto")
+
+
+@pytest.mark.slow
+def test_load_splits_between_two_replicas_through_a_nats_queue_group_when_the_broker_is_nats(
+        store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
+    _assert_load_splits(store, fleet_factory, tmp_path, "embedded")
+
+
+def _assert_survivor_takes_over(store: str, fleet_factory: FleetFactory, tmp_path: Path, broker: str) -> None:
+    record = fleet_factory(devices=4, broker=broker, hub=False, keepalive=5)
     replicas: list[dict[str, Any]] = []
     try:
-        replicas = [_spawn_replica(record, store, name, tmp_path) for name in _REPLICAS]
+        replicas = [_spawn_replica(record, store, name, tmp_path, nats=broker == "embedded") for name in _REPLICAS]
         devices = [d for agent in record["agents"] for d in agent["devices"]]
         with connect_record(record, RunDir.resolve(record["run_dir"])) as fleet:
             fleet.wait_for(len(devices), timeout=30)
@@ -302,3 +313,15 @@ def test_surviving_replica_takes_the_whole_load_without_loss_or_duplicates_when_
     for device, produced in at_kill.items():  # items hub-a can no longer have stored: hub-b stored them all, below
         assert int(statuses[device]["counters"]["produced"]) > produced, f"{device} streamed nothing after the kill"
     _assert_each_acknowledged_item_stored_once(store, statuses)
+
+
+@pytest.mark.slow
+def test_surviving_replica_takes_the_whole_load_without_loss_or_duplicates_when_one_is_killed(
+        store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
+    _assert_survivor_takes_over(store, fleet_factory, tmp_path, "mosquitto")
+
+
+@pytest.mark.slow
+def test_surviving_replica_takes_the_whole_nats_queue_without_loss_or_duplicates_when_one_is_killed(
+        store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
+    _assert_survivor_takes_over(store, fleet_factory, tmp_path, "embedded")
