@@ -363,8 +363,15 @@ def _assert_load_splits(store: str, fleet_factory: FleetFactory, tmp_path: Path,
             _stream(fleet, devices, enabled=False)
             statuses = {device: _settled(fleet, device) for device in devices}
         counts = {replica["name"]: int(_ingest(replica)["batches"]) for replica in replicas}
+        healths = [httpx.get(f"{replica['url']}/healthz", timeout=5).json() for replica in replicas]
     finally:
         _procs.stop(replicas)
+    for health in healths:
+        if broker == "embedded":  # received through the queue group, not through the MQTT listener
+            assert health["shared_by"] == "nats-queue" and health["nats"]["connected"], health
+            assert health["nats"]["messages"] > 0 and not health["nats"].get("dropped_slow_consumer"), health
+        else:
+            assert health["shared_by"] == "mqtt-share" and "nats" not in health, health
     total = sum(counts.values())
     with psycopg.connect(store) as con:
         row = con.execute("SELECT count(*) FROM workbench.batches").fetchone()

@@ -297,7 +297,9 @@ class Hub:
                 "store": str(self.store_url), "devices": len(self.ingestor.feeds), "backlog": self.ingestor.backlog,
                 "stream_drops": self.stream_drops, "group": self.group, "replica": self.replica,
                 "leader": self.is_leader, "shared_by": ("nats-queue" if self.nats_queue is not None
-                                                        else "mqtt-share" if self.group is not None else None)}
+                                                        else "mqtt-share" if self.group is not None else None),
+                **({"nats": {"connected": self.nats_queue.connected, **self.nats_queue.counters}}
+                   if self.nats_queue is not None else {})}
 
     def fleet_info(self) -> dict[str, Any]:
         """Where this hub's fleet is: its broker's URL (never its credentials), for clients that connect by hub URL."""
