@@ -8,13 +8,16 @@ from an empty ``workbench`` schema, since the hub keeps its tables there.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -23,17 +26,19 @@ import pytest
 from conftest import FleetFactory
 
 import workbench
-from workbench.errors import ConfigError, HubAlreadyRunningError, HubError
+from workbench.errors import BrokerUnreachableError, ConfigError, HubAlreadyRunningError, HubError
 from workbench.fleet import Fleet
 from workbench.fleet._connect import connect_record
+from workbench.hub._nats_queue import NatsQueue, mqtt_topic, parse_nats_urls
 from workbench.hub._service import Hub
 from workbench.protocol import topics
 from workbench.protocol._mqtt import BrokerAddress
-from workbench.protocol.codec import WireItem
+from workbench.protocol.codec import MAX_MESSAGE_BYTES, WireItem
 from workbench.protocol.wire import encode_batch
 from workbench.sim import _procs
 from workbench.sim._rundir import RunDir
-from workbench.sync._store import PostgresSyncStore
+from workbench.sync._receiver import SyncReceiver
+from workbench.sync._store import PostgresSyncStore, SyncStore
 from workbench.telemetry._alerts import AlertRule
 
 
@@ -112,10 +117,100 @@ def test_replica_group_is_refused_naming_postgres_when_the_store_is_a_duckdb_fil
 def test_replica_is_refused_naming_shared_subscriptions_when_the_broker_is_nats(
         store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
     record = fleet_factory(devices=1, broker="embedded", hub=False, keepalive=5)
-    with pytest.raises(ConfigError, match=r"did not deliver a message through the MQTT shared subscription"):
+    with pytest.raises(ConfigError, match=r"did not deliver a message through the MQTT shared subscription(.|\n)*"
+                       r"pass --nats with its NATS client URL \(`broker.nats_url` in fleet.json\)"):
         Hub(BrokerAddress.parse(record["broker"]["url"]), store, data_dir=tmp_path / "a", group="hubs")
     single = Hub(None, store, data_dir=tmp_path / "b")  # the refused replica left the store free
     single.close()
+
+
+def test_hub_is_refused_naming_group_when_given_nats_without_group(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="give --group too"):
+        Hub(None, f"duckdb://{tmp_path / 'fleet.duckdb'}", nats="nats://127.0.0.1:4222")
+    assert not (tmp_path / "fleet.duckdb").exists()  # refused before anything opened
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("nats://10.1.2.3:4222", "plain NATS beyond loopback"),
+    ("nats://hub:secret@127.0.0.1:4222", "--nats-password-file"),
+    ("mqtt://127.0.0.1:1883", "is not a NATS server URL"),
+    ("nats://127.0.0.1", "is not a NATS server URL"),
+    (" , ", "--nats needs a URL"),
+])
+def test_nats_url_is_refused_with_what_to_do_when_it_is_unsafe_or_malformed(url: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        parse_nats_urls(url)
+
+
+def test_nats_subjects_become_the_mqtt_topics_the_receiver_accepts_when_device_ids_hold_dots(tmp_path: Path) -> None:
+    receiver = SyncReceiver(None, SyncStore(tmp_path / "sync.db"), send_ack=lambda _device, _payload: None)
+    try:
+        assert mqtt_topic("wb.v1.dev.pi//4.outbox") == topics.outbox_topic("pi.4")
+        receiver.receive(mqtt_topic("wb.v1.dev.sim-01.state"), b"x")  # no outbox: never queued
+        receiver.receive(mqtt_topic("wb.v1.dev.pi//4.outbox"), b"\0" * (MAX_MESSAGE_BYTES + 1))
+        assert receiver.counters["bad_topic"] == 1
+        assert receiver.counters["rejected_oversized"] == 1
+        assert receiver.wait_idle(5) and receiver.counters["messages"] == 0
+    finally:
+        receiver.close()
+
+
+def _nats_permission_errors(url: str, user: str, password: str) -> list[str]:
+    """What the NATS server says when ``user`` publishes a command and subscribes to commands."""
+    import nats
+
+    async def attempt() -> list[str]:
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        nc = await nats.connect(url, user=user, password=password, error_cb=on_error, allow_reconnect=False)
+        try:
+            await nc.publish("wb.v1.cmd.sim-01.ping", b"{}")
+            await nc.subscribe("wb.v1.cmd.>")
+            await nc.flush(5)
+            await asyncio.sleep(0.5)  # permission errors arrive asynchronously, after the flush
+        finally:
+            await nc.close()
+        return errors
+
+    return asyncio.run(attempt())
+
+
+def test_hub_nats_user_receives_outboxes_on_loopback_and_may_do_nothing_else_when_the_fleet_is_secure(
+        fleet_factory: FleetFactory) -> None:
+    record = fleet_factory(devices=1, broker="embedded", hub=False, secure=True, keepalive=5)
+    url = record["broker"]["nats_url"]
+    assert urlsplit(url).hostname == "127.0.0.1"
+    hub_nats = record["secure"]["hub_nats"]
+    password_file = Path(hub_nats["password_file"])
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    password = password_file.read_text().strip()
+    [device] = [d for agent in record["agents"] for d in agent["devices"]]
+    received: list[str] = []
+    queue = NatsQueue(url, "hubs", lambda topic, _payload: received.append(topic), user=hub_nats["username"],
+                      password=password)
+    try:
+        with connect_record(record, RunDir.resolve(record["run_dir"])) as fleet:
+            fleet.wait_for(1, timeout=30)
+            _stream(fleet, [device], synthetic_points_per_s=50, publish_interval_s=0.2)
+            deadline = time.monotonic() + 20
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.1)
+            _stream(fleet, [device], enabled=False)
+    finally:
+        queue.close()
+    assert received, "the hub's NATS user received no outbox message"
+    assert set(received) == {topics.outbox_topic(device)}
+    errors = _nats_permission_errors(url, hub_nats["username"], password)
+    assert sum("permissions violation for publish" in e.lower() for e in errors) == 1, errors
+    assert sum("permissions violation for subscription" in e.lower() for e in errors) == 1, errors
+    with pytest.raises(BrokerUnreachableError, match="--nats-user/--nats-password-file"):
+        NatsQueue(url, "hubs", lambda _t, _p: None, user=hub_nats["username"], password="wrong", timeout=3)
+    controller = Path(record["secure"]["controller"]["password_file"]).read_text().strip()
+    with pytest.raises(BrokerUnreachableError):  # the MQTT users may not speak NATS
+        NatsQueue(url, "hubs", lambda _t, _p: None, user="workbench", password=controller, timeout=3)
 
 
 def _feed(hub: Hub, device: str, seq: int, at: float, value: float) -> None:
@@ -177,12 +272,22 @@ def test_postgres_sync_store_stores_an_item_once_when_two_replicas_receive_it(st
 _REPLICAS = ("hub-a", "hub-b")
 
 
-def _spawn_replica(record: dict[str, Any], store: str, name: str, tmp_path: Path) -> dict[str, Any]:
+def _spawn_replica(record: dict[str, Any], store: str, name: str, tmp_path: Path, *,
+                   nats: bool = False) -> dict[str, Any]:
     host, port = "127.0.0.1", _procs.free_port("127.0.0.1")
     token_file = tmp_path / "hub.token"
     argv = [sys.executable, "-m", "workbench.cli", "hub", "--broker", record["broker"]["url"], "--store", store,
             "--group", "hubs", "--replica", name, "--data-dir", str(tmp_path / name), "--host", host,
             "--port", str(port), "--token-file", str(token_file)]
+    if nats:  # the embedded broker: the replicas share the outboxes through a NATS queue group
+        argv += ["--nats", record["broker"]["nats_url"]]
+    secure = record.get("secure")
+    if secure:  # the workbench's MQTT user acknowledges; the hub's NATS user receives
+        argv += ["--username", secure["controller"]["username"], "--password-file",
+                 secure["controller"]["password_file"], "--ca-file", secure["ca_file"]]
+        if nats:
+            argv += ["--nats-user", secure["hub_nats"]["username"], "--nats-password-file",
+                     secure["hub_nats"]["password_file"]]
     proc = _procs.spawn_listening(argv, tmp_path / f"{name}.log", host, port, wait=30, what=f"hub replica {name}",
                                   error=HubError)
     return {**proc, "name": name, "url": f"http://{host}:{port}", "token": token_file.read_text().strip()}
@@ -243,13 +348,12 @@ def _assert_each_acknowledged_item_stored_once(store: str, statuses: dict[str, d
             assert len(batches) > 20, f"{device} streamed too little for the test to mean anything"
 
 
-@pytest.mark.slow
-def test_load_splits_between_two_replicas_when_devices_stream_through_mosquitto(
-        store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
-    record = fleet_factory(devices=4, broker="mosquitto", hub=False, keepalive=5)
+def _assert_load_splits(store: str, fleet_factory: FleetFactory, tmp_path: Path, broker: str, *,
+                        secure: bool = False) -> None:
+    record = fleet_factory(devices=4, broker=broker, hub=False, keepalive=5, secure=secure)
     replicas: list[dict[str, Any]] = []
     try:
-        replicas = [_spawn_replica(record, store, name, tmp_path) for name in _REPLICAS]
+        replicas = [_spawn_replica(record, store, name, tmp_path, nats=broker == "embedded") for name in _REPLICAS]
         devices = [d for agent in record["agents"] for d in agent["devices"]]
         # The fleet client only sends commands: it never receives outboxes, so only the replicas acknowledge.
         with connect_record(record, RunDir.resolve(record["run_dir"])) as fleet:
@@ -259,8 +363,15 @@ def test_load_splits_between_two_replicas_when_devices_stream_through_mosquitto(
             _stream(fleet, devices, enabled=False)
             statuses = {device: _settled(fleet, device) for device in devices}
         counts = {replica["name"]: int(_ingest(replica)["batches"]) for replica in replicas}
+        healths = [httpx.get(f"{replica['url']}/healthz", timeout=5).json() for replica in replicas]
     finally:
         _procs.stop(replicas)
+    for health in healths:
+        if broker == "embedded":  # received through the queue group, not through the MQTT listener
+            assert health["shared_by"] == "nats-queue" and health["nats"]["connected"], health
+            assert health["nats"]["messages"] > 0 and not health["nats"].get("dropped_slow_consumer"), health
+        else:
+            assert health["shared_by"] == "mqtt-share" and "nats" not in health, health
     total = sum(counts.values())
     with psycopg.connect(store) as con:
         row = con.execute("SELECT count(*) FROM workbench.batches").fetchone()
@@ -275,12 +386,23 @@ def test_load_splits_between_two_replicas_when_devices_stream_through_mosquitto(
 
 
 @pytest.mark.slow
-def test_surviving_replica_takes_the_whole_load_without_loss_or_duplicates_when_one_is_killed(
+def test_load_splits_between_two_replicas_when_devices_stream_through_mosquitto(
         store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
-    record = fleet_factory(devices=4, broker="mosquitto", hub=False, keepalive=5)
+    _assert_load_splits(store, fleet_factory, tmp_path, "mosquitto")
+
+
+@pytest.mark.slow
+def test_load_splits_between_two_replicas_through_a_nats_queue_group_when_the_broker_is_nats(
+        store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
+    # Secure, as `workbench up` starts it: the replicas log in to MQTT and NATS with the fleet's credentials.
+    _assert_load_splits(store, fleet_factory, tmp_path, "embedded", secure=True)
+
+
+def _assert_survivor_takes_over(store: str, fleet_factory: FleetFactory, tmp_path: Path, broker: str) -> None:
+    record = fleet_factory(devices=4, broker=broker, hub=False, keepalive=5)
     replicas: list[dict[str, Any]] = []
     try:
-        replicas = [_spawn_replica(record, store, name, tmp_path) for name in _REPLICAS]
+        replicas = [_spawn_replica(record, store, name, tmp_path, nats=broker == "embedded") for name in _REPLICAS]
         devices = [d for agent in record["agents"] for d in agent["devices"]]
         with connect_record(record, RunDir.resolve(record["run_dir"])) as fleet:
             fleet.wait_for(len(devices), timeout=30)
@@ -302,3 +424,15 @@ def test_surviving_replica_takes_the_whole_load_without_loss_or_duplicates_when_
     for device, produced in at_kill.items():  # items hub-a can no longer have stored: hub-b stored them all, below
         assert int(statuses[device]["counters"]["produced"]) > produced, f"{device} streamed nothing after the kill"
     _assert_each_acknowledged_item_stored_once(store, statuses)
+
+
+@pytest.mark.slow
+def test_surviving_replica_takes_the_whole_load_without_loss_or_duplicates_when_one_is_killed(
+        store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
+    _assert_survivor_takes_over(store, fleet_factory, tmp_path, "mosquitto")
+
+
+@pytest.mark.slow
+def test_surviving_replica_takes_the_whole_nats_queue_without_loss_or_duplicates_when_one_is_killed(
+        store: str, fleet_factory: FleetFactory, tmp_path: Path) -> None:
+    _assert_survivor_takes_over(store, fleet_factory, tmp_path, "embedded")

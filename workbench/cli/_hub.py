@@ -60,6 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "PostgreSQL --store and the devices' messages (MQTT shared subscription); the group's leader "
                         "runs rollouts")
     parser.add_argument("--replica", help="this replica's name in logs and /healthz (default: host-pid; with --group)")
+    parser.add_argument("--nats", metavar="URL", help="with --group on a NATS broker: its NATS client URL "
+                        "(nats://127.0.0.1:PORT, `broker.nats_url` in a local fleet's fleet.json); the replicas "
+                        "share the outboxes through a NATS queue group, since NATS's MQTT listener has no shared "
+                        "subscriptions")
+    parser.add_argument("--nats-user", help="NATS username (a secure local fleet's: `secure.hub_nats` in fleet.json)")
+    parser.add_argument("--nats-password-file", type=Path, help="file holding the NATS password")
     parser.set_defaults(func=run)
 
     telemetry = sub.add_parser("telemetry", help="query the fleet's telemetry through its hub")
@@ -139,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
     broker = BrokerAddress.parse(args.broker, username=args.username, password=password, ca_file=args.ca_file)
     if args.replica is not None and args.group is None:
         raise ConfigError("--replica names a member of a replica group: give --group too")
+    nats_password = args.nats_password_file.read_text().strip() if args.nats_password_file else None
     hub = Hub(broker, args.store, data_dir=args.data_dir, connect=_fleet_connector(args, broker), group=args.group,
-              replica=args.replica)
+              replica=args.replica, nats=args.nats, nats_user=args.nats_user, nats_password=nats_password)
 
     def listening(url: str) -> None:
         log.info("hub listening on %s, store %s, broker %s%s", url, hub.store_url, broker.url,

@@ -6,7 +6,8 @@ every member already holding it names the same group (each member's lock connect
 ``application_name = workbench-hub/<group>``, which ``pg_stat_activity`` shows to the others). Joining
 is serialised by a transaction-level advisory lock, so two groups starting at once cannot both get in.
 
-The broker shares the devices' outbox messages among the members (MQTT ``$share/<group>/...``); the
+The broker shares the devices' outbox messages among the members (MQTT ``$share/<group>/...``, or on
+NATS a queue group: :mod:`workbench.hub._nats_queue`); the
 stores deduplicate by (device, sequence) in the database, so which member stores a message does not
 matter. What must run once (rollouts, which publish retained desired state) runs on the *leader*: the
 member holding a second advisory lock. PostgreSQL drops a session's locks when its connection ends, so
@@ -203,5 +204,7 @@ def check_shared_delivery(bus: Bus, group: str, *, timeout: float = 10.0) -> Non
     if not arrived.is_set():
         raise ConfigError(f"the broker at {bus.address.url} did not deliver a message through the MQTT shared "
                           f"subscription $share/{group}/... within {timeout:g} s, so hub replicas cannot share the "
-                          "devices' data there; NATS's MQTT listener does not support shared subscriptions: run "
-                          "replicas on Mosquitto or EMQX, or run one hub without --group")
+                          "devices' data there; NATS's MQTT listener does not support shared subscriptions: on a "
+                          "NATS broker pass --nats with its NATS client URL (`broker.nats_url` in fleet.json), so "
+                          "the replicas share through a NATS queue group; or run replicas on Mosquitto or EMQX, or "
+                          "one hub without --group")

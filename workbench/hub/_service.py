@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 from workbench._files import write_private
 from workbench.errors import ConfigError, HubAlreadyRunningError
 from workbench.hub._leader_alerts import LeaderAlerts
+from workbench.hub._nats_queue import NatsQueue, check_group_name, parse_nats_urls
 from workbench.hub._replicas import Leadership, check_shared_delivery
 from workbench.hub._store_url import StoreURL
-from workbench.protocol import topics
 from workbench.protocol._bus import Bus
 from workbench.protocol._mqtt import BrokerAddress
 from workbench.sync._receiver import SyncReceiver
@@ -96,7 +96,10 @@ class Hub:
     devices' outbox messages among the group's members (MQTT ``$share/<group>/...``), the sync store is
     in the same database, and only the group's leader runs rollouts and evaluates alert rules, over every
     replica's points (see :mod:`workbench.hub._replicas` and :mod:`workbench.hub._leader_alerts`).
-    ``replica`` names this member in logs and ``/healthz`` (default: ``<host>-<pid>``).
+    ``replica`` names this member in logs and ``/healthz`` (default: ``<host>-<pid>``). On a NATS broker,
+    whose MQTT listener delivers nothing to shared subscriptions, ``nats`` (its NATS client URL, with
+    ``nats_user``/``nats_password`` on a secure fleet) makes the members share the outboxes through a NATS
+    queue group named ``group`` instead (:mod:`workbench.hub._nats_queue`); acknowledgements still go over MQTT.
 
     Example:
         >>> hub = Hub(BrokerAddress.parse("mqtt://127.0.0.1:1883"), "duckdb:///tmp/hub/fleet.duckdb")  # doctest: +SKIP
@@ -106,10 +109,16 @@ class Hub:
     def __init__(self, broker: BrokerAddress | None, store: str, *, data_dir: str | os.PathLike[str] | None = None,
                  flush_interval_s: float = 0.05, timeout: float = 10.0,
                  connect: Callable[[Bus | None], Fleet] | None = None, group: str | None = None,
-                 replica: str | None = None) -> None:
+                 replica: str | None = None, nats: str | None = None, nats_user: str | None = None,
+                 nats_password: str | None = None) -> None:
         self.store_url = StoreURL.parse(store)
         if group is not None:
-            topics.shared_filter(group, "x")  # a clear error for a name a broker would misread, before anything opens
+            check_group_name(group)  # a clear error for a name a broker would misread, before anything opens
+        if nats is not None:
+            if group is None:
+                raise ConfigError("--nats is where hub replicas share the devices' outboxes (a NATS queue group): "
+                                  "give --group too, or drop --nats for a single hub")
+            parse_nats_urls(nats)
         self.group = group
         self.replica = replica or f"{socket.gethostname()}-{os.getpid()}"
         folder = Path(data_dir).expanduser() if data_dir is not None else self.store_url.data_dir
@@ -123,6 +132,7 @@ class Hub:
         self._closed = threading.Event()
         self.bus: Bus | None = None
         self.leadership: Leadership | None = None
+        self.nats_queue: NatsQueue | None = None
         self._connect = connect
         self._rollouts_lock = threading.Lock()
         try:
@@ -141,9 +151,14 @@ class Hub:
                                           else SyncStore(folder / "sync.db"))
             # The hub's one MQTT connection: its receiver and the fleet its rollouts drive share it.
             self.bus = Bus(broker, client_prefix="wb-hub", timeout=timeout) if broker is not None else None
-            if self.bus is not None and group is not None:
+            if self.bus is not None and group is not None and nats is None:
                 check_shared_delivery(self.bus, group)
-            self.receiver = SyncReceiver(self.bus, self.sync_store, telemetry=self.ingestor, group=group)
+            # On NATS the queue group feeds the receiver; its acknowledgements still go out over the MQTT bus.
+            self.receiver = SyncReceiver(self.bus, self.sync_store, telemetry=self.ingestor, group=group,
+                                         subscribe=nats is None)
+            if nats is not None and group is not None:
+                self.nats_queue = NatsQueue(nats, group, self.receiver.receive, user=nats_user,
+                                            password=nats_password, timeout=timeout)
             self.rollouts: HubRollouts | None = None
             if group is None:
                 self._start_rollouts(recover=False)  # a single hub leads itself; its CLI recovers once listening
@@ -153,6 +168,11 @@ class Hub:
                 self.leadership = Leadership(str(self.store_url.dsn), name=self.replica,
                                              on_elected=self._elected, on_deposed=self._deposed)
         except BaseException:
+            if self.nats_queue is not None:
+                self.nats_queue.close()
+            receiver = self.__dict__.get("receiver")
+            if receiver is not None:
+                receiver.close(close_store=False)
             if self.leadership is not None:
                 self.leadership.close()
             leader_alerts = self.__dict__.get("leader_alerts")
@@ -276,7 +296,10 @@ class Hub:
         return {"status": "ok", "started": self.started, "uptime_s": round(time.time() - self.started, 3),
                 "store": str(self.store_url), "devices": len(self.ingestor.feeds), "backlog": self.ingestor.backlog,
                 "stream_drops": self.stream_drops, "group": self.group, "replica": self.replica,
-                "leader": self.is_leader}
+                "leader": self.is_leader, "shared_by": ("nats-queue" if self.nats_queue is not None
+                                                        else "mqtt-share" if self.group is not None else None),
+                **({"nats": {"connected": self.nats_queue.connected, **self.nats_queue.counters}}
+                   if self.nats_queue is not None else {})}
 
     def fleet_info(self) -> dict[str, Any]:
         """Where this hub's fleet is: its broker's URL (never its credentials), for clients that connect by hub URL."""
@@ -329,6 +352,8 @@ class Hub:
                 self.leader_alerts.close()
             if self.rollouts is not None:
                 self.rollouts.close()
+            if self.nats_queue is not None:
+                self.nats_queue.close()
             self.receiver.close()
             if self.bus is not None:
                 self.bus.close()

@@ -56,10 +56,13 @@ MAX_CONSUMERS = 100_000
 
 
 def nats_config(run_dir: RunDir, port: int, *, host: str = HOST, auth: str = "", tls: str = "",
-                monitor_port: int | None = None, node: ClusterNode | None = None) -> str:
+                monitor_port: int | None = None, node: ClusterNode | None = None, nats_port: int | None = None) -> str:
     """A NATS server config with its MQTT listener on ``host`` (MQTT needs JetStream and a server name).
 
-    The NATS protocol port stays on loopback: agents and clients only speak MQTT.
+    The NATS protocol port stays on loopback whatever ``host`` says: agents and clients speak MQTT, and only
+    hub replicas use it (a NATS queue group shares the devices' outboxes among them, see
+    :mod:`workbench.hub._nats_queue`). ``nats_port`` fixes it, so the fleet record can name it; without, a
+    random one.
 
     ``monitor_port`` opens the HTTP monitoring endpoint (``/jsz``, ``/connz``) on loopback: how a test or
     the launcher counts the JetStream consumers that QoS 1 subscriptions made, since SUBACK does not tell.
@@ -75,7 +78,7 @@ def nats_config(run_dir: RunDir, port: int, *, host: str = HOST, auth: str = "",
     monitor = f'http: "{HOST}:{monitor_port}"\n' if monitor_port else ""
     return f"""# Written by `workbench up`.
 server_name: "{node.name if node else f"wb-local-{port}"}"
-listen: "{HOST}:-1"
+listen: "{HOST}:{nats_port or -1}"
 {monitor}{node.cluster_block() if node else ""}jetstream {{
   store_dir: "{store}"
   max_memory_store: 256MB
@@ -160,7 +163,8 @@ def start_broker(
 
     ``auth`` holds the broker-specific config fragments (``"auth"`` and ``"tls"``) of a secure
     fleet. A listener beyond loopback without TLS is refused (:class:`ConfigError`). The
-    record's URL names the address a client on this machine connects to.
+    record's URL names the address a client on this machine connects to; the embedded broker's record also
+    has ``nats_url``, its NATS client port on loopback (where hub replicas share the outboxes: ``--nats``).
 
     Example:
         >>> start_broker("mosquitto", RunDir.resolve("/tmp/wb"))["url"]   # doctest: +SKIP
@@ -173,10 +177,11 @@ def start_broker(
     client_host = connect_host(host)
     port = port or _procs.free_port(host)
     monitor_port: int | None = None
+    nats_port: int | None = None
     if kind == EMBEDDED:
         conf = run_dir.broker_dir / "nats.conf"
-        monitor_port = _procs.free_port(HOST)
-        conf.write_text(nats_config(run_dir, port, host=host, monitor_port=monitor_port,
+        monitor_port, nats_port = _procs.free_port(HOST), _procs.free_port(HOST)
+        conf.write_text(nats_config(run_dir, port, host=host, monitor_port=monitor_port, nats_port=nats_port,
                                     auth=auth.get("auth", ""), tls=auth.get("tls", "")))
         argv = [find_nats_server(), "-c", str(conf)]
     elif kind == MOSQUITTO:
@@ -192,6 +197,8 @@ def start_broker(
               "port": port, "config": str(conf), **proc}
     if monitor_port is not None:
         record["monitor_url"] = f"http://{HOST}:{monitor_port}"
+    if nats_port is not None:
+        record["nats_url"] = f"nats://{HOST}:{nats_port}"
     return record
 
 
@@ -204,9 +211,10 @@ def start_cluster(
     Each node has its own name, JetStream store and MQTT port (``port``, ``port + 1``... when given),
     and routes to the others on loopback with a generated route password. The MQTT state (sessions,
     retained and QoS 1 messages) is replicated on every node, so losing one node loses no state. The
-    record's ``url`` lists every node's MQTT address (the order clients try them) and ``nodes`` holds
-    each process. It returns once every node reports JetStream healthy (``/healthz``), or raises
-    :class:`BrokerError` quoting the log of the node that was not, after stopping them all.
+    record's ``url`` lists every node's MQTT address (the order clients try them), ``nats_url`` every
+    node's NATS client address (loopback), and ``nodes`` holds each process. It returns once every node
+    reports JetStream healthy (``/healthz``), or raises :class:`BrokerError` quoting the log of the node
+    that was not, after stopping them all.
 
     Example:
         >>> start_cluster(RunDir.resolve("/tmp/wb"), 3)["url"]   # doctest: +SKIP
@@ -227,24 +235,26 @@ def start_cluster(
     try:
         for index, (mqtt_port, route_port) in enumerate(zip(ports, route_ports, strict=True), start=1):
             node = ClusterNode(f"wb-node-{index}", route_port, route_ports, password)
-            monitor_port = _procs.free_port(HOST)
+            monitor_port, nats_port = _procs.free_port(HOST), _procs.free_port(HOST)
             conf = run_dir.broker_dir / f"nats-{node.name}.conf"
             # Private: it holds the route password. The include of the secure fleet's users resolves from here too.
             write_private(conf, nats_config(run_dir, mqtt_port, host=host, monitor_port=monitor_port, node=node,
-                                            auth=auth.get("auth", ""), tls=auth.get("tls", "")))
+                                            nats_port=nats_port, auth=auth.get("auth", ""), tls=auth.get("tls", "")))
             proc = _procs.spawn_listening([find_nats_server(), "-c", str(conf)],
                                           run_dir.logs / f"broker-{node.name}.log", client_host, mqtt_port,
                                           wait=wait, what=f"NATS cluster node {node.name}", error=BrokerError)
             records.append({"name": node.name, "url": f"{'mqtts' if auth.get('tls') else 'mqtt'}://{client_host}:"
                             f"{mqtt_port}", "port": mqtt_port, "route_port": route_port, "config": str(conf),
-                            "monitor_url": f"http://{HOST}:{monitor_port}", **proc})
+                            "monitor_url": f"http://{HOST}:{monitor_port}", "nats_url": f"nats://{HOST}:{nats_port}",
+                            **proc})
         _wait_healthy(records, timeout=wait)
     except BaseException:
         _procs.stop(records)
         raise
     scheme = "mqtts" if auth.get("tls") else "mqtt"
     return {"kind": EMBEDDED, "cluster": nodes, "url": f"{scheme}://" + ",".join(f"{client_host}:{p}" for p in ports),
-            "host": client_host, "listen": host, "port": ports[0], "nodes": records}
+            "host": client_host, "listen": host, "port": ports[0], "nodes": records,
+            "nats_url": ",".join(str(node["nats_url"]) for node in records)}
 
 
 def _wait_healthy(nodes: list[dict[str, Any]], *, timeout: float) -> None:

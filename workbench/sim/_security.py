@@ -29,6 +29,9 @@ from workbench.protocol import topics
 from workbench.sim._rundir import RunDir
 
 CONTROLLER_USER = "workbench"
+# The embedded broker's one NATS-protocol user: hub replicas, reading every device's outbox, nothing else.
+HUB_NATS_USER = "workbench-hub"
+HUB_NATS_SUBSCRIBE = ("wb.v1.dev.*.outbox",)
 # Mosquitto's own "$7$" hash: PBKDF2-HMAC-SHA512, 101 rounds and a 12-byte salt are what mosquitto_passwd writes.
 _MOSQUITTO_ITERATIONS = 101
 _MOSQUITTO_SALT_BYTES = 12
@@ -144,8 +147,8 @@ def prepare_secure(rd: RunDir, broker: str, device_ids: list[str], *, host: str 
     check_secure_broker(broker)
     for device_id in device_ids:
         topics.check_device_id(device_id)
-        if device_id == CONTROLLER_USER:
-            raise ConfigError(f"device id {CONTROLLER_USER!r} is the workbench's own broker user in a secure fleet; "
+        if device_id in (CONTROLLER_USER, HUB_NATS_USER):
+            raise ConfigError(f"device id {device_id!r} is one of the workbench's own broker users in a secure fleet; "
                               "pick another device id")
     secrets_dir = rd.secrets
     credentials_dir = secrets_dir / "devices"
@@ -163,9 +166,15 @@ def prepare_secure(rd: RunDir, broker: str, device_ids: list[str], *, host: str 
     users = {CONTROLLER_USER: (controller_password, controller_acl())}
     users |= {device_id: (password, device_acl(device_id)) for device_id, password in passwords.items()}
 
+    hub_nats: dict[str, str] = {}
     if broker == "embedded":
+        # Hub replicas share the outboxes through a NATS queue group, on the NATS port (loopback): their own user.
+        hub_password = secrets.token_urlsafe(24)
+        hub_file = secrets_dir / f"{HUB_NATS_USER}.password"
+        write_private(hub_file, hub_password + "\n")
+        hub_nats = {"username": HUB_NATS_USER, "password_file": str(hub_file)}
         auth_file = secrets_dir / "nats-auth.conf"
-        write_private(auth_file, nats_authorization(users))
+        write_private(auth_file, nats_authorization(users, hub_password=hub_password))
         # The auth block lives in its own 0600 file: nats.conf itself is written world-readable.
         # NATS resolves an include relative to the including file, even an absolute-looking one.
         include = os.path.relpath(auth_file, rd.broker_dir)
@@ -182,6 +191,7 @@ def prepare_secure(rd: RunDir, broker: str, device_ids: list[str], *, host: str 
         "ca_file": str(ca_file),
         "controller": {"username": CONTROLLER_USER, "password_file": str(controller_file)},
         "credentials_dir": str(credentials_dir),
+        **({"hub_nats": hub_nats} if hub_nats else {}),
         "acl": {
             CONTROLLER_USER: _acl_record(controller_acl()),
             "device": _acl_record(device_acl("{device}")),
@@ -324,8 +334,11 @@ def _quoted(values: list[str]) -> str:
     return "[" + ", ".join(f'"{value}"' for value in values) + "]"
 
 
-def nats_authorization(users: dict[str, tuple[str, Acl]]) -> str:
+def nats_authorization(users: dict[str, tuple[str, Acl]], *, hub_password: str | None = None) -> str:
     """A NATS ``authorization`` block: one MQTT-only user per device plus the workbench, with permissions.
+
+    ``hub_password`` adds :data:`HUB_NATS_USER`, the one user of the NATS protocol port: hub replicas
+    subscribe every outbox (a queue group) and publish nothing (their acknowledgements go over MQTT).
 
     Passwords are plain text here: the file is 0600 inside the run directory, and the ``bcrypt``
     package is not a dependency. Subjects not allowed are denied, and a user with permissions can
@@ -347,6 +360,18 @@ def nats_authorization(users: dict[str, tuple[str, Acl]]) -> str:
             "      permissions: {\n"
             f"        publish: {{ allow: {_quoted(_subjects(acl.publish))} }}\n"
             f"        subscribe: {{ allow: {_quoted(_subjects(acl.subscribe))} }}\n"
+            "      }\n"
+            "    }\n"
+        )
+    if hub_password is not None:
+        entries.append(
+            "    {\n"
+            f'      user: "{HUB_NATS_USER}"\n'
+            f'      password: "{hub_password}"\n'
+            '      allowed_connection_types: ["STANDARD"]\n'
+            "      permissions: {\n"
+            '        publish: { deny: [">"] }\n'
+            f"        subscribe: {{ allow: {_quoted(list(HUB_NATS_SUBSCRIBE))} }}\n"
             "      }\n"
             "    }\n"
         )

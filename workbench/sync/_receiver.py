@@ -58,6 +58,8 @@ class SyncReceiver:
     gives each outbox message to one of the group's receivers (hub replicas), which stores and
     acknowledges it. A resend after a lost acknowledgement may reach another member; the stores'
     dedup by (device, sequence) in the shared database makes it a duplicate, acknowledged again.
+    ``subscribe=False`` subscribes nothing but still acknowledges over ``bus``: messages come through
+    :meth:`receive` (hub replicas on a NATS broker receive them from a NATS queue group).
 
     Example:
         >>> receiver = SyncReceiver(fleet.bus, SyncStore("sync.db"))        # doctest: +SKIP
@@ -67,7 +69,7 @@ class SyncReceiver:
 
     def __init__(self, bus: Bus | None, store: SyncStore | None = None, *,
                  telemetry: Ingestor | None = None, send_ack: Callable[[str, bytes], None] | None = None,
-                 group: str | None = None) -> None:
+                 group: str | None = None, subscribe: bool = True) -> None:
         self.store = store or SyncStore()
         self.codec = Codec()
         self.listeners: list[ItemsListener] = []
@@ -88,21 +90,35 @@ class SyncReceiver:
         if group is not None:
             topic_filter = topics.shared_filter(group, topic_filter)
         self._unsubscribe = (bus.subscribe(topic_filter, self._on_message, on_error=self._on_message_failed)
-                             if bus is not None else None)
+                             if bus is not None and subscribe else None)
 
     def _on_message(self, message: Any) -> None:
+        self.receive(message.topic, message.payload)
+
+    def receive(self, topic: str, payload: bytes) -> None:
+        """Check and queue one outbox message that arrived on MQTT ``topic``, from any transport.
+
+        What the MQTT subscription does with each message; a receiver made with ``subscribe=False`` is fed
+        this way from elsewhere (hub replicas on NATS: :mod:`workbench.hub._nats_queue`). A topic that is
+        no device's outbox, or a payload over :data:`MAX_MESSAGE_BYTES`, is counted and dropped.
+
+        Example:
+            >>> receiver.receive("wb/v1/dev/sim-01/outbox", message)   # doctest: +SKIP
+        """
         try:
-            device, _kind, _ = topics.parse_device_topic(message.topic)
+            device, kind, _ = topics.parse_device_topic(topic)
             topics.check_device_id(device)
+            if kind != "outbox":
+                raise ValueError(kind)
         except ValueError:
             self.counters["bad_topic"] += 1
-            self.reject_log.count("(unknown)", "bad_topic", message.topic[:200])
+            self.reject_log.count("(unknown)", "bad_topic", topic[:200])
             return
-        if len(message.payload) > MAX_MESSAGE_BYTES:  # never queued: a flood of these would fill memory
+        if len(payload) > MAX_MESSAGE_BYTES:  # never queued: a flood of these would fill memory
             self.counters["rejected_oversized"] += 1
-            self.reject_log.count(device, "oversized", f"{len(message.payload)} bytes")
+            self.reject_log.count(device, "oversized", f"{len(payload)} bytes")
             return
-        self.feed(device, bytes(message.payload))
+        self.feed(device, bytes(payload))
 
     def _on_message_failed(self, _message: Any, exc: Exception) -> None:
         self.counters["rejected_internal"] += 1
