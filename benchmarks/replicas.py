@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import psutil
 import psycopg
 from _machine import cpu_flags, load_average
 
+from workbench import settings
 from workbench.fleet._connect import connect_record
 from workbench.sim import _procs, down, up
 from workbench.sim._rundir import RunDir
@@ -176,7 +176,7 @@ def phase(record: dict[str, Any], dsn: str, replicas: int, rate: int, seconds: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dsn", default=os.environ.get("WORKBENCH_TEST_POSTGRES_DSN"),
+    parser.add_argument("--dsn", default=settings().test_postgres_dsn,
                         help="PostgreSQL database the replicas share (default: $WORKBENCH_TEST_POSTGRES_DSN); its "
                         "'workbench' schema is dropped before each phase")
     parser.add_argument("--devices", type=int, default=8, help="simulated devices (default: %(default)s)")
