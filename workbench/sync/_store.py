@@ -32,6 +32,25 @@ CREATE TABLE IF NOT EXISTS device_state (device TEXT NOT NULL, key TEXT NOT NULL
 """
 
 
+def _state_delta(item: WireItem) -> tuple[list[tuple[str, str]], list[str]]:
+    """A state item's changes as ``([(key, JSON value), ...], [removed key, ...])``; nothing for an unreadable one.
+
+    Both stores merge the same delta, each in its own SQL.
+
+    Example:
+        >>> _state_delta(WireItem(1, 0, "state", b'{"set": {"fw": "1.2"}, "removed": ["tmp"]}'))
+        ([('fw', '"1.2"')], ['tmp'])
+    """
+    try:
+        changes = json.loads(item.payload)
+    except ValueError:
+        return [], []
+    if not isinstance(changes, dict):
+        return [], []
+    set_rows = [(str(key), json.dumps(value)) for key, value in changes.get("set", {}).items()]
+    return set_rows, [str(key) for key in changes.get("removed", [])]
+
+
 class SyncStore:
     """Synced items in SQLite (a file, or in memory when ``path`` is None).
 
@@ -86,17 +105,11 @@ class SyncStore:
                          "value = value + ?", (device, name, by, by))
 
     def _merge_state(self, device: str, item: WireItem, now: float) -> None:
-        try:
-            changes = json.loads(item.payload)
-        except ValueError:
-            return
-        if not isinstance(changes, dict):
-            return
-        for key, value in changes.get("set", {}).items():
-            self._db.execute("INSERT OR REPLACE INTO device_state VALUES (?, ?, ?, ?)",
-                             (device, str(key), json.dumps(value), now))
-        for key in changes.get("removed", []):
-            self._db.execute("DELETE FROM device_state WHERE device = ? AND key = ?", (device, str(key)))
+        set_rows, removed = _state_delta(item)
+        for key, value in set_rows:
+            self._db.execute("INSERT OR REPLACE INTO device_state VALUES (?, ?, ?, ?)", (device, key, value, now))
+        for key in removed:
+            self._db.execute("DELETE FROM device_state WHERE device = ? AND key = ?", (device, key))
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -225,18 +238,13 @@ class PostgresSyncStore(SyncStore):
         return new
 
     def _merge_pg_state(self, device: str, item: WireItem, now: float) -> None:
-        try:
-            changes = json.loads(item.payload)
-        except ValueError:
-            return
-        if not isinstance(changes, dict):
-            return
-        for key, value in changes.get("set", {}).items():
+        set_rows, removed = _state_delta(item)
+        for key, value in set_rows:
             self._pg.execute("INSERT INTO sync_device_state VALUES (%s, %s, %s, %s) ON CONFLICT (device, key) "
                              "DO UPDATE SET value = EXCLUDED.value, updated = EXCLUDED.updated",
-                             (device, str(key), json.dumps(value), now))
-        for key in changes.get("removed", []):
-            self._pg.execute("DELETE FROM sync_device_state WHERE device = %s AND key = %s", (device, str(key)))
+                             (device, key, value, now))
+        for key in removed:
+            self._pg.execute("DELETE FROM sync_device_state WHERE device = %s AND key = %s", (device, key))
 
     def _rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
