@@ -342,16 +342,6 @@ def network_alive(client: mqtt.Client) -> bool:
     return thread is not None and thread.is_alive()
 
 
-def restart_network(client: mqtt.Client) -> None:
-    """Start paho's network thread again after it died: the connection is dropped and made anew.
-
-    ``on_connect`` then subscribes and announces again, exactly as after a broker restart.
-    """
-    client._thread = None  # a dead thread's reference, if its finally did not clear it
-    client._reset_sockets()  # the half-read socket of the dead loop, and its wake-up pair
-    client.loop_start()
-
-
 def close_client(client: mqtt.Client) -> None:
     """Disconnect, stop the network thread and close paho's wake-up socket pair now.
 
