@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import statistics
 import tempfile
 import time
@@ -27,23 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import cpu_flags, load_average
 
 import workbench
 from workbench.hub import HubClient
-from workbench.profiles import cpu_features, detect_hardware
 from workbench.sim import down, up
 
 GOAL_POINTS_S = 1_000_000
 PACED_POINTS_S = 100_000
 HISTORY_DEVICES = 50
 HISTORY_S = 3600
-
-
-def cpu_flags() -> str:
-    """The CPU's model, cores and ISA flags, as the profiles' detection reads them (VNNI or AVX2 only)."""
-    hardware = detect_hardware("/")
-    return (f"{hardware.get('cpu_model') or 'unknown CPU'}; {os.cpu_count()} cores; "
-            f"flags: {' '.join(cpu_features()) or 'none'}")
 
 
 def _configure(fleet: Any, devices: list[str], **settings: Any) -> None:
@@ -162,7 +154,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each measurement (default: %(default)s)")
     args = parser.parse_args()
     print(cpu_flags())
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average before: {load_average()}")
     base = in_kernel(args.devices, args.seconds)
     hub = with_hub(args.devices, args.seconds)
     print(f"ingestion at {GOAL_POINTS_S:,} points/s offered by {args.devices} agents: in this process (no hub) "
@@ -174,7 +166,7 @@ def main() -> None:
     print(f"publish-to-commit at {PACED_POINTS_S:,} points/s with 5 client processes querying "
           f"({int(hub['client_queries'])} queries, {int(hub['paced_batches'])} batches): p50 "
           f"{hub['paced_p50_ms']:.1f} ms, p99 {hub['paced_p99_ms']:.1f} ms (goal p99 < 100 ms)")
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":

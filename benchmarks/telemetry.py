@@ -53,6 +53,7 @@ import time
 from typing import Any
 
 import numpy as np
+from _machine import load_average
 
 import workbench
 from workbench.protocol._mqtt import BrokerAddress, close_client, connect_blocking, make_client, new_client_id
@@ -179,7 +180,7 @@ def main() -> None:
                              "phase always uses 500)")
     parser.add_argument("--no-dashboard", action="store_true", help="skip the dashboard refresh measurement")
     args = parser.parse_args()
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+    print(f"load average before: {load_average()} ({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory(prefix="wb-bench-telemetry-") as tmp:
         # This process receives (its ingestion is measured); insecure: the broker-capacity phase publishes device
         # topics with bare paho clients, which a secure fleet's ACLs reserve to each device.
@@ -213,7 +214,7 @@ def main() -> None:
                           f"first {dash['first_ms']:.1f} ms; {dash['median_ms'] / 500:.1%} of a 0.5 s refresh tick")
         finally:
             down(tmp)
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":
